@@ -1,0 +1,197 @@
+//! Reading config sources: a directory (`org.yaml`, `teams/*.yaml`, `branches/*.yaml`), a single
+//! file holding every layer as YAML documents separated by `---`, or one layer sent to the admin
+//! API. JSON is accepted wherever YAML is (it is parsed by the same YAML parser).
+
+use crate::error::{ConfigError, Diagnostic};
+use crate::schema::{Document, LayerKind};
+use crate::spans::{self, Spans};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One parsed document with where it came from.
+#[derive(Debug, Clone)]
+pub struct ParsedDoc {
+    /// File path (relative to the config root when loaded from a directory) or API source.
+    pub file: Arc<str>,
+    /// The document as written, with `kind` and `name` filled in from its place when absent.
+    pub doc: Document,
+    /// Field positions.
+    pub spans: Arc<Spans>,
+}
+
+impl ParsedDoc {
+    /// The layer kind (always set after loading).
+    pub fn kind(&self) -> LayerKind {
+        self.doc.kind.unwrap_or(LayerKind::Branch)
+    }
+
+    /// The layer name (always set for team and branch layers after loading).
+    pub fn name(&self) -> &str {
+        self.doc.name.as_deref().unwrap_or("")
+    }
+}
+
+const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// Parse every document of `text`. `default_kind`/`default_name` fill in fields the documents
+/// leave out; with several documents in one text each must say its own kind and name.
+pub fn parse_text(
+    file: &str,
+    text: &str,
+    default_kind: Option<LayerKind>,
+    default_name: Option<&str>,
+) -> Result<Vec<ParsedDoc>, ConfigError> {
+    let file: Arc<str> = Arc::from(file);
+    let mut spans = spans::index(text).into_iter();
+    let mut out = Vec::new();
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
+        let doc = Document::deserialize(de).map_err(|e| yaml_error(&file, &e))?;
+        let span = spans.next().unwrap_or_default();
+        out.push(ParsedDoc {
+            file: file.clone(),
+            doc,
+            spans: Arc::new(span),
+        });
+    }
+    let single = out.len() == 1;
+    for p in &mut out {
+        if p.doc.kind.is_none() {
+            p.doc.kind = default_kind.filter(|_| single);
+        }
+        let Some(kind) = p.doc.kind else {
+            return Err(ConfigError::one(
+                &file,
+                p.spans.line(""),
+                "kind",
+                "missing: each document must say `kind: org`, `team` or `branch`",
+            ));
+        };
+        if let (Some(want), true) = (default_kind, single) {
+            if want != kind {
+                return Err(ConfigError::one(
+                    &file,
+                    p.spans.line("kind"),
+                    "kind",
+                    format!(
+                        "is `{}` but the file sits where `{}` layers belong",
+                        kind.as_str(),
+                        want.as_str()
+                    ),
+                ));
+            }
+        }
+        if p.doc.name.is_none() && kind != LayerKind::Org {
+            match default_name.filter(|_| single) {
+                Some(n) => p.doc.name = Some(n.to_string()),
+                None => {
+                    return Err(ConfigError::one(
+                        &file,
+                        p.spans.line(""),
+                        "name",
+                        "missing: team and branch layers need a name",
+                    ))
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::one(&file, 1, "", "no document found"));
+    }
+    Ok(out)
+}
+
+fn yaml_error(file: &Arc<str>, e: &serde_yaml_ng::Error) -> ConfigError {
+    let line = e.location().map_or(0, |l| u32::try_from(l.line()).unwrap_or(0));
+    let msg = e.to_string();
+    // serde_yaml_ng prefixes the field path ("services.orders: unknown field ...") and appends
+    // the position; split both so the diagnostic reads file:line: field: reason.
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let (field, reason) = match msg.split_once(": ") {
+        Some((f, r)) if !f.contains(' ') => (f.to_string(), r.to_string()),
+        _ => (String::new(), msg),
+    };
+    ConfigError::Invalid {
+        diagnostics: vec![Diagnostic {
+            file: file.clone(),
+            line,
+            field,
+            reason,
+        }],
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn layer_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            let ext_ok = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e));
+            !hidden && ext_ok && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn relative(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+/// Load every document under `path`: a directory in the standard layout, or a single file.
+pub fn load_path(path: &Path) -> Result<Vec<ParsedDoc>, ConfigError> {
+    if path.is_file() {
+        let text = read(path)?;
+        return parse_text(&path.display().to_string(), &text, None, None);
+    }
+    let mut docs = Vec::new();
+    let org = EXTENSIONS
+        .iter()
+        .map(|e| path.join(format!("org.{e}")))
+        .find(|p| p.is_file());
+    let Some(org) = org else {
+        return Err(ConfigError::Read {
+            path: path.join("org.yaml").display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no org.yaml in the config directory"),
+        });
+    };
+    let text = read(&org)?;
+    docs.extend(parse_text(&relative(path, &org), &text, Some(LayerKind::Org), None)?);
+    let mut diagnostics = Vec::new();
+    for (sub, kind) in [("teams", LayerKind::Team), ("branches", LayerKind::Branch)] {
+        for f in layer_files(&path.join(sub))? {
+            let text = read(&f)?;
+            let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            match parse_text(&relative(path, &f), &text, Some(kind), Some(stem)) {
+                Ok(d) => docs.extend(d),
+                Err(ConfigError::Invalid { diagnostics: d }) => diagnostics.extend(d),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !diagnostics.is_empty() {
+        return Err(ConfigError::Invalid { diagnostics });
+    }
+    Ok(docs)
+}

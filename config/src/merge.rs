@@ -1,0 +1,262 @@
+//! The layer merge: the effective config of (layer, service) is the fold of the org defaults, the
+//! org service entry, and every layer along the lineage from the root down; the nearest layer
+//! wins, field by field (maps key by key). Every value records the layer, file and line that set
+//! it, which is what `explain` prints and what the planner diffs.
+
+use crate::model::{Config, Endpoint, LayerIdx, Origin};
+use crate::schema::{MigrationDoc, PolicyDoc, ReadinessDoc, ResourcesDoc, ServiceDoc};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Built-in connect timeout when no layer sets one.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Built-in response-header timeout when no layer sets one.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Built-in hold time of the `hold` readiness policy.
+pub const DEFAULT_HOLD_MS: u64 = 1_000;
+
+/// A value with the place that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    /// The value.
+    pub value: T,
+    /// Who set it.
+    pub origin: Origin,
+}
+
+/// What the proxy does while a branch-local upstream is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    /// Wait up to `ms` for it, then answer 503.
+    Hold {
+        /// Longest wait in milliseconds.
+        ms: u64,
+    },
+    /// Use the parent's route and mark the response `x-microstax-fallback: not-ready`.
+    Fallback,
+    /// Answer 503 at once.
+    Fail,
+}
+
+impl Readiness {
+    /// Convert the file form.
+    pub fn from_doc(d: &ReadinessDoc) -> Result<Readiness, String> {
+        match d.policy.as_str() {
+            "hold" => Ok(Readiness::Hold {
+                ms: d.hold_ms.unwrap_or(DEFAULT_HOLD_MS),
+            }),
+            "fallback" if d.hold_ms.is_none() => Ok(Readiness::Fallback),
+            "fail" if d.hold_ms.is_none() => Ok(Readiness::Fail),
+            "fallback" | "fail" => Err("hold_ms applies to the `hold` policy only".into()),
+            other => Err(format!("unknown readiness policy `{other}`: use hold, fallback or fail")),
+        }
+    }
+}
+
+impl fmt::Display for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Readiness::Hold { ms } => write!(f, "hold {ms}ms"),
+            Readiness::Fallback => f.write_str("fallback"),
+            Readiness::Fail => f.write_str("fail"),
+        }
+    }
+}
+
+/// The effective config of one service as seen from one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// Service name.
+    pub service: String,
+    /// Label of the layer this view is of.
+    pub layer: Arc<str>,
+    /// Upstream endpoints.
+    pub endpoints: Sourced<Vec<Endpoint>>,
+    /// A developer endpoint that replaces the endpoints, if set.
+    pub local: Option<Sourced<Endpoint>>,
+    /// Image or build.
+    pub image: Option<Sourced<String>>,
+    /// Resource requests.
+    pub resources: Option<Sourced<ResourcesDoc>>,
+    /// Environment and config values.
+    pub env: BTreeMap<String, Sourced<String>>,
+    /// Connect timeout.
+    pub connect_timeout_ms: Sourced<u64>,
+    /// Response-header timeout.
+    pub request_timeout_ms: Sourced<u64>,
+    /// Headers set on the upstream request.
+    pub set_headers: BTreeMap<String, Sourced<String>>,
+    /// Headers removed from the upstream request.
+    pub remove_headers: BTreeMap<String, Origin>,
+    /// Readiness policy.
+    pub readiness: Sourced<Readiness>,
+    /// Schema migrations applied along the lineage, oldest first.
+    pub migrations: Vec<Sourced<MigrationDoc>>,
+    /// Message contracts changed along the lineage, topic -> version.
+    pub contracts: BTreeMap<String, Sourced<String>>,
+}
+
+/// One flattened field of an [`Effective`], for display and diffing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Field path, e.g. `env.LOG_LEVEL`.
+    pub name: String,
+    /// The value, rendered.
+    pub value: String,
+    /// Who set it.
+    pub origin: Origin,
+}
+
+impl Effective {
+    /// The endpoints requests go to: the local endpoint when set, else the endpoints.
+    pub fn upstreams(&self) -> (Vec<Endpoint>, &Origin) {
+        match &self.local {
+            Some(l) => (vec![l.value.clone()], &l.origin),
+            None => (self.endpoints.value.clone(), &self.endpoints.origin),
+        }
+    }
+
+    /// Every field, flattened, in a stable order.
+    pub fn fields(&self) -> Vec<Field> {
+        let mut out = Vec::new();
+        let mut push = |name: String, value: String, origin: &Origin| {
+            out.push(Field { name, value, origin: origin.clone() });
+        };
+        let eps: Vec<&str> = self.endpoints.value.iter().map(|e| &*e.0).collect();
+        push("endpoints".into(), eps.join(","), &self.endpoints.origin);
+        if let Some(l) = &self.local {
+            push("local".into(), l.value.to_string(), &l.origin);
+        }
+        if let Some(i) = &self.image {
+            push("image".into(), i.value.clone(), &i.origin);
+        }
+        if let Some(r) = &self.resources {
+            push("resources".into(), format!("cpu_m={} memory_mi={}", r.value.cpu_m, r.value.memory_mi), &r.origin);
+        }
+        for (k, v) in &self.env {
+            push(format!("env.{k}"), v.value.clone(), &v.origin);
+        }
+        push("policy.connect_timeout_ms".into(), self.connect_timeout_ms.value.to_string(), &self.connect_timeout_ms.origin);
+        push("policy.request_timeout_ms".into(), self.request_timeout_ms.value.to_string(), &self.request_timeout_ms.origin);
+        for (k, v) in &self.set_headers {
+            push(format!("policy.request_headers.set.{k}"), v.value.clone(), &v.origin);
+        }
+        for (k, o) in &self.remove_headers {
+            push(format!("policy.request_headers.remove.{k}"), "removed".into(), o);
+        }
+        push("policy.readiness".into(), self.readiness.value.to_string(), &self.readiness.origin);
+        for m in &self.migrations {
+            push(format!("migrations.{}.{}", m.value.store, m.value.name), "applied".into(), &m.origin);
+        }
+        for (k, v) in &self.contracts {
+            push(format!("contracts.{k}"), v.value.clone(), &v.origin);
+        }
+        out
+    }
+}
+
+impl ServiceDoc {
+    /// Whether this entry changes where or how requests are routed (so the layer needs its own
+    /// route for the service in the table).
+    pub fn touches_route(&self) -> bool {
+        self.endpoints.is_some() || self.local.is_some() || self.policy.is_some()
+    }
+}
+
+fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, base: &str) {
+    if let Some(v) = p.connect_timeout_ms {
+        e.connect_timeout_ms = Sourced { value: v, origin: at(&format!("{base}.connect_timeout_ms")) };
+    }
+    if let Some(v) = p.request_timeout_ms {
+        e.request_timeout_ms = Sourced { value: v, origin: at(&format!("{base}.request_timeout_ms")) };
+    }
+    if let Some(r) = &p.readiness {
+        if let Ok(v) = Readiness::from_doc(r) {
+            e.readiness = Sourced { value: v, origin: at(&format!("{base}.readiness")) };
+        }
+    }
+    if let Some(h) = &p.request_headers {
+        for (k, v) in &h.set {
+            let k = k.to_ascii_lowercase();
+            e.remove_headers.remove(&k);
+            let origin = at(&format!("{base}.request_headers.set.{k}"));
+            e.set_headers.insert(k, Sourced { value: v.clone(), origin });
+        }
+        for (i, k) in h.remove.iter().enumerate() {
+            let k = k.to_ascii_lowercase();
+            e.set_headers.remove(&k);
+            e.remove_headers.insert(k, at(&format!("{base}.request_headers.remove.{i}")));
+        }
+    }
+}
+
+fn apply_service(e: &mut Effective, s: &ServiceDoc, at: &dyn Fn(&str) -> Origin, base: &str) {
+    if let Some(eps) = &s.endpoints {
+        let value = eps.iter().filter_map(|x| Endpoint::parse(x).ok()).collect();
+        e.endpoints = Sourced { value, origin: at(&format!("{base}.endpoints")) };
+        // new endpoints replace a developer endpoint set further up the lineage
+        e.local = None;
+    }
+    if let Some(l) = s.local.as_deref().and_then(|l| Endpoint::parse(l).ok()) {
+        e.local = Some(Sourced { value: l, origin: at(&format!("{base}.local")) });
+    }
+    if let Some(i) = &s.image {
+        e.image = Some(Sourced { value: i.clone(), origin: at(&format!("{base}.image")) });
+    }
+    if let Some(r) = s.resources {
+        e.resources = Some(Sourced { value: r, origin: at(&format!("{base}.resources")) });
+    }
+    for (k, v) in &s.env {
+        e.env.insert(k.clone(), Sourced { value: v.clone(), origin: at(&format!("{base}.env.{k}")) });
+    }
+    if let Some(p) = &s.policy {
+        apply_policy(e, p, at, &format!("{base}.policy"));
+    }
+    for (i, m) in s.migrations.iter().enumerate() {
+        e.migrations.push(Sourced { value: m.clone(), origin: at(&format!("{base}.migrations.{i}")) });
+    }
+    for (k, v) in &s.contracts {
+        e.contracts.insert(k.clone(), Sourced { value: v.clone(), origin: at(&format!("{base}.contracts.{k}")) });
+    }
+}
+
+impl Config {
+    /// The effective config of `service` as seen from layer `layer`, or `None` when either is
+    /// unknown.
+    pub fn effective(&self, layer: LayerIdx, service: &str) -> Option<Effective> {
+        self.service(service)?;
+        let target = self.layer(layer)?;
+        let org = self.org();
+        let builtin = Origin::builtin();
+        let mut e = Effective {
+            service: service.to_string(),
+            layer: target.label.clone(),
+            endpoints: Sourced { value: Vec::new(), origin: builtin.clone() },
+            local: None,
+            image: None,
+            resources: None,
+            env: BTreeMap::new(),
+            connect_timeout_ms: Sourced { value: DEFAULT_CONNECT_TIMEOUT_MS, origin: builtin.clone() },
+            request_timeout_ms: Sourced { value: DEFAULT_REQUEST_TIMEOUT_MS, origin: builtin.clone() },
+            set_headers: BTreeMap::new(),
+            remove_headers: BTreeMap::new(),
+            readiness: Sourced { value: Readiness::Hold { ms: DEFAULT_HOLD_MS }, origin: builtin },
+            migrations: Vec::new(),
+            contracts: BTreeMap::new(),
+        };
+        if let Some(d) = &org.doc.doc.defaults {
+            apply_policy(&mut e, d, &|p| org.origin(p), "defaults");
+        }
+        let mut chain = self.lineage(layer);
+        chain.reverse();
+        let base = format!("services.{service}");
+        for idx in chain {
+            let Some(l) = self.layer(idx) else { continue };
+            if let Some(s) = l.service(service) {
+                apply_service(&mut e, s, &|p| l.origin(p), &base);
+            }
+        }
+        Some(e)
+    }
+}

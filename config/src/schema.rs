@@ -1,0 +1,215 @@
+//! The serde-facing file schema. These types mirror what a person writes in `org.yaml`,
+//! `teams/*.yaml` and `branches/*.yaml`; they are converted into the validated [`crate::Config`]
+//! and never reach the request path. Unknown fields are rejected so a typo is an error, not a
+//! silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which kind of layer a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    /// The shared baseline: the service catalog and the defaults.
+    Org,
+    /// A team layer: overrides shared by a team's branches.
+    Team,
+    /// A branch layer: one developer or feature branch.
+    Branch,
+}
+
+impl LayerKind {
+    /// The prefix used in layer names such as `branch/feature-a`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerKind::Org => "org",
+            LayerKind::Team => "team",
+            LayerKind::Branch => "branch",
+        }
+    }
+}
+
+/// One document of any kind; `kind` decides which fields are allowed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// `org`, `team` or `branch`; in a config directory it defaults from the file's place.
+    pub kind: Option<LayerKind>,
+    /// Layer name; in a config directory it defaults to the file stem.
+    pub name: Option<String>,
+    /// Team and branch layers: `baseline`, a team, or another branch.
+    pub parent: Option<String>,
+    /// Org only: how the proxy finds the branch context of a request.
+    pub context: Option<ContextDoc>,
+    /// Org only: routing settings of the proxy.
+    pub routing: Option<RoutingDoc>,
+    /// Org only: default route policy of every service.
+    pub defaults: Option<PolicyDoc>,
+    /// Org: the service catalog. Team and branch: per-service overrides.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceDoc>,
+    /// Branch only: a source branch to diff against a base in a repository.
+    pub source: Option<SourceDoc>,
+}
+
+/// Where the branch context comes from. Precedence is fixed: header, baggage, cookie, host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextDoc {
+    /// Request header naming the branch (default `x-microstax-branch`).
+    pub header: Option<String>,
+    /// W3C baggage member key (default `microstax-branch`).
+    pub baggage_key: Option<String>,
+    /// Cookie name (default `microstax-branch`).
+    pub cookie: Option<String>,
+    /// Host patterns with one `{branch}` placeholder, e.g. `{branch}.preview.example.com`.
+    #[serde(default)]
+    pub host_patterns: Vec<String>,
+    /// When true, a request naming an unknown branch gets 404 instead of the baseline.
+    pub strict: Option<bool>,
+}
+
+/// Proxy routing settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingDoc {
+    /// Service used when neither Host nor path prefix matches (default: none, answer 404).
+    pub default_service: Option<String>,
+    /// Add the `x-microstax-route` debug header to responses (default false).
+    pub debug_header: Option<bool>,
+    /// Branches allowed as metric label values; all others are counted without their name.
+    #[serde(default)]
+    pub label_branches: Vec<String>,
+}
+
+/// The route policy of a service: timeouts, header rules and readiness.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// TCP connect timeout to the upstream, in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// Time allowed for the upstream's response headers, in milliseconds.
+    pub request_timeout_ms: Option<u64>,
+    /// Headers set on (or removed from) the request forwarded upstream.
+    pub request_headers: Option<HeaderRulesDoc>,
+    /// What to do while a branch-local upstream is not ready: `hold`, `fallback` or `fail`.
+    pub readiness: Option<ReadinessDoc>,
+}
+
+/// Header rules applied to the upstream request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesDoc {
+    /// Headers to set, replacing any value the client sent.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Readiness policy of a branch-local upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessDoc {
+    /// `hold`, `fallback` or `fail`.
+    pub policy: String,
+    /// For `hold`: how long a request may wait for the upstream, in milliseconds.
+    pub hold_ms: Option<u64>,
+}
+
+/// A service in the org catalog, or a service override in a team or branch layer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDoc {
+    /// Org only: Host names that select this service (port and case ignored).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Org only: path prefixes that select this service at an ingress, e.g. `/orders/`.
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    /// Upstream endpoints, `host:port` or `http://host:port`.
+    pub endpoints: Option<Vec<String>>,
+    /// Branch only: a developer's endpoint (e.g. a laptop via a tunnel); routes like endpoints.
+    pub local: Option<String>,
+    /// Route policy (merged field by field along the lineage).
+    pub policy: Option<PolicyDoc>,
+    /// Org only: services this one calls.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Org only: data stores the service owns or uses.
+    #[serde(default)]
+    pub stores: Vec<StoreDoc>,
+    /// Org only: message topics produced and consumed.
+    pub topics: Option<TopicsDoc>,
+    /// Resource requests of one instance.
+    pub resources: Option<ResourcesDoc>,
+    /// The image (or build) the service runs from.
+    pub image: Option<String>,
+    /// Environment and config values; merged key by key along the lineage.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Org only: source globs that belong to the service (shared libraries map to every user).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Branch only: schema migrations this layer applies to the service's stores.
+    #[serde(default)]
+    pub migrations: Vec<MigrationDoc>,
+    /// Branch only: message contracts changed by this layer, topic -> contract version.
+    #[serde(default)]
+    pub contracts: BTreeMap<String, String>,
+}
+
+/// A data store used by a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDoc {
+    /// Store name, e.g. `orders-db`.
+    pub name: String,
+    /// Store kind: `postgres`, `mysql`, `redis`, `kafka`, ... (decides how it is isolated).
+    pub kind: String,
+}
+
+/// Topics a service produces and consumes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsDoc {
+    /// Topics this service writes.
+    #[serde(default)]
+    pub produces: Vec<String>,
+    /// Topics this service reads.
+    #[serde(default)]
+    pub consumes: Vec<String>,
+}
+
+/// Resource requests of one instance.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesDoc {
+    /// CPU in millicores.
+    #[serde(default)]
+    pub cpu_m: u32,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mi: u32,
+}
+
+/// A schema migration declared by a branch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationDoc {
+    /// The store migrated; must be one the service uses.
+    pub store: String,
+    /// A name or version of the migration.
+    pub name: String,
+}
+
+/// A source branch to diff for a branch layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDoc {
+    /// The git branch with the changes.
+    pub branch: String,
+    /// The base ref to diff against (default `main`).
+    pub base: Option<String>,
+}

@@ -1,0 +1,245 @@
+//! Compiling a validated [`Config`] into the immutable [`RoutingTable`] the proxy reads.
+//!
+//! The [`Compiler`] keeps what it needs to update a table incrementally: a change to one layer
+//! recompiles that layer and its descendants (their routes carry values merged along the
+//! lineage), shares every other layer's `Arc` with the previous table, and interns new
+//! upstreams without renumbering old ones.
+
+use microstax_config::table::{
+    LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
+};
+use microstax_config::{Config, Effective, LayerIdx, LayerKind, RouteKind, RoutingTable, UpstreamId};
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Compiles configs into tables and keeps the state for incremental updates.
+#[derive(Debug, Clone)]
+pub struct Compiler {
+    upstream_ids: FxHashMap<Arc<str>, UpstreamId>,
+    policies: FxHashMap<RoutePolicy, Arc<RoutePolicy>>,
+    table: Arc<RoutingTable>,
+}
+
+impl Compiler {
+    /// Compile `config` from scratch as generation `generation`.
+    pub fn new(config: &Config, generation: u64) -> Compiler {
+        let mut c = Compiler {
+            upstream_ids: FxHashMap::default(),
+            policies: FxHashMap::default(),
+            table: Arc::new(empty_table(config)),
+        };
+        let mut upstreams = Vec::new();
+        let mut layers = Vec::with_capacity(config.layer_slots());
+        for idx in 0..config.layer_slots() {
+            layers.push(c.compile_layer(config, idx, &mut upstreams));
+        }
+        let table = RoutingTable {
+            generation,
+            settings: Arc::new(config.settings.clone()),
+            services: Arc::new(service_index(config)),
+            branches: Arc::new(branch_index(config)),
+            layers,
+            upstreams: Arc::new(upstreams),
+        };
+        debug_assert_eq!(table.check_invariants(), Ok(()));
+        c.table = Arc::new(table);
+        c
+    }
+
+    /// The last compiled table.
+    pub fn table(&self) -> &Arc<RoutingTable> {
+        &self.table
+    }
+
+    /// Recompile after `changed` (a layer that was added, replaced or removed) as generation
+    /// `generation`: only that layer and its descendants are rebuilt. An org change rebuilds
+    /// everything, since every route folds the org layer.
+    pub fn update(&mut self, config: &Config, changed: LayerIdx, generation: u64) -> Arc<RoutingTable> {
+        if changed == 0 {
+            *self = Compiler::new(config, generation);
+            return self.table.clone();
+        }
+        let prev = self.table.clone();
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        let base_len = prev.upstreams.len();
+        let mut layers = prev.layers.clone();
+        layers.resize(config.layer_slots(), None);
+        let affected = if config.layer(changed).is_some() {
+            config.subtree(changed)
+        } else {
+            vec![changed]
+        };
+        for idx in affected {
+            layers[idx] = self.compile_layer_offset(config, idx, base_len, &mut upstreams);
+        }
+        let upstreams = if upstreams.is_empty() {
+            prev.upstreams.clone()
+        } else {
+            let mut all = Vec::with_capacity(base_len + upstreams.len());
+            all.extend(prev.upstreams.iter().cloned());
+            all.extend(upstreams);
+            Arc::new(all)
+        };
+        let branch_known = prev.branches.values().any(|&v| v as usize == changed);
+        let is_branch = config.layer(changed).is_some_and(|l| l.kind == LayerKind::Branch);
+        let branches = if branch_known == is_branch {
+            prev.branches.clone()
+        } else {
+            Arc::new(branch_index(config))
+        };
+        let table = RoutingTable {
+            generation,
+            settings: prev.settings.clone(),
+            services: prev.services.clone(),
+            layers,
+            branches,
+            upstreams,
+        };
+        debug_assert_eq!(table.check_invariants(), Ok(()));
+        self.table = Arc::new(table);
+        self.table.clone()
+    }
+
+    fn compile_layer(&mut self, config: &Config, idx: LayerIdx, upstreams: &mut Vec<Upstream>) -> Option<Arc<LayerRoutes>> {
+        self.compile_layer_offset(config, idx, 0, upstreams)
+    }
+
+    /// Compile one layer; new upstreams are appended to `upstreams`, whose first element will
+    /// get id `offset`.
+    fn compile_layer_offset(
+        &mut self,
+        config: &Config,
+        idx: LayerIdx,
+        offset: usize,
+        upstreams: &mut Vec<Upstream>,
+    ) -> Option<Arc<LayerRoutes>> {
+        let layer = config.layer(idx)?;
+        let mut routes = Vec::new();
+        for (sid, svc) in config.services().iter().enumerate() {
+            let touches = layer.kind == LayerKind::Org
+                || layer.service(&svc.name).is_some_and(|s| s.touches_route());
+            if !touches {
+                continue;
+            }
+            let Some(eff) = config.effective(idx, &svc.name) else { continue };
+            let (eps, _) = eff.upstreams();
+            let ids: Vec<UpstreamId> = eps
+                .iter()
+                .map(|e| self.intern(&e.0, offset, upstreams))
+                .collect();
+            let kind = if eff.local.is_some() {
+                RouteKind::Local
+            } else {
+                match layer.kind {
+                    LayerKind::Org => RouteKind::Baseline,
+                    LayerKind::Team => RouteKind::Team,
+                    LayerKind::Branch => RouteKind::Branch,
+                }
+            };
+            routes.push(Route {
+                service: sid as u32,
+                layer: idx as u32,
+                kind,
+                upstreams: ids.into_boxed_slice(),
+                policy: self.policy(&eff),
+            });
+        }
+        let lineage: Vec<u32> = config.lineage(idx).into_iter().map(|i| i as u32).collect();
+        Some(Arc::new(LayerRoutes {
+            name: Arc::from(layer.name.as_str()),
+            label: layer.label.clone(),
+            kind: layer.kind,
+            parent: layer.parent.map(|p| p as u32),
+            lineage: lineage.into_boxed_slice(),
+            routes: routes.into_boxed_slice(),
+        }))
+    }
+
+    fn intern(&mut self, authority: &Arc<str>, offset: usize, upstreams: &mut Vec<Upstream>) -> UpstreamId {
+        if let Some(&id) = self.upstream_ids.get(authority) {
+            return id;
+        }
+        let id = (offset + upstreams.len()) as UpstreamId;
+        upstreams.push(Upstream { authority: authority.clone() });
+        self.upstream_ids.insert(authority.clone(), id);
+        id
+    }
+
+    fn policy(&mut self, eff: &Effective) -> Arc<RoutePolicy> {
+        let p = RoutePolicy {
+            connect_timeout: Duration::from_millis(eff.connect_timeout_ms.value),
+            request_timeout: Duration::from_millis(eff.request_timeout_ms.value),
+            set_headers: eff
+                .set_headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(&v.value).ok()?,
+                    ))
+                })
+                .collect(),
+            remove_headers: eff
+                .remove_headers
+                .keys()
+                .filter_map(|k| http::HeaderName::from_bytes(k.as_bytes()).ok())
+                .collect(),
+            readiness: eff.readiness.value,
+        };
+        self.policies
+            .entry(p.clone())
+            .or_insert_with(|| Arc::new(p))
+            .clone()
+    }
+}
+
+/// Compile `config` from scratch (convenience over [`Compiler::new`]).
+pub fn compile(config: &Config, generation: u64) -> Arc<RoutingTable> {
+    Compiler::new(config, generation).table.clone()
+}
+
+fn empty_table(config: &Config) -> RoutingTable {
+    RoutingTable {
+        generation: 0,
+        settings: Arc::new(config.settings.clone()),
+        services: Arc::new(ServiceIndex::default()),
+        layers: Vec::new(),
+        branches: Arc::new(FxHashMap::default()),
+        upstreams: Arc::new(Vec::new()),
+    }
+}
+
+fn service_index(config: &Config) -> ServiceIndex {
+    let mut idx = ServiceIndex::default();
+    let mut names = Vec::new();
+    for (i, s) in config.services().iter().enumerate() {
+        let id = i as u32;
+        names.push(Arc::from(s.name.as_str()));
+        for h in &s.hosts {
+            idx.hosts.insert(h.as_str().into(), id);
+        }
+        for p in &s.path_prefixes {
+            idx.prefixes.insert(p.as_str().into(), id);
+        }
+    }
+    idx.names = names.into_boxed_slice();
+    idx.default = config
+        .settings
+        .default_service
+        .as_deref()
+        .and_then(|d| config.services().iter().position(|s| s.name == d))
+        .map(|i| i as u32);
+    idx
+}
+
+fn branch_index(config: &Config) -> FxHashMap<Box<str>, u32> {
+    config
+        .layers()
+        .filter(|l| l.kind == LayerKind::Branch)
+        .filter_map(|l| Some((l.name.as_str().into(), config.layer_id(&l.name)? as u32)))
+        .collect()
+}
+
+/// The baseline layer id, re-exported for readers of compiled tables.
+pub const BASELINE: u32 = BASELINE_ID;
