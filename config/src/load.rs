@@ -102,7 +102,9 @@ pub fn parse_text(
 }
 
 fn yaml_error(file: &Arc<str>, e: &serde_yaml_ng::Error) -> ConfigError {
-    let line = e.location().map_or(0, |l| u32::try_from(l.line()).unwrap_or(0));
+    let line = e
+        .location()
+        .map_or(0, |l| u32::try_from(l.line()).unwrap_or(0));
     let msg = e.to_string();
     // serde_yaml_ng prefixes the field path ("services.orders: unknown field ...") and appends
     // the position; split both so the diagnostic reads file:line: field: reason.
@@ -173,11 +175,19 @@ pub fn load_path(path: &Path) -> Result<Vec<ParsedDoc>, ConfigError> {
     let Some(org) = org else {
         return Err(ConfigError::Read {
             path: path.join("org.yaml").display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no org.yaml in the config directory"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no org.yaml in the config directory",
+            ),
         });
     };
     let text = read(&org)?;
-    docs.extend(parse_text(&relative(path, &org), &text, Some(LayerKind::Org), None)?);
+    docs.extend(parse_text(
+        &relative(path, &org),
+        &text,
+        Some(LayerKind::Org),
+        None,
+    )?);
     let mut diagnostics = Vec::new();
     for (sub, kind) in [("teams", LayerKind::Team), ("branches", LayerKind::Branch)] {
         for f in layer_files(&path.join(sub))? {

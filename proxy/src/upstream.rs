@@ -1,0 +1,153 @@
+//! Per-upstream state kept outside the immutable table (pools, readiness, counters), the shared
+//! registry that hands the same state to every table naming an upstream, and the TCP connector
+//! that applies each upstream's connect timeout.
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper::Uri;
+use hyper_util::rt::TokioIo;
+use microstax_config::RoutingTable;
+use rustc_hash::FxHashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// State of one upstream endpoint, shared by every table that names it.
+#[derive(Debug)]
+pub struct UpstreamState {
+    /// `host:port`.
+    pub key: Arc<str>,
+    /// Parsed authority, cloned (a refcount) into each upstream request URI.
+    pub authority: Authority,
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_errors: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Generation of the last table that named this upstream (for the grace-period sweep).
+    pub last_seen_generation: AtomicU64,
+}
+
+/// All upstream states known to a proxy; touched only when tables are published.
+#[derive(Debug, Default)]
+pub struct Registry {
+    states: Mutex<FxHashMap<Arc<str>, (Arc<UpstreamState>, Instant)>>,
+}
+
+impl Registry {
+    /// The states of `table`'s upstreams, indexed like `table.upstreams`; creates missing ones.
+    pub fn bind(&self, table: &RoutingTable) -> Box<[Arc<UpstreamState>]> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        table
+            .upstreams
+            .iter()
+            .map(|u| {
+                let entry = states.entry(u.authority.clone()).or_insert_with(|| {
+                    let authority = Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                        u.authority.as_bytes(),
+                    ))
+                    .unwrap_or_else(|_| Authority::from_static("invalid.upstream:1"));
+                    (
+                        Arc::new(UpstreamState {
+                            key: u.authority.clone(),
+                            authority,
+                            requests: AtomicU64::new(0),
+                            connect_errors: AtomicU64::new(0),
+                            timeouts: AtomicU64::new(0),
+                            last_seen_generation: AtomicU64::new(0),
+                        }),
+                        now,
+                    )
+                });
+                entry.1 = now;
+                entry
+                    .0
+                    .last_seen_generation
+                    .store(table.generation, Ordering::Relaxed);
+                entry.0.clone()
+            })
+            .collect()
+    }
+
+    /// Drop the states that no table has named for longer than `grace`. Returns how many.
+    pub fn sweep(&self, grace: Duration) -> usize {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let before = states.len();
+        let now = Instant::now();
+        states.retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
+        before - states.len()
+    }
+
+    /// Number of upstream states held.
+    pub fn len(&self) -> usize {
+        self.states.lock().map_or(0, |s| s.len())
+    }
+
+    /// Whether no upstream state is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Connect timeouts by upstream, published with each table (read only when a new connection is
+/// opened, never per request).
+pub type ConnectTimeouts = Arc<ArcSwap<FxHashMap<Arc<str>, Duration>>>;
+
+/// TCP connector for the pooled client: resolves `host:port`, applies the upstream's connect
+/// timeout, and sets TCP_NODELAY.
+#[derive(Clone)]
+pub struct Connector {
+    timeouts: ConnectTimeouts,
+    default: Duration,
+}
+
+impl Connector {
+    /// A connector reading timeouts from `timeouts`, else `default`.
+    pub fn new(timeouts: ConnectTimeouts, default: Duration) -> Connector {
+        Connector { timeouts, default }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let timeout = self
+            .timeouts
+            .load()
+            .get(authority.as_str())
+            .copied()
+            .unwrap_or(self.default);
+        Box::pin(async move {
+            let connect = TcpStream::connect(authority.as_str());
+            let stream = match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {authority} timed out after {timeout:?}"),
+                    ))
+                }
+            };
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
