@@ -138,14 +138,14 @@ impl ContextRules {
             }
         }
         if !self.patterns.is_empty() {
-            if let Some(n) = host.and_then(|h| self.from_host(h)) {
+            if let Some(n) = host.and_then(|h| self.branch_in_host(h)) {
                 return Some((n, ContextSource::Host));
             }
         }
         None
     }
 
-    fn from_host(&self, host: &str) -> Option<BranchName> {
+    fn branch_in_host(&self, host: &str) -> Option<BranchName> {
         let h = host.as_bytes();
         let h = match h.iter().rposition(|&b| b == b':') {
             Some(i) if h.first() != Some(&b'[') => &h[..i],

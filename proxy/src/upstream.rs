@@ -34,10 +34,13 @@ pub struct UpstreamState {
     pub last_seen_generation: AtomicU64,
 }
 
+/// An upstream's state and when a published table last named it.
+type Entry = (Arc<UpstreamState>, Instant);
+
 /// All upstream states known to a proxy; touched only when tables are published.
 #[derive(Debug, Default)]
 pub struct Registry {
-    states: Mutex<FxHashMap<Arc<str>, (Arc<UpstreamState>, Instant)>>,
+    states: Mutex<FxHashMap<Arc<str>, Entry>>,
 }
 
 impl Registry {
