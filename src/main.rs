@@ -5,10 +5,17 @@ mod demo;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use microstax_proxy::{Proxy, Router, ServerOptions};
+use microstax_config::RoutingTable;
+use microstax_planner::admin::AdminState;
+use microstax_planner::{ControlPlane, TableSink};
+use microstax_proxy::{Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -62,6 +69,13 @@ struct NetArgs {
     /// Worker threads of the proxy runtime.
     #[arg(long, default_value_t = default_workers())]
     workers: usize,
+    /// File holding the bearer token for admin writes (else $MICROSTAX_ADMIN_TOKEN; with
+    /// neither, admin writes are disabled).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Quiet time gathered after a config file event before reloading, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    debounce_ms: u64,
 }
 
 fn default_workers() -> usize {
@@ -81,7 +95,7 @@ fn main() -> Result<()> {
         Command::Check { config } => check(&config),
         Command::Run { config, net } => runtime(net.workers)?.block_on(async {
             let cfg = load(&config)?;
-            run(cfg, &net, None).await
+            run(cfg, &net, None, Some(config.clone())).await
         }),
         Command::Demo {
             net,
@@ -99,7 +113,7 @@ fn main() -> Result<()> {
                     Some(path) => (load(path)?, Default::default()),
                     None => demo::embedded().await?,
                 };
-                run(cfg, &net, Some(listeners)).await
+                run(cfg, &net, Some(listeners), config.clone()).await
             })
         }
     }
@@ -138,16 +152,68 @@ fn check(path: &std::path::Path) -> Result<()> {
     }
 }
 
+/// Adapts the proxy to the planner's sink: the planner never depends on the proxy.
+struct ProxySink(Arc<Proxy>);
+
+impl TableSink for ProxySink {
+    fn publish(&self, table: Arc<RoutingTable>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let report = self.0.publish(table).await;
+            if report.new_upstreams > 0 {
+                tracing::info!(
+                    generation = report.generation,
+                    new = report.new_upstreams,
+                    ready = report.ready,
+                    not_ready = report.not_ready,
+                    "prewarmed new upstreams"
+                );
+            }
+        })
+    }
+}
+
+fn admin_token(net: &NetArgs) -> Result<Option<Vec<u8>>> {
+    if let Some(path) = &net.admin_token_file {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the admin token {}", path.display()))?;
+        let t = t.trim();
+        anyhow::ensure!(
+            !t.is_empty(),
+            "the admin token file {} is empty",
+            path.display()
+        );
+        return Ok(Some(t.as_bytes().to_vec()));
+    }
+    Ok(std::env::var("MICROSTAX_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().as_bytes().to_vec()))
+}
+
 /// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
-/// upstreams for the config's endpoints.
+/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
 async fn run(
     cfg: microstax_config::Config,
     net: &NetArgs,
     demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
+    watch: Option<PathBuf>,
 ) -> Result<()> {
-    let table = microstax_planner::compile(&cfg, 1);
-    let router = Router::new(table);
-    let proxy = Proxy::new(router.clone());
+    let registry = prometheus::Registry::new();
+    let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
+    let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
+    let proxy = Proxy::new(router, ProxyOptions::default());
+    let _maintenance = proxy.spawn_maintenance();
+    let control = ControlPlane::start(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
+        .await
+        .context("registering planner metrics")?;
+    let _watcher = match watch {
+        Some(path) => Some(microstax_planner::watch(
+            path,
+            control.clone(),
+            Duration::from_millis(net.debounce_ms),
+        )?),
+        None => None,
+    };
     let listener = TcpListener::bind(net.listen)
         .await
         .with_context(|| format!("binding the proxy listener {}", net.listen))?;
@@ -156,7 +222,19 @@ async fn run(
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
     let admin_addr = admin.local_addr()?;
-    tokio::spawn(health::serve(admin));
+    let serving = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AdminState {
+        control: control.clone(),
+        registry,
+        token: admin_token(net)?,
+        serving: serving.clone(),
+        extra: None,
+    });
+    tokio::spawn(microstax_planner::admin::serve(
+        admin,
+        state,
+        std::future::pending(),
+    ));
     if let Some(listeners) = demo_listeners {
         demo::start_upstreams(&cfg, listeners, listen).await?;
         println!(
@@ -166,8 +244,8 @@ async fn run(
     } else {
         println!("microstax: proxy on http://{listen}, admin on http://{admin_addr}");
     }
+    serving.store(true, Ordering::Release);
     microstax_proxy::serve(listener, proxy, ServerOptions::default(), shutdown_signal()).await;
-    let _ = Arc::strong_count(&router);
     Ok(())
 }
 
@@ -191,37 +269,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down: draining connections");
-}
-
-mod health {
-    //! Minimal admin listener until the admin API lands: `/healthz` only.
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    use std::convert::Infallible;
-    use tokio::net::TcpListener;
-
-    pub async fn serve(listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let (status, body) = match req.uri().path() {
-                        "/healthz" => (200, "ok\n"),
-                        _ => (404, "not found\n"),
-                    };
-                    let mut r =
-                        hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    }
 }

@@ -5,6 +5,8 @@
 
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::headers;
+use crate::metrics::KindLabel;
+use crate::prewarm::PrewarmOptions;
 use crate::router::{Router, Snapshot};
 use crate::upstream::{Connector, UpstreamState};
 use bytes::Bytes;
@@ -16,13 +18,13 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use microstax_config::table::BASELINE_ID;
-use microstax_config::{LayerId, Route, ServiceId};
+use microstax_config::{LayerId, Readiness, Route, ServiceId};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Body sent upstream: the client's streamed body, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -55,6 +57,18 @@ struct Decision<'s> {
     service: ServiceId,
     route: &'s Route,
     upstream: &'s Arc<UpstreamState>,
+    /// The readiness policy sent the request to the parent's route.
+    fallback: bool,
+}
+
+impl Decision<'_> {
+    fn kind(&self) -> KindLabel {
+        if self.fallback {
+            KindLabel::Fallback
+        } else {
+            KindLabel::Route(self.route.kind)
+        }
+    }
 }
 
 /// A reply the proxy makes itself.
@@ -72,15 +86,23 @@ impl LocalReply {
     }
 }
 
+/// Data-plane settings that do not come from the routing table.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyOptions {
+    /// How new upstreams are prewarmed before a table naming them is published.
+    pub prewarm: PrewarmOptions,
+}
+
 /// The data plane: routes and forwards requests using the router's current snapshot.
 pub struct Proxy {
     router: Arc<Router>,
     client: Client<Connector, UpstreamBody>,
+    options: ProxyOptions,
 }
 
 impl Proxy {
     /// A proxy over `router` with a pooled HTTP/1.1 client.
-    pub fn new(router: Arc<Router>) -> Arc<Proxy> {
+    pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
         let connector = Connector::new(router.connect_timeouts(), Duration::from_secs(1));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -88,7 +110,11 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .set_host(false)
             .build(connector);
-        Arc::new(Proxy { router, client })
+        Arc::new(Proxy {
+            router,
+            client,
+            options,
+        })
     }
 
     /// The router this proxy reads.
@@ -96,33 +122,69 @@ impl Proxy {
         &self.router
     }
 
+    /// The pooled upstream client (shared with prewarming so warmed connections are reused).
+    pub(crate) fn client(&self) -> &Client<Connector, UpstreamBody> {
+        &self.client
+    }
+
+    /// Prewarm settings.
+    pub fn options(&self) -> &ProxyOptions {
+        &self.options
+    }
+
     /// Handle one request end to end.
-    pub async fn handle(
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let snap = self.router.load();
+        let (resp, service, kind, layer) = match decide(&snap, &req) {
+            Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
+            Ok(d) => match admit(&snap, d).await {
+                Err((reply, d)) => {
+                    let kind = d.kind();
+                    (local(&snap, reply), Some(d.service), kind, d.layer)
+                }
+                Ok(d) => {
+                    let (service, kind, layer) = (d.service, d.kind(), d.layer);
+                    (
+                        self.forward(&snap, d, req, conn).await,
+                        Some(service),
+                        kind,
+                        layer,
+                    )
+                }
+            },
+        };
+        let secs = start.elapsed().as_secs_f64();
+        snap.metrics
+            .request(service, kind, layer, resp.status().as_u16(), secs);
+        resp
+    }
+
+    /// Phases 3 and 4: send upstream and finish the response.
+    async fn forward(
         &self,
+        snap: &Snapshot,
+        d: Decision<'_>,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
-        let snap = self.router.load();
-        let decision = match decide(&snap, &req) {
-            Ok(d) => d,
-            Err(reply) => return local(&snap, reply),
-        };
-        prepare(&snap, &decision, &mut req, conn);
+        prepare(snap, &d, &mut req, conn);
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        decision.upstream.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = decision.route.policy.request_timeout;
+        d.upstream.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = d.route.policy.request_timeout;
         let sent = tokio::time::timeout(timeout, self.client.request(req.map(Either::Left))).await;
         let mut resp = match sent {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return local(&snap, upstream_error(&decision, &e)),
+            Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
             Err(_) => {
-                decision.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
+                d.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
+                snap.metrics.timeout(d.service);
                 let reason = format!(
                     "upstream {} did not answer within {timeout:?}",
-                    decision.upstream.key
+                    d.upstream.key
                 );
-                return local(&snap, LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason));
+                return local(snap, LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason));
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -131,10 +193,65 @@ impl Proxy {
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
+        if d.fallback {
+            resp.headers_mut()
+                .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
+        }
         if snap.table.settings.debug_header {
-            add_route_header(&snap, &decision, resp.headers_mut());
+            add_route_header(snap, &d, resp.headers_mut());
         }
         resp.map(Either::Left)
+    }
+}
+
+const FALLBACK_HEADER: &str = "x-microstax-fallback";
+
+/// Phase 2: apply the route's readiness policy when its upstream is not ready (only routes
+/// above the baseline have a parent to fall back to or a reason to wait).
+async fn admit<'s>(
+    snap: &'s Snapshot,
+    mut d: Decision<'s>,
+) -> Result<Decision<'s>, (LocalReply, Decision<'s>)> {
+    if d.upstream.is_ready() || d.route.kind == microstax_config::RouteKind::Baseline {
+        return Ok(d);
+    }
+    let key = &d.upstream.key;
+    match d.route.policy.readiness {
+        Readiness::Hold { ms } => {
+            let wait = Duration::from_millis(ms);
+            match tokio::time::timeout(wait, d.upstream.wait_ready()).await {
+                Ok(()) => Ok(d),
+                Err(_) => {
+                    let reason = format!("upstream {key} is not ready (held {ms} ms)");
+                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+                }
+            }
+        }
+        Readiness::Fail => {
+            let reason = format!("upstream {key} is not ready");
+            Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+        }
+        Readiness::Fallback => {
+            let parent = snap.table.parent_route(d.route);
+            let up = parent.and_then(|r| {
+                pick(&r.upstreams)
+                    .and_then(|id| snap.upstreams.get(id as usize))
+                    .map(|u| (r, u))
+            });
+            match up {
+                Some((r, u)) => {
+                    d.route = r;
+                    d.upstream = u;
+                    d.fallback = true;
+                    Ok(d)
+                }
+                None => {
+                    let reason =
+                        format!("upstream {key} is not ready and there is no parent route");
+                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+                }
+            }
+        }
     }
 }
 
@@ -183,6 +300,7 @@ fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s
         service,
         route,
         upstream,
+        fallback: false,
     })
 }
 
@@ -287,10 +405,15 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     }
 }
 
-fn upstream_error(d: &Decision<'_>, e: &hyper_util::client::legacy::Error) -> LocalReply {
+fn upstream_error(
+    snap: &Snapshot,
+    d: &Decision<'_>,
+    e: &hyper_util::client::legacy::Error,
+) -> LocalReply {
     let key = &d.upstream.key;
     if e.is_connect() {
         d.upstream.connect_errors.fetch_add(1, Ordering::Relaxed);
+        snap.metrics.connect_error(d.service);
         let io = source_io_error(e);
         if io.is_some_and(|k| k == std::io::ErrorKind::TimedOut) {
             return LocalReply::new(
@@ -346,6 +469,9 @@ fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) 
             }
         }
         None => v.push_str("; branch=baseline"),
+    }
+    if d.fallback {
+        v.push_str("; fallback=not-ready");
     }
     let layer = t.layer(d.route.layer).map_or("?", |l| &*l.label);
     let _ = write!(

@@ -7,11 +7,15 @@ pub mod context;
 pub mod cookie;
 pub mod forward;
 pub mod headers;
+pub mod metrics;
+pub mod prewarm;
 pub mod router;
 pub mod server;
 pub mod upstream;
 
 pub use context::{BranchName, ContextRules, ContextSource};
-pub use forward::{ConnInfo, Proxy};
+pub use forward::{ConnInfo, Proxy, ProxyOptions};
+pub use metrics::ProxyMetrics;
+pub use prewarm::{PrewarmOptions, PublishReport};
 pub use router::{Router, Snapshot};
 pub use server::{serve, ServerOptions};

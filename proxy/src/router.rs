@@ -4,6 +4,7 @@
 //! publishing builds the next snapshot off the request path and swaps it in whole.
 
 use crate::context::ContextRules;
+use crate::metrics::{BoundMetrics, ProxyMetrics};
 use crate::upstream::{ConnectTimeouts, Registry, UpstreamState};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -25,11 +26,32 @@ pub struct Snapshot {
     pub branch_values: Box<[Option<HeaderValue>]>,
     /// Per layer id: the `key=name` baggage member as a header value.
     pub baggage_values: Box<[Option<HeaderValue>]>,
+    /// Metric handles for this table.
+    pub metrics: Arc<BoundMetrics>,
+}
+
+/// A table bound to upstream states, ready to be swapped in.
+#[derive(Debug)]
+pub struct Staged {
+    /// The snapshot to publish.
+    pub snapshot: Snapshot,
+    /// Upstreams no earlier table named (to prewarm before the swap).
+    pub new_upstreams: Vec<Arc<UpstreamState>>,
 }
 
 impl Snapshot {
-    fn build(table: Arc<RoutingTable>, registry: &Registry) -> Snapshot {
-        let upstreams = registry.bind(&table);
+    fn build(
+        table: Arc<RoutingTable>,
+        registry: &Registry,
+        metrics: &ProxyMetrics,
+        prev: Option<&Snapshot>,
+    ) -> Staged {
+        let (upstreams, created) = registry.bind(&table);
+        let new_upstreams = created
+            .iter()
+            .filter_map(|&i| upstreams.get(i).cloned())
+            .collect();
+        let bound = metrics.bind(&table, prev.map(|p| &p.metrics));
         let rules = ContextRules::new(&table.settings);
         let mut branch_values = Vec::with_capacity(table.layers.len());
         let mut baggage_values = Vec::with_capacity(table.layers.len());
@@ -40,12 +62,16 @@ impl Snapshot {
                 HeaderValue::from_str(&format!("{}={}", rules.baggage_key, l.name)).ok()
             }));
         }
-        Snapshot {
-            table,
-            upstreams,
-            rules,
-            branch_values: branch_values.into_boxed_slice(),
-            baggage_values: baggage_values.into_boxed_slice(),
+        Staged {
+            snapshot: Snapshot {
+                table,
+                upstreams,
+                rules,
+                branch_values: branch_values.into_boxed_slice(),
+                baggage_values: baggage_values.into_boxed_slice(),
+                metrics: bound,
+            },
+            new_upstreams,
         }
     }
 }
@@ -56,19 +82,63 @@ pub struct Router {
     current: ArcSwap<Snapshot>,
     registry: Registry,
     connect_timeouts: ConnectTimeouts,
+    metrics: ProxyMetrics,
 }
 
 impl Router {
-    /// A router serving `table`.
+    /// A router serving `table`, with metrics on a registry of its own.
     pub fn new(table: Arc<RoutingTable>) -> Arc<Router> {
+        // registering on a fresh registry cannot collide
+        let metrics = ProxyMetrics::new(&prometheus::Registry::new());
+        match metrics {
+            Ok(m) => Router::with_metrics(table, m),
+            Err(_) => unreachable_metrics(),
+        }
+    }
+
+    /// A router serving `table` that reports to `metrics`.
+    pub fn with_metrics(table: Arc<RoutingTable>, metrics: ProxyMetrics) -> Arc<Router> {
         let registry = Registry::default();
         let timeouts = connect_timeouts(&table);
-        let snap = Snapshot::build(table, &registry);
-        Arc::new(Router {
-            current: ArcSwap::from_pointee(snap),
+        let staged = Snapshot::build(table, &registry, &metrics, None);
+        let router = Router {
+            current: ArcSwap::from_pointee(staged.snapshot),
             registry,
             connect_timeouts: Arc::new(ArcSwap::from_pointee(timeouts)),
-        })
+            metrics,
+        };
+        router.record_table(&router.load());
+        Arc::new(router)
+    }
+
+    /// The metric families.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// Bind `table` to upstream states without publishing it.
+    pub fn stage(&self, table: Arc<RoutingTable>) -> Staged {
+        let prev = self.load();
+        Snapshot::build(table, &self.registry, &self.metrics, Some(&prev))
+    }
+
+    /// Swap a staged table in (atomically: one store of one snapshot).
+    pub fn commit(&self, staged: Staged) {
+        self.connect_timeouts
+            .store(Arc::new(connect_timeouts(&staged.snapshot.table)));
+        let snap = Arc::new(staged.snapshot);
+        self.current.store(snap.clone());
+        self.metrics.swaps.inc();
+        self.record_table(&snap);
+    }
+
+    fn record_table(&self, snap: &Snapshot) {
+        let (_, routes) = snap.table.counts();
+        self.metrics
+            .table_generation
+            .set(snap.table.generation as i64);
+        self.metrics.branches.set(snap.table.branches.len() as i64);
+        self.metrics.overrides.set(routes as i64);
     }
 
     /// The current snapshot; a request calls this once.
@@ -77,12 +147,10 @@ impl Router {
         self.current.load_full()
     }
 
-    /// Bind and swap in a new table. The caller has validated it; the swap is atomic.
+    /// Bind and swap in a new table without prewarming (see `Proxy::publish` for that).
     pub fn publish(&self, table: Arc<RoutingTable>) {
-        self.connect_timeouts
-            .store(Arc::new(connect_timeouts(&table)));
-        let snap = Snapshot::build(table, &self.registry);
-        self.current.store(Arc::new(snap));
+        let staged = self.stage(table);
+        self.commit(staged);
     }
 
     /// The connect-timeout map shared with the connector.
@@ -94,6 +162,11 @@ impl Router {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metrics() -> ! {
+    panic!("registering metrics on a new, empty registry cannot fail")
 }
 
 /// The shortest connect timeout of any route naming each upstream.

@@ -47,6 +47,7 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let active = proxy.router().metrics().active_connections.clone();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -70,10 +71,13 @@ pub async fn serve(
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
+                let active = active.clone();
+                active.inc();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    active.dec();
                 });
             }
             () = &mut shutdown => break,

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,6 +32,73 @@ pub struct UpstreamState {
     pub timeouts: AtomicU64,
     /// Generation of the last table that named this upstream (for the grace-period sweep).
     pub last_seen_generation: AtomicU64,
+    ready: AtomicU8,
+    became_ready: tokio::sync::Notify,
+}
+
+/// Readiness of an upstream as far as the proxy knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Never probed (e.g. named by the first table): treated as ready.
+    Unknown,
+    /// Answered a probe.
+    Ready,
+    /// Did not answer its last probe.
+    NotReady,
+}
+
+impl UpstreamState {
+    fn new(key: Arc<str>) -> UpstreamState {
+        let authority = Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(key.as_bytes()))
+            .unwrap_or_else(|_| Authority::from_static("invalid.upstream:1"));
+        UpstreamState {
+            key,
+            authority,
+            requests: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            last_seen_generation: AtomicU64::new(0),
+            ready: AtomicU8::new(0),
+            became_ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Current readiness.
+    pub fn readiness(&self) -> Readiness {
+        match self.ready.load(Ordering::Acquire) {
+            1 => Readiness::Ready,
+            2 => Readiness::NotReady,
+            _ => Readiness::Unknown,
+        }
+    }
+
+    /// Whether requests may go to this upstream now.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) != 2
+    }
+
+    /// Record a probe outcome; waking requests held for this upstream when it becomes ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready
+            .store(if ready { 1 } else { 2 }, Ordering::Release);
+        if ready {
+            self.became_ready.notify_waiters();
+        }
+    }
+
+    /// Wait until the upstream is ready (the caller bounds the wait).
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.became_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// An upstream's state and when a published table last named it.
@@ -44,30 +111,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The states of `table`'s upstreams, indexed like `table.upstreams`; creates missing ones.
-    pub fn bind(&self, table: &RoutingTable) -> Box<[Arc<UpstreamState>]> {
+    /// The states of `table`'s upstreams, indexed like `table.upstreams`, and the indexes of
+    /// the ones created by this call (new upstreams, to prewarm).
+    pub fn bind(&self, table: &RoutingTable) -> (Box<[Arc<UpstreamState>]>, Vec<usize>) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        table
+        let mut created = Vec::new();
+        let bound = table
             .upstreams
             .iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(i, u)| {
                 let entry = states.entry(u.authority.clone()).or_insert_with(|| {
-                    let authority = Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(
-                        u.authority.as_bytes(),
-                    ))
-                    .unwrap_or_else(|_| Authority::from_static("invalid.upstream:1"));
-                    (
-                        Arc::new(UpstreamState {
-                            key: u.authority.clone(),
-                            authority,
-                            requests: AtomicU64::new(0),
-                            connect_errors: AtomicU64::new(0),
-                            timeouts: AtomicU64::new(0),
-                            last_seen_generation: AtomicU64::new(0),
-                        }),
-                        now,
-                    )
+                    created.push(i);
+                    (Arc::new(UpstreamState::new(u.authority.clone())), now)
                 });
                 entry.1 = now;
                 entry
@@ -76,15 +133,22 @@ impl Registry {
                     .store(table.generation, Ordering::Relaxed);
                 entry.0.clone()
             })
-            .collect()
+            .collect();
+        (bound, created)
     }
 
-    /// Drop the states that no table has named for longer than `grace`. Returns how many.
+    /// Drop the states that no snapshot has held for longer than `grace` (a state still in use
+    /// has references besides the registry's). Returns how many were dropped.
     pub fn sweep(&self, grace: Duration) -> usize {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let before = states.len();
         let now = Instant::now();
-        states.retain(|_, (_, seen)| now.duration_since(*seen) <= grace);
+        states.retain(|_, (state, seen)| {
+            if Arc::strong_count(state) > 1 {
+                *seen = now;
+            }
+            now.duration_since(*seen) <= grace
+        });
         before - states.len()
     }
 

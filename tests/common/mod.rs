@@ -191,7 +191,7 @@ pub struct ProxyUnderTest {
 impl ProxyUnderTest {
     pub async fn start(config: &Config) -> ProxyUnderTest {
         let router = Router::new(microstax_planner::compile(config, 1));
-        let proxy = Proxy::new(router.clone());
+        let proxy = Proxy::new(router.clone(), microstax_proxy::ProxyOptions::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
