@@ -1,1 +1,272 @@
-fn main() {}
+//! The `microstax` binary: argument parsing and wiring only. Libraries do the work: config
+//! loads and validates, the planner compiles tables, the proxy serves them.
+
+mod demo;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use microstax_config::RoutingTable;
+use microstax_planner::admin::AdminState;
+use microstax_planner::{ControlPlane, TableSink};
+use microstax_proxy::{Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "microstax",
+    version,
+    about = "Branch-aware routing proxy and planner"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy and planner on a config directory (or single file).
+    Run {
+        /// Config directory (org.yaml, teams/, branches/) or a single multi-document file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Validate a config; print every error with file:line and exit non-zero if any.
+    Check {
+        /// Config directory or file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo: proxy, planner and demo upstreams, no files needed.
+    Demo {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Write the embedded demo config into this directory as editable files, then exit.
+        #[arg(long)]
+        write_config: Option<PathBuf>,
+        /// Serve demo upstreams for the endpoints of this config instead of the embedded one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct NetArgs {
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin listen address (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Worker threads of the proxy runtime.
+    #[arg(long, default_value_t = default_workers())]
+    workers: usize,
+    /// File holding the bearer token for admin writes (else $MICROSTAX_ADMIN_TOKEN; with
+    /// neither, admin writes are disabled).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Quiet time gathered after a config file event before reloading, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    debounce_ms: u64,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, net } => runtime(net.workers)?.block_on(async {
+            let cfg = load(&config)?;
+            run(cfg, &net, None, Some(config.clone())).await
+        }),
+        Command::Demo {
+            net,
+            write_config,
+            config,
+        } => {
+            if let Some(dir) = write_config {
+                demo::write_config(&dir)?;
+                println!("wrote the demo config to {}", dir.display());
+                println!("run it with: microstax demo --config {}", dir.display());
+                return Ok(());
+            }
+            runtime(net.workers)?.block_on(async {
+                let (cfg, listeners) = match &config {
+                    Some(path) => (load(path)?, Default::default()),
+                    None => demo::embedded().await?,
+                };
+                run(cfg, &net, Some(listeners), config.clone()).await
+            })
+        }
+    }
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn load(path: &std::path::Path) -> Result<microstax_config::Config> {
+    microstax_config::load(path)
+        .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+}
+
+fn check(path: &std::path::Path) -> Result<()> {
+    match microstax_config::load(path) {
+        Ok(cfg) => {
+            let table = microstax_planner::compile(&cfg, 1);
+            let (layers, routes) = table.counts();
+            println!(
+                "ok: {} services, {} layers, {} routes",
+                cfg.services().len(),
+                layers,
+                routes
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Adapts the proxy to the planner's sink: the planner never depends on the proxy.
+struct ProxySink(Arc<Proxy>);
+
+impl TableSink for ProxySink {
+    fn publish(&self, table: Arc<RoutingTable>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let report = self.0.publish(table).await;
+            if report.new_upstreams > 0 {
+                tracing::info!(
+                    generation = report.generation,
+                    new = report.new_upstreams,
+                    ready = report.ready,
+                    not_ready = report.not_ready,
+                    "prewarmed new upstreams"
+                );
+            }
+        })
+    }
+}
+
+fn admin_token(net: &NetArgs) -> Result<Option<Vec<u8>>> {
+    if let Some(path) = &net.admin_token_file {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the admin token {}", path.display()))?;
+        let t = t.trim();
+        anyhow::ensure!(
+            !t.is_empty(),
+            "the admin token file {} is empty",
+            path.display()
+        );
+        return Ok(Some(t.as_bytes().to_vec()));
+    }
+    Ok(std::env::var("MICROSTAX_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().as_bytes().to_vec()))
+}
+
+/// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
+/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
+async fn run(
+    cfg: microstax_config::Config,
+    net: &NetArgs,
+    demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
+    watch: Option<PathBuf>,
+) -> Result<()> {
+    let registry = prometheus::Registry::new();
+    let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
+    let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
+    let proxy = Proxy::new(router, ProxyOptions::default());
+    let _maintenance = proxy.spawn_maintenance();
+    let control = ControlPlane::start(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
+        .await
+        .context("registering planner metrics")?;
+    let _watcher = match watch {
+        Some(path) => Some(microstax_planner::watch(
+            path,
+            control.clone(),
+            Duration::from_millis(net.debounce_ms),
+        )?),
+        None => None,
+    };
+    let listener = TcpListener::bind(net.listen)
+        .await
+        .with_context(|| format!("binding the proxy listener {}", net.listen))?;
+    let listen = listener.local_addr()?;
+    let admin = TcpListener::bind(net.admin)
+        .await
+        .with_context(|| format!("binding the admin listener {}", net.admin))?;
+    let admin_addr = admin.local_addr()?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AdminState {
+        control: control.clone(),
+        registry,
+        token: admin_token(net)?,
+        serving: serving.clone(),
+        extra: None,
+    });
+    tokio::spawn(microstax_planner::admin::serve(
+        admin,
+        state,
+        std::future::pending(),
+    ));
+    if let Some(listeners) = demo_listeners {
+        demo::start_upstreams(&cfg, listeners, listen).await?;
+        println!(
+            "microstax demo: proxy on http://{listen}, admin on http://{admin_addr}\ntry:\n{}",
+            demo::curl_lines(listen)
+        );
+    } else {
+        println!("microstax: proxy on http://{listen}, admin on http://{admin_addr}");
+    }
+    serving.store(true, Ordering::Release);
+    microstax_proxy::serve(listener, proxy, ServerOptions::default(), shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining connections");
+}

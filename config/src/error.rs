@@ -93,7 +93,13 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub(crate) fn push(&mut self, file: &Arc<str>, line: u32, field: &str, reason: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        file: &Arc<str>,
+        line: u32,
+        field: &str,
+        reason: impl Into<String>,
+    ) {
         self.diagnostics.push(Diagnostic {
             file: file.clone(),
             line,

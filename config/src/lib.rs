@@ -12,7 +12,7 @@ pub mod spans;
 pub mod table;
 
 pub use error::{ConfigError, Diagnostic};
-pub use load::{load_path, parse_text, ParsedDoc};
+pub use load::{load_path, parse_sources, parse_text, read_sources, ParsedDoc, SourceText};
 pub use merge::{Effective, Field, Readiness, Sourced};
 pub use model::{Config, Endpoint, HostPattern, Layer, LayerIdx, Origin, Service, Settings};
 pub use schema::LayerKind;

@@ -102,7 +102,9 @@ pub fn parse_text(
 }
 
 fn yaml_error(file: &Arc<str>, e: &serde_yaml_ng::Error) -> ConfigError {
-    let line = e.location().map_or(0, |l| u32::try_from(l.line()).unwrap_or(0));
+    let line = e
+        .location()
+        .map_or(0, |l| u32::try_from(l.line()).unwrap_or(0));
     let msg = e.to_string();
     // serde_yaml_ng prefixes the field path ("services.orders: unknown field ...") and appends
     // the position; split both so the diagnostic reads file:line: field: reason.
@@ -159,13 +161,29 @@ fn relative(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 
-/// Load every document under `path`: a directory in the standard layout, or a single file.
-pub fn load_path(path: &Path) -> Result<Vec<ParsedDoc>, ConfigError> {
+/// One config file as read, before parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceText {
+    /// Path relative to the config root (or the file path for a single-file config).
+    pub rel: String,
+    /// The file's text.
+    pub text: String,
+    /// Kind implied by the file's place (`None` for a single multi-document file).
+    pub kind: Option<LayerKind>,
+    /// Name implied by the file's stem (teams and branches in a directory).
+    pub stem: Option<String>,
+}
+
+/// Read every config file under `path` (a directory in the standard layout, or one file).
+pub fn read_sources(path: &Path) -> Result<Vec<SourceText>, ConfigError> {
     if path.is_file() {
-        let text = read(path)?;
-        return parse_text(&path.display().to_string(), &text, None, None);
+        return Ok(vec![SourceText {
+            rel: path.display().to_string(),
+            text: read(path)?,
+            kind: None,
+            stem: None,
+        }]);
     }
-    let mut docs = Vec::new();
     let org = EXTENSIONS
         .iter()
         .map(|e| path.join(format!("org.{e}")))
@@ -173,25 +191,49 @@ pub fn load_path(path: &Path) -> Result<Vec<ParsedDoc>, ConfigError> {
     let Some(org) = org else {
         return Err(ConfigError::Read {
             path: path.join("org.yaml").display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no org.yaml in the config directory"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no org.yaml in the config directory",
+            ),
         });
     };
-    let text = read(&org)?;
-    docs.extend(parse_text(&relative(path, &org), &text, Some(LayerKind::Org), None)?);
-    let mut diagnostics = Vec::new();
+    let mut out = vec![SourceText {
+        rel: relative(path, &org),
+        text: read(&org)?,
+        kind: Some(LayerKind::Org),
+        stem: None,
+    }];
     for (sub, kind) in [("teams", LayerKind::Team), ("branches", LayerKind::Branch)] {
         for f in layer_files(&path.join(sub))? {
-            let text = read(&f)?;
-            let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            match parse_text(&relative(path, &f), &text, Some(kind), Some(stem)) {
-                Ok(d) => docs.extend(d),
-                Err(ConfigError::Invalid { diagnostics: d }) => diagnostics.extend(d),
-                Err(e) => return Err(e),
-            }
+            out.push(SourceText {
+                rel: relative(path, &f),
+                text: read(&f)?,
+                kind: Some(kind),
+                stem: f.file_stem().and_then(|s| s.to_str()).map(str::to_string),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Parse sources read by [`read_sources`]; every file's errors are reported together.
+pub fn parse_sources(sources: &[SourceText]) -> Result<Vec<ParsedDoc>, ConfigError> {
+    let mut docs = Vec::new();
+    let mut diagnostics = Vec::new();
+    for s in sources {
+        match parse_text(&s.rel, &s.text, s.kind, s.stem.as_deref()) {
+            Ok(d) => docs.extend(d),
+            Err(ConfigError::Invalid { diagnostics: d }) => diagnostics.extend(d),
+            Err(e) => return Err(e),
         }
     }
     if !diagnostics.is_empty() {
         return Err(ConfigError::Invalid { diagnostics });
     }
     Ok(docs)
+}
+
+/// Load every document under `path`: a directory in the standard layout, or a single file.
+pub fn load_path(path: &Path) -> Result<Vec<ParsedDoc>, ConfigError> {
+    parse_sources(&read_sources(path)?)
 }

@@ -49,7 +49,9 @@ impl Readiness {
             "fallback" if d.hold_ms.is_none() => Ok(Readiness::Fallback),
             "fail" if d.hold_ms.is_none() => Ok(Readiness::Fail),
             "fallback" | "fail" => Err("hold_ms applies to the `hold` policy only".into()),
-            other => Err(format!("unknown readiness policy `{other}`: use hold, fallback or fail")),
+            other => Err(format!(
+                "unknown readiness policy `{other}`: use hold, fallback or fail"
+            )),
         }
     }
 }
@@ -121,7 +123,11 @@ impl Effective {
     pub fn fields(&self) -> Vec<Field> {
         let mut out = Vec::new();
         let mut push = |name: String, value: String, origin: &Origin| {
-            out.push(Field { name, value, origin: origin.clone() });
+            out.push(Field {
+                name,
+                value,
+                origin: origin.clone(),
+            });
         };
         let eps: Vec<&str> = self.endpoints.value.iter().map(|e| &*e.0).collect();
         push("endpoints".into(), eps.join(","), &self.endpoints.origin);
@@ -132,22 +138,50 @@ impl Effective {
             push("image".into(), i.value.clone(), &i.origin);
         }
         if let Some(r) = &self.resources {
-            push("resources".into(), format!("cpu_m={} memory_mi={}", r.value.cpu_m, r.value.memory_mi), &r.origin);
+            push(
+                "resources".into(),
+                format!("cpu_m={} memory_mi={}", r.value.cpu_m, r.value.memory_mi),
+                &r.origin,
+            );
         }
         for (k, v) in &self.env {
             push(format!("env.{k}"), v.value.clone(), &v.origin);
         }
-        push("policy.connect_timeout_ms".into(), self.connect_timeout_ms.value.to_string(), &self.connect_timeout_ms.origin);
-        push("policy.request_timeout_ms".into(), self.request_timeout_ms.value.to_string(), &self.request_timeout_ms.origin);
+        push(
+            "policy.connect_timeout_ms".into(),
+            self.connect_timeout_ms.value.to_string(),
+            &self.connect_timeout_ms.origin,
+        );
+        push(
+            "policy.request_timeout_ms".into(),
+            self.request_timeout_ms.value.to_string(),
+            &self.request_timeout_ms.origin,
+        );
         for (k, v) in &self.set_headers {
-            push(format!("policy.request_headers.set.{k}"), v.value.clone(), &v.origin);
+            push(
+                format!("policy.request_headers.set.{k}"),
+                v.value.clone(),
+                &v.origin,
+            );
         }
         for (k, o) in &self.remove_headers {
-            push(format!("policy.request_headers.remove.{k}"), "removed".into(), o);
+            push(
+                format!("policy.request_headers.remove.{k}"),
+                "removed".into(),
+                o,
+            );
         }
-        push("policy.readiness".into(), self.readiness.value.to_string(), &self.readiness.origin);
+        push(
+            "policy.readiness".into(),
+            self.readiness.value.to_string(),
+            &self.readiness.origin,
+        );
         for m in &self.migrations {
-            push(format!("migrations.{}.{}", m.value.store, m.value.name), "applied".into(), &m.origin);
+            push(
+                format!("migrations.{}.{}", m.value.store, m.value.name),
+                "applied".into(),
+                &m.origin,
+            );
         }
         for (k, v) in &self.contracts {
             push(format!("contracts.{k}"), v.value.clone(), &v.origin);
@@ -166,14 +200,23 @@ impl ServiceDoc {
 
 fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, base: &str) {
     if let Some(v) = p.connect_timeout_ms {
-        e.connect_timeout_ms = Sourced { value: v, origin: at(&format!("{base}.connect_timeout_ms")) };
+        e.connect_timeout_ms = Sourced {
+            value: v,
+            origin: at(&format!("{base}.connect_timeout_ms")),
+        };
     }
     if let Some(v) = p.request_timeout_ms {
-        e.request_timeout_ms = Sourced { value: v, origin: at(&format!("{base}.request_timeout_ms")) };
+        e.request_timeout_ms = Sourced {
+            value: v,
+            origin: at(&format!("{base}.request_timeout_ms")),
+        };
     }
     if let Some(r) = &p.readiness {
         if let Ok(v) = Readiness::from_doc(r) {
-            e.readiness = Sourced { value: v, origin: at(&format!("{base}.readiness")) };
+            e.readiness = Sourced {
+                value: v,
+                origin: at(&format!("{base}.readiness")),
+            };
         }
     }
     if let Some(h) = &p.request_headers {
@@ -181,12 +224,19 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
             let k = k.to_ascii_lowercase();
             e.remove_headers.remove(&k);
             let origin = at(&format!("{base}.request_headers.set.{k}"));
-            e.set_headers.insert(k, Sourced { value: v.clone(), origin });
+            e.set_headers.insert(
+                k,
+                Sourced {
+                    value: v.clone(),
+                    origin,
+                },
+            );
         }
         for (i, k) in h.remove.iter().enumerate() {
             let k = k.to_ascii_lowercase();
             e.set_headers.remove(&k);
-            e.remove_headers.insert(k, at(&format!("{base}.request_headers.remove.{i}")));
+            e.remove_headers
+                .insert(k, at(&format!("{base}.request_headers.remove.{i}")));
         }
     }
 }
@@ -194,30 +244,57 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
 fn apply_service(e: &mut Effective, s: &ServiceDoc, at: &dyn Fn(&str) -> Origin, base: &str) {
     if let Some(eps) = &s.endpoints {
         let value = eps.iter().filter_map(|x| Endpoint::parse(x).ok()).collect();
-        e.endpoints = Sourced { value, origin: at(&format!("{base}.endpoints")) };
+        e.endpoints = Sourced {
+            value,
+            origin: at(&format!("{base}.endpoints")),
+        };
         // new endpoints replace a developer endpoint set further up the lineage
         e.local = None;
     }
     if let Some(l) = s.local.as_deref().and_then(|l| Endpoint::parse(l).ok()) {
-        e.local = Some(Sourced { value: l, origin: at(&format!("{base}.local")) });
+        e.local = Some(Sourced {
+            value: l,
+            origin: at(&format!("{base}.local")),
+        });
     }
     if let Some(i) = &s.image {
-        e.image = Some(Sourced { value: i.clone(), origin: at(&format!("{base}.image")) });
+        e.image = Some(Sourced {
+            value: i.clone(),
+            origin: at(&format!("{base}.image")),
+        });
     }
     if let Some(r) = s.resources {
-        e.resources = Some(Sourced { value: r, origin: at(&format!("{base}.resources")) });
+        e.resources = Some(Sourced {
+            value: r,
+            origin: at(&format!("{base}.resources")),
+        });
     }
     for (k, v) in &s.env {
-        e.env.insert(k.clone(), Sourced { value: v.clone(), origin: at(&format!("{base}.env.{k}")) });
+        e.env.insert(
+            k.clone(),
+            Sourced {
+                value: v.clone(),
+                origin: at(&format!("{base}.env.{k}")),
+            },
+        );
     }
     if let Some(p) = &s.policy {
         apply_policy(e, p, at, &format!("{base}.policy"));
     }
     for (i, m) in s.migrations.iter().enumerate() {
-        e.migrations.push(Sourced { value: m.clone(), origin: at(&format!("{base}.migrations.{i}")) });
+        e.migrations.push(Sourced {
+            value: m.clone(),
+            origin: at(&format!("{base}.migrations.{i}")),
+        });
     }
     for (k, v) in &s.contracts {
-        e.contracts.insert(k.clone(), Sourced { value: v.clone(), origin: at(&format!("{base}.contracts.{k}")) });
+        e.contracts.insert(
+            k.clone(),
+            Sourced {
+                value: v.clone(),
+                origin: at(&format!("{base}.contracts.{k}")),
+            },
+        );
     }
 }
 
@@ -232,16 +309,30 @@ impl Config {
         let mut e = Effective {
             service: service.to_string(),
             layer: target.label.clone(),
-            endpoints: Sourced { value: Vec::new(), origin: builtin.clone() },
+            endpoints: Sourced {
+                value: Vec::new(),
+                origin: builtin.clone(),
+            },
             local: None,
             image: None,
             resources: None,
             env: BTreeMap::new(),
-            connect_timeout_ms: Sourced { value: DEFAULT_CONNECT_TIMEOUT_MS, origin: builtin.clone() },
-            request_timeout_ms: Sourced { value: DEFAULT_REQUEST_TIMEOUT_MS, origin: builtin.clone() },
+            connect_timeout_ms: Sourced {
+                value: DEFAULT_CONNECT_TIMEOUT_MS,
+                origin: builtin.clone(),
+            },
+            request_timeout_ms: Sourced {
+                value: DEFAULT_REQUEST_TIMEOUT_MS,
+                origin: builtin.clone(),
+            },
             set_headers: BTreeMap::new(),
             remove_headers: BTreeMap::new(),
-            readiness: Sourced { value: Readiness::Hold { ms: DEFAULT_HOLD_MS }, origin: builtin },
+            readiness: Sourced {
+                value: Readiness::Hold {
+                    ms: DEFAULT_HOLD_MS,
+                },
+                origin: builtin,
+            },
             migrations: Vec::new(),
             contracts: BTreeMap::new(),
         };

@@ -56,7 +56,9 @@ impl Endpoint {
         let rest = if let Some(r) = s.strip_prefix("http://") {
             r
         } else if s.starts_with("https://") {
-            return Err("https upstreams are not supported yet (TLS to upstreams is planned)".into());
+            return Err(
+                "https upstreams are not supported yet (TLS to upstreams is planned)".into(),
+            );
         } else if s.contains("://") {
             return Err("only http:// endpoints are supported".into());
         } else {
@@ -83,7 +85,9 @@ impl Endpoint {
         if !host_ok {
             return Err(format!("`{s}` has an invalid host"));
         }
-        Ok(Endpoint(Arc::from(format!("{host}:{port}").to_ascii_lowercase())))
+        Ok(Endpoint(Arc::from(
+            format!("{host}:{port}").to_ascii_lowercase(),
+        )))
     }
 }
 
@@ -224,10 +228,20 @@ impl Config {
             let file = docs
                 .first()
                 .map_or_else(|| Arc::from("config"), |d| d.file.clone());
-            return Err(ConfigError::one(&file, 0, "kind", "no org layer: one document must be `kind: org`"));
+            return Err(ConfigError::one(
+                &file,
+                0,
+                "kind",
+                "no org layer: one document must be `kind: org`",
+            ));
         };
         for extra in orgs {
-            report.push(&extra.file, extra.spans.line("kind"), "kind", format!("a second org layer; the first is in {}", org.file));
+            report.push(
+                &extra.file,
+                extra.spans.line("kind"),
+                "kind",
+                format!("a second org layer; the first is in {}", org.file),
+            );
         }
         let mut cfg = Config::from_org(org.clone(), &mut report);
         for d in docs.into_iter().filter(|d| d.kind() != LayerKind::Org) {
@@ -254,14 +268,29 @@ impl Config {
                 report.push(&file, doc.spans.line(&base), &base, why);
             }
             match &s.endpoints {
-                None => report.push(&file, doc.spans.line(&base), &format!("{base}.endpoints"), "missing: the baseline needs at least one endpoint"),
-                Some(e) if e.is_empty() => report.push(&file, line("endpoints"), &format!("{base}.endpoints"), "is empty: the baseline needs at least one endpoint"),
+                None => report.push(
+                    &file,
+                    doc.spans.line(&base),
+                    &format!("{base}.endpoints"),
+                    "missing: the baseline needs at least one endpoint",
+                ),
+                Some(e) if e.is_empty() => report.push(
+                    &file,
+                    line("endpoints"),
+                    &format!("{base}.endpoints"),
+                    "is empty: the baseline needs at least one endpoint",
+                ),
                 Some(_) => {}
             }
             check_service_values(&doc, &base, s, report);
             for f in ["local", "migrations", "contracts"] {
                 if doc.spans.has(&format!("{base}.{f}")) {
-                    report.push(&file, line(f), &format!("{base}.{f}"), "belongs in a branch layer, not the org layer");
+                    report.push(
+                        &file,
+                        line(f),
+                        &format!("{base}.{f}"),
+                        "belongs in a branch layer, not the org layer",
+                    );
                 }
             }
             let mut hosts = Vec::new();
@@ -272,7 +301,12 @@ impl Config {
                 if h.is_empty() {
                     report.push(&file, doc.spans.line(&field), &field, "host is empty");
                 } else if let Some(other) = hosts_seen.insert(h.clone(), name.clone()) {
-                    report.push(&file, doc.spans.line(&field), &field, format!("duplicate host `{h}`: already used by service `{other}`"));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("duplicate host `{h}`: already used by service `{other}`"),
+                    );
                 }
                 hosts.push(h);
             }
@@ -280,12 +314,22 @@ impl Config {
             for (i, p) in s.path_prefixes.iter().enumerate() {
                 let field = format!("{base}.path_prefixes.{i}");
                 if !p.starts_with('/') {
-                    report.push(&file, doc.spans.line(&field), &field, format!("path prefix `{p}` must start with '/'"));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("path prefix `{p}` must start with '/'"),
+                    );
                     continue;
                 }
                 let norm = p.trim_end_matches('/').to_string();
                 if let Some(other) = prefixes_seen.insert(norm.clone(), name.clone()) {
-                    report.push(&file, doc.spans.line(&field), &field, format!("duplicate path prefix `{p}`: already used by service `{other}`"));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("duplicate path prefix `{p}`: already used by service `{other}`"),
+                    );
                 }
                 path_prefixes.push(norm);
             }
@@ -298,25 +342,44 @@ impl Config {
                 stores: s.stores.clone(),
                 topics: s.topics.clone().unwrap_or_default(),
                 paths: s.paths.clone(),
-                origin: Origin { layer: label.clone(), file: file.clone(), line: doc.spans.line(&base) },
+                origin: Origin {
+                    layer: label.clone(),
+                    file: file.clone(),
+                    line: doc.spans.line(&base),
+                },
             });
         }
         for (name, s) in &doc.doc.services {
             for (i, d) in s.depends_on.iter().enumerate() {
                 if !service_index.contains_key(d) {
                     let field = format!("services.{name}.depends_on.{i}");
-                    report.push(&file, doc.spans.line(&field), &field, format!("unknown service `{d}`"));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("unknown service `{d}`"),
+                    );
                 }
             }
         }
         if let Some(d) = &settings.default_service {
             if !service_index.contains_key(d) {
-                report.push(&file, doc.spans.line("routing.default_service"), "routing.default_service", format!("unknown service `{d}`"));
+                report.push(
+                    &file,
+                    doc.spans.line("routing.default_service"),
+                    "routing.default_service",
+                    format!("unknown service `{d}`"),
+                );
             }
         }
         for f in ["parent", "source"] {
             if doc.spans.has(f) {
-                report.push(&file, doc.spans.line(f), f, "the org layer is the root: it has no parent or source");
+                report.push(
+                    &file,
+                    doc.spans.line(f),
+                    f,
+                    "the org layer is the root: it has no parent or source",
+                );
             }
         }
         let org = Layer {
@@ -350,12 +413,24 @@ impl Config {
             return None;
         }
         if name == BASELINE {
-            report.push(&file, name_line, "name", "`baseline` is reserved for the org layer");
+            report.push(
+                &file,
+                name_line,
+                "name",
+                "`baseline` is reserved for the org layer",
+            );
             return None;
         }
         if let Some(&other) = self.layer_index.get(&name) {
-            let other_file = self.layer(other).map_or_else(|| Arc::from("?"), |l| l.doc.file.clone());
-            report.push(&file, name_line, "name", format!("duplicate layer name `{name}`: also defined in {other_file}"));
+            let other_file = self
+                .layer(other)
+                .map_or_else(|| Arc::from("?"), |l| l.doc.file.clone());
+            report.push(
+                &file,
+                name_line,
+                "name",
+                format!("duplicate layer name `{name}`: also defined in {other_file}"),
+            );
             return None;
         }
         let misplaced = [
@@ -369,40 +444,75 @@ impl Config {
             }
         }
         if kind == LayerKind::Team && doc.doc.source.is_some() {
-            report.push(&file, doc.spans.line("source"), "source", "only branch layers have a source branch");
+            report.push(
+                &file,
+                doc.spans.line("source"),
+                "source",
+                "only branch layers have a source branch",
+            );
         }
         for (svc, s) in &doc.doc.services {
             let base = format!("services.{svc}");
             let Some(cat) = self.service_index.get(svc).map(|&i| &self.services[i]) else {
-                report.push(&file, doc.spans.line(&base), &base, format!("service `{svc}` is not declared in the org layer"));
+                report.push(
+                    &file,
+                    doc.spans.line(&base),
+                    &base,
+                    format!("service `{svc}` is not declared in the org layer"),
+                );
                 continue;
             };
             for f in ORG_ONLY.iter().chain(["paths"].iter()) {
                 if doc.spans.has(&format!("{base}.{f}")) {
-                    report.push(&file, doc.spans.line(&format!("{base}.{f}")), &format!("{base}.{f}"), "is set in the org layer only");
+                    report.push(
+                        &file,
+                        doc.spans.line(&format!("{base}.{f}")),
+                        &format!("{base}.{f}"),
+                        "is set in the org layer only",
+                    );
                 }
             }
             if kind == LayerKind::Team {
                 for f in ["local", "migrations", "contracts"] {
                     if doc.spans.has(&format!("{base}.{f}")) {
-                        report.push(&file, doc.spans.line(&format!("{base}.{f}")), &format!("{base}.{f}"), "belongs in a branch layer");
+                        report.push(
+                            &file,
+                            doc.spans.line(&format!("{base}.{f}")),
+                            &format!("{base}.{f}"),
+                            "belongs in a branch layer",
+                        );
                     }
                 }
             }
             if matches!(&s.endpoints, Some(e) if e.is_empty()) {
-                report.push(&file, doc.spans.line(&format!("{base}.endpoints")), &format!("{base}.endpoints"), "is empty: omit it to keep the parent's endpoints");
+                report.push(
+                    &file,
+                    doc.spans.line(&format!("{base}.endpoints")),
+                    &format!("{base}.endpoints"),
+                    "is empty: omit it to keep the parent's endpoints",
+                );
             }
             check_service_values(&doc, &base, s, report);
             for (i, m) in s.migrations.iter().enumerate() {
                 if !cat.stores.iter().any(|st| st.name == m.store) {
                     let field = format!("{base}.migrations.{i}.store");
-                    report.push(&file, doc.spans.line(&field), &field, format!("service `{svc}` does not use a store named `{}`", m.store));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("service `{svc}` does not use a store named `{}`", m.store),
+                    );
                 }
             }
             for topic in s.contracts.keys() {
                 if !cat.topics.produces.iter().any(|t| t == topic) {
                     let field = format!("{base}.contracts.{topic}");
-                    report.push(&file, doc.spans.line(&field), &field, format!("service `{svc}` does not produce topic `{topic}`"));
+                    report.push(
+                        &file,
+                        doc.spans.line(&field),
+                        &field,
+                        format!("service `{svc}` does not produce topic `{topic}`"),
+                    );
                 }
             }
         }
@@ -420,7 +530,9 @@ impl Config {
     }
 
     fn resolve_parent_of(&mut self, idx: LayerIdx, report: &mut Report) {
-        let Some(layer) = self.layer(idx).cloned() else { return };
+        let Some(layer) = self.layer(idx).cloned() else {
+            return;
+        };
         let parent_name = layer.doc.doc.parent.as_deref().unwrap_or(BASELINE);
         let parent = if parent_name == BASELINE {
             Some(0)
@@ -428,11 +540,21 @@ impl Config {
             self.layer_index.get(parent_name).copied()
         };
         match parent {
-            None => report.push(&layer.doc.file, layer.doc.spans.line("parent"), "parent", format!("unknown parent `{parent_name}`: name `baseline`, a team or a branch")),
+            None => report.push(
+                &layer.doc.file,
+                layer.doc.spans.line("parent"),
+                "parent",
+                format!("unknown parent `{parent_name}`: name `baseline`, a team or a branch"),
+            ),
             Some(p) => {
                 let parent_kind = self.layer(p).map(|l| l.kind);
                 if layer.kind == LayerKind::Team && parent_kind == Some(LayerKind::Branch) {
-                    report.push(&layer.doc.file, layer.doc.spans.line("parent"), "parent", format!("a team cannot have a branch (`{parent_name}`) as parent"));
+                    report.push(
+                        &layer.doc.file,
+                        layer.doc.spans.line("parent"),
+                        "parent",
+                        format!("a team cannot have a branch (`{parent_name}`) as parent"),
+                    );
                 }
                 let mut l = (*layer).clone();
                 l.parent = Some(p);
@@ -454,8 +576,17 @@ impl Config {
                 let key: BTreeSet<_> = cycle.iter().copied().collect();
                 if reported.insert(key.into_iter().collect::<Vec<_>>()) {
                     if let Some(l) = self.layer(idx) {
-                        let names: Vec<&str> = cycle.iter().filter_map(|&i| self.layer(i)).map(|l| l.name.as_str()).collect();
-                        report.push(&l.doc.file, l.doc.spans.line("parent"), "parent", format!("lineage cycle: {} -> {}", names.join(" -> "), l.name));
+                        let names: Vec<&str> = cycle
+                            .iter()
+                            .filter_map(|&i| self.layer(i))
+                            .map(|l| l.name.as_str())
+                            .collect();
+                        report.push(
+                            &l.doc.file,
+                            l.doc.spans.line("parent"),
+                            "parent",
+                            format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
+                        );
                     }
                 }
             }
@@ -483,7 +614,11 @@ impl Config {
     /// new config and the id of the layer. An org document rebuilds the whole config.
     pub fn upsert(&self, doc: ParsedDoc) -> Result<(Config, LayerIdx), ConfigError> {
         if doc.kind() == LayerKind::Org {
-            let mut docs: Vec<ParsedDoc> = self.layers().filter(|l| l.kind != LayerKind::Org).map(|l| (*l.doc).clone()).collect();
+            let mut docs: Vec<ParsedDoc> = self
+                .layers()
+                .filter(|l| l.kind != LayerKind::Org)
+                .map(|l| (*l.doc).clone())
+                .collect();
             docs.insert(0, doc);
             return Config::build(docs).map(|c| (c, 0));
         }
@@ -492,7 +627,12 @@ impl Config {
         if let Some(old) = existing {
             if let Some(l) = next.layer(old) {
                 if l.kind != doc.kind() {
-                    return Err(ConfigError::one(&doc.file, doc.spans.line("kind"), "kind", format!("`{}` is a {} layer already", doc.name(), l.kind.as_str())));
+                    return Err(ConfigError::one(
+                        &doc.file,
+                        doc.spans.line("kind"),
+                        "kind",
+                        format!("`{}` is a {} layer already", doc.name(), l.kind.as_str()),
+                    ));
                 }
             }
         }
@@ -509,7 +649,10 @@ impl Config {
             Some(old) => {
                 let l = next.layers.pop().flatten();
                 next.layers[old] = l;
-                next.layer_index.insert(next.layer(old).map(|l| l.name.clone()).unwrap_or_default(), old);
+                next.layer_index.insert(
+                    next.layer(old).map(|l| l.name.clone()).unwrap_or_default(),
+                    old,
+                );
                 old
             }
             None => new_idx,
@@ -517,8 +660,17 @@ impl Config {
         next.resolve_parent_of(idx, &mut report);
         if let Some(cycle) = next.cycle_from(idx) {
             if let Some(l) = next.layer(idx) {
-                let names: Vec<&str> = cycle.iter().filter_map(|&i| next.layer(i)).map(|l| l.name.as_str()).collect();
-                report.push(&l.doc.file, l.doc.spans.line("parent"), "parent", format!("lineage cycle: {} -> {}", names.join(" -> "), l.name));
+                let names: Vec<&str> = cycle
+                    .iter()
+                    .filter_map(|&i| next.layer(i))
+                    .map(|l| l.name.as_str())
+                    .collect();
+                report.push(
+                    &l.doc.file,
+                    l.doc.spans.line("parent"),
+                    "parent",
+                    format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
+                );
             }
         }
         report.finish()?;
@@ -529,11 +681,29 @@ impl Config {
     pub fn remove(&self, name: &str) -> Result<(Config, LayerIdx), ConfigError> {
         let api: Arc<str> = Arc::from("api");
         let Some(&idx) = self.layer_index.get(name) else {
-            return Err(ConfigError::one(&api, 0, "name", format!("no layer named `{name}`")));
+            return Err(ConfigError::one(
+                &api,
+                0,
+                "name",
+                format!("no layer named `{name}`"),
+            ));
         };
-        let children: Vec<&str> = self.children(idx).iter().filter_map(|&c| self.layer(c)).map(|l| l.name.as_str()).collect();
+        let children: Vec<&str> = self
+            .children(idx)
+            .iter()
+            .filter_map(|&c| self.layer(c))
+            .map(|l| l.name.as_str())
+            .collect();
         if !children.is_empty() {
-            return Err(ConfigError::one(&api, 0, "name", format!("`{name}` is the parent of {}: remove or re-parent them first", children.join(", "))));
+            return Err(ConfigError::one(
+                &api,
+                0,
+                "name",
+                format!(
+                    "`{name}` is the parent of {}: remove or re-parent them first",
+                    children.join(", ")
+                ),
+            ));
         }
         let mut next = self.clone();
         next.layers[idx] = None;
@@ -566,12 +736,15 @@ impl Config {
 
     /// Id of the branch called `name` (teams are not addressable by requests).
     pub fn branch_id(&self, name: &str) -> Option<LayerIdx> {
-        self.layer_id(name).filter(|&i| self.layer(i).is_some_and(|l| l.kind == LayerKind::Branch))
+        self.layer_id(name)
+            .filter(|&i| self.layer(i).is_some_and(|l| l.kind == LayerKind::Branch))
     }
 
     /// The layers that name `idx` as their parent.
     pub fn children(&self, idx: LayerIdx) -> Vec<LayerIdx> {
-        (0..self.layers.len()).filter(|&i| i != idx && self.layer(i).and_then(|l| l.parent) == Some(idx)).collect()
+        (0..self.layers.len())
+            .filter(|&i| i != idx && self.layer(i).and_then(|l| l.parent) == Some(idx))
+            .collect()
     }
 
     /// `idx` and all its descendants, parents before children.
@@ -643,12 +816,25 @@ fn check_service_values(doc: &ParsedDoc, base: &str, s: &ServiceDoc, report: &mu
     }
 }
 
-pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &crate::schema::PolicyDoc, report: &mut Report) {
+pub(crate) fn check_policy(
+    doc: &ParsedDoc,
+    base: &str,
+    p: &crate::schema::PolicyDoc,
+    report: &mut Report,
+) {
     let file = &doc.file;
-    for (f, v) in [("connect_timeout_ms", p.connect_timeout_ms), ("request_timeout_ms", p.request_timeout_ms)] {
+    for (f, v) in [
+        ("connect_timeout_ms", p.connect_timeout_ms),
+        ("request_timeout_ms", p.request_timeout_ms),
+    ] {
         if v == Some(0) {
             let field = format!("{base}.{f}");
-            report.push(file, doc.spans.line(&field), &field, "must be greater than 0");
+            report.push(
+                file,
+                doc.spans.line(&field),
+                &field,
+                "must be greater than 0",
+            );
         }
     }
     if let Some(r) = &p.readiness {
@@ -661,15 +847,30 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &crate::schema::Polic
         for (k, v) in &h.set {
             let field = format!("{base}.request_headers.set.{k}");
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                report.push(file, doc.spans.line(&field), &field, format!("`{k}` is not a valid header name"));
+                report.push(
+                    file,
+                    doc.spans.line(&field),
+                    &field,
+                    format!("`{k}` is not a valid header name"),
+                );
             } else if http::HeaderValue::from_str(v).is_err() {
-                report.push(file, doc.spans.line(&field), &field, "is not a valid header value");
+                report.push(
+                    file,
+                    doc.spans.line(&field),
+                    &field,
+                    "is not a valid header value",
+                );
             }
         }
         for (i, k) in h.remove.iter().enumerate() {
             let field = format!("{base}.request_headers.remove.{i}");
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                report.push(file, doc.spans.line(&field), &field, format!("`{k}` is not a valid header name"));
+                report.push(
+                    file,
+                    doc.spans.line(&field),
+                    &field,
+                    format!("`{k}` is not a valid header name"),
+                );
             }
         }
     }
@@ -680,21 +881,42 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
     let ctx = doc.doc.context.clone().unwrap_or_default();
     let routing = doc.doc.routing.clone().unwrap_or_default();
     let mut header_name = |field: &str, v: Option<String>, default: &str| -> String {
-        let v = v.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
+        let v = v
+            .unwrap_or_else(|| default.to_string())
+            .to_ascii_lowercase();
         if http::HeaderName::from_bytes(v.as_bytes()).is_err() {
-            report.push(file, doc.spans.line(field), field, format!("`{v}` is not a valid header name"));
+            report.push(
+                file,
+                doc.spans.line(field),
+                field,
+                format!("`{v}` is not a valid header name"),
+            );
         }
         v
     };
     let header = header_name("context.header", ctx.header, "x-microstax-branch");
-    let token_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    };
     let baggage_key = ctx.baggage_key.unwrap_or_else(|| "microstax-branch".into());
     if !token_ok(&baggage_key) {
-        report.push(file, doc.spans.line("context.baggage_key"), "context.baggage_key", "must be a token (RFC 7230): letters, digits and !#$%&'*+-.^_`|~");
+        report.push(
+            file,
+            doc.spans.line("context.baggage_key"),
+            "context.baggage_key",
+            "must be a token (RFC 7230): letters, digits and !#$%&'*+-.^_`|~",
+        );
     }
     let cookie = ctx.cookie.unwrap_or_else(|| "microstax-branch".into());
     if !token_ok(&cookie) {
-        report.push(file, doc.spans.line("context.cookie"), "context.cookie", "must be a cookie-name token");
+        report.push(
+            file,
+            doc.spans.line("context.cookie"),
+            "context.cookie",
+            "must be a cookie-name token",
+        );
     }
     let mut host_patterns = Vec::new();
     for (i, p) in ctx.host_patterns.iter().enumerate() {

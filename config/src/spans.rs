@@ -91,6 +91,13 @@ impl Collector {
         }
     }
 
+    /// A scalar (or alias) is either a mapping key or a complete value.
+    fn scalar(&mut self, text: Option<&str>, line: u32) {
+        if !self.enter_value(text, line) {
+            self.leave_value();
+        }
+    }
+
     /// Called after a value ends: pops its path segment and resets the parent map's key.
     fn leave_value(&mut self) {
         match self.stack.last_mut() {
@@ -118,16 +125,8 @@ impl MarkedEventReceiver for Collector {
                 self.stack.clear();
                 self.path.clear();
             }
-            Event::Scalar(v, ..) => {
-                if !self.enter_value(Some(&v), line) {
-                    self.leave_value();
-                }
-            }
-            Event::Alias(_) => {
-                if !self.enter_value(None, line) {
-                    self.leave_value();
-                }
-            }
+            Event::Scalar(v, ..) => self.scalar(Some(&v), line),
+            Event::Alias(_) => self.scalar(None, line),
             Event::MappingStart(..) => {
                 self.enter_value(None, line);
                 self.stack.push(Frame::Map { key: None });

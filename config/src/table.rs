@@ -271,21 +271,23 @@ impl RoutingTable {
         }
         for (id, l) in self.layers.iter().enumerate() {
             let Some(l) = l else { continue };
-            if l.lineage.first() != Some(&(id as LayerId)) || l.lineage.last() != Some(&BASELINE_ID) {
+            if l.lineage.first() != Some(&(id as LayerId)) || l.lineage.last() != Some(&BASELINE_ID)
+            {
                 return Err(format!("layer {} has a bad lineage", l.label));
             }
             if l.routes.windows(2).any(|w| w[0].service >= w[1].service) {
                 return Err(format!("layer {} routes are not sorted", l.label));
             }
             for r in l.routes.iter() {
-                if r.upstreams.is_empty() || r.upstreams.iter().any(|u| self.upstream(*u).is_none()) {
+                if r.upstreams.is_empty() || r.upstreams.iter().any(|u| self.upstream(*u).is_none())
+                {
                     return Err(format!("layer {} has a route with bad upstreams", l.label));
                 }
             }
         }
         for (name, &id) in self.branches.iter() {
             match self.layer(id) {
-                Some(l) if &*l.name == &**name && l.kind == LayerKind::Branch => {}
+                Some(l) if *l.name == **name && l.kind == LayerKind::Branch => {}
                 _ => return Err(format!("branch index entry {name} is stale")),
             }
         }
@@ -344,7 +346,10 @@ mod tests {
     #[test]
     fn host_key_strips_port_case_and_dot() {
         let mut b = [0u8; MAX_HOST];
-        assert_eq!(host_key("Orders.Example.COM:8080", &mut b), Some("orders.example.com"));
+        assert_eq!(
+            host_key("Orders.Example.COM:8080", &mut b),
+            Some("orders.example.com")
+        );
         assert_eq!(host_key("web.", &mut b), Some("web"));
         assert_eq!(host_key("[::1]:80", &mut b), Some("[::1]"));
         let long = "a".repeat(300);

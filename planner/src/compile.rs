@@ -8,7 +8,9 @@
 use microstax_config::table::{
     LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
 };
-use microstax_config::{Config, Effective, LayerIdx, LayerKind, RouteKind, RoutingTable, UpstreamId};
+use microstax_config::{
+    Config, Effective, LayerIdx, LayerKind, RouteKind, RoutingTable, UpstreamId,
+};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +57,12 @@ impl Compiler {
     /// Recompile after `changed` (a layer that was added, replaced or removed) as generation
     /// `generation`: only that layer and its descendants are rebuilt. An org change rebuilds
     /// everything, since every route folds the org layer.
-    pub fn update(&mut self, config: &Config, changed: LayerIdx, generation: u64) -> Arc<RoutingTable> {
+    pub fn update(
+        &mut self,
+        config: &Config,
+        changed: LayerIdx,
+        generation: u64,
+    ) -> Arc<RoutingTable> {
         if changed == 0 {
             *self = Compiler::new(config, generation);
             return self.table.clone();
@@ -82,7 +89,9 @@ impl Compiler {
             Arc::new(all)
         };
         let branch_known = prev.branches.values().any(|&v| v as usize == changed);
-        let is_branch = config.layer(changed).is_some_and(|l| l.kind == LayerKind::Branch);
+        let is_branch = config
+            .layer(changed)
+            .is_some_and(|l| l.kind == LayerKind::Branch);
         let branches = if branch_known == is_branch {
             prev.branches.clone()
         } else {
@@ -101,7 +110,12 @@ impl Compiler {
         self.table.clone()
     }
 
-    fn compile_layer(&mut self, config: &Config, idx: LayerIdx, upstreams: &mut Vec<Upstream>) -> Option<Arc<LayerRoutes>> {
+    fn compile_layer(
+        &mut self,
+        config: &Config,
+        idx: LayerIdx,
+        upstreams: &mut Vec<Upstream>,
+    ) -> Option<Arc<LayerRoutes>> {
         self.compile_layer_offset(config, idx, 0, upstreams)
     }
 
@@ -122,7 +136,9 @@ impl Compiler {
             if !touches {
                 continue;
             }
-            let Some(eff) = config.effective(idx, &svc.name) else { continue };
+            let Some(eff) = config.effective(idx, &svc.name) else {
+                continue;
+            };
             let (eps, _) = eff.upstreams();
             let ids: Vec<UpstreamId> = eps
                 .iter()
@@ -156,12 +172,19 @@ impl Compiler {
         }))
     }
 
-    fn intern(&mut self, authority: &Arc<str>, offset: usize, upstreams: &mut Vec<Upstream>) -> UpstreamId {
+    fn intern(
+        &mut self,
+        authority: &Arc<str>,
+        offset: usize,
+        upstreams: &mut Vec<Upstream>,
+    ) -> UpstreamId {
         if let Some(&id) = self.upstream_ids.get(authority) {
             return id;
         }
         let id = (offset + upstreams.len()) as UpstreamId;
-        upstreams.push(Upstream { authority: authority.clone() });
+        upstreams.push(Upstream {
+            authority: authority.clone(),
+        });
         self.upstream_ids.insert(authority.clone(), id);
         id
     }

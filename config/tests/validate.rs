@@ -1,0 +1,270 @@
+//! Validation: every mistake is reported with file, line, field and reason.
+
+use microstax_config::{parse_text, Config, ConfigError, LayerKind};
+
+fn build(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut docs = Vec::new();
+    for (file, text) in files {
+        let kind = if file.starts_with("teams/") {
+            LayerKind::Team
+        } else if file.starts_with("branches/") {
+            LayerKind::Branch
+        } else {
+            LayerKind::Org
+        };
+        let stem = std::path::Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str());
+        docs.extend(parse_text(file, text, Some(kind), stem)?);
+    }
+    Config::build(docs)
+}
+
+const ORG: &str = "kind: org
+services:
+  web:
+    hosts: [web]
+    endpoints: [\"127.0.0.1:1\"]
+  orders:
+    hosts: [orders]
+    endpoints: [\"127.0.0.1:2\"]
+    stores: [{name: orders-db, kind: postgres}]
+";
+
+fn errors(files: &[(&str, &str)]) -> Vec<String> {
+    match build(files) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.to_string().lines().map(str::to_string).collect(),
+    }
+}
+
+fn assert_has(errs: &[String], want: &str) {
+    assert!(
+        errs.iter().any(|e| e == want),
+        "missing `{want}` in:\n{}",
+        errs.join("\n")
+    );
+}
+
+#[test]
+fn valid_config_builds() {
+    let cfg = build(&[
+        ("org.yaml", ORG),
+        (
+            "branches/a.yaml",
+            "services:\n  web: {endpoints: [\"127.0.0.1:3\"]}\n",
+        ),
+    ])
+    .expect("valid");
+    assert_eq!(cfg.services().len(), 2);
+    assert!(cfg.branch_id("a").is_some());
+}
+
+#[test]
+fn unknown_parent() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("branches/a.yaml", "# comment\nparent: ghost\n"),
+    ]);
+    assert_has(
+        &errs,
+        "branches/a.yaml:2: parent: unknown parent `ghost`: name `baseline`, a team or a branch",
+    );
+}
+
+#[test]
+fn lineage_cycle() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("branches/a.yaml", "parent: b\n"),
+        ("branches/b.yaml", "parent: c\n"),
+        ("branches/c.yaml", "parent: a\n"),
+    ]);
+    assert_eq!(
+        errs.iter().filter(|e| e.contains("lineage cycle")).count(),
+        1,
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].contains("a -> b -> c -> a") || errs[0].contains("lineage cycle"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn self_parent_is_a_cycle() {
+    let errs = errors(&[("org.yaml", ORG), ("branches/a.yaml", "parent: a\n")]);
+    assert_has(&errs, "branches/a.yaml:1: parent: lineage cycle: a -> a");
+}
+
+#[test]
+fn override_of_undeclared_service() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        (
+            "branches/a.yaml",
+            "services:\n  billing:\n    endpoints: [\"127.0.0.1:9\"]\n",
+        ),
+    ]);
+    assert_has(
+        &errs,
+        "branches/a.yaml:2: services.billing: service `billing` is not declared in the org layer",
+    );
+}
+
+#[test]
+fn duplicate_hosts() {
+    let org = "kind: org\nservices:\n  a:\n    hosts: [x]\n    endpoints: [\"127.0.0.1:1\"]\n  b:\n    hosts: [y, X]\n    endpoints: [\"127.0.0.1:2\"]\n";
+    let errs = errors(&[("org.yaml", org)]);
+    assert_has(
+        &errs,
+        "org.yaml:7: services.b.hosts.1: duplicate host `x`: already used by service `a`",
+    );
+}
+
+#[test]
+fn malformed_endpoints() {
+    let br = "services:\n  web:\n    endpoints:\n      - \"127.0.0.1\"\n      - \"https://x:443\"\n      - \"h:99999\"\n      - \"bad host:1\"\n";
+    let errs = errors(&[("org.yaml", ORG), ("branches/a.yaml", br)]);
+    assert_has(
+        &errs,
+        "branches/a.yaml:4: services.web.endpoints.0: `127.0.0.1` has no port: write host:port",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("branches/a.yaml:5: services.web.endpoints.1: https upstreams")),
+        "{errs:?}"
+    );
+    assert_has(
+        &errs,
+        "branches/a.yaml:6: services.web.endpoints.2: `h:99999` has an invalid port",
+    );
+    assert_has(
+        &errs,
+        "branches/a.yaml:7: services.web.endpoints.3: `bad host:1` has an invalid host",
+    );
+}
+
+#[test]
+fn invalid_branch_names() {
+    for (name, why) in [
+        (
+            "Feature",
+            "name must start with a lower-case letter or digit",
+        ),
+        ("a b", "name may hold only a-z, 0-9, '.', '_', '-' and '/'"),
+        ("baseline", ""),
+    ] {
+        let text = format!("kind: branch\nname: \"{name}\"\n");
+        let errs = errors(&[("org.yaml", ORG), ("branches/x.yaml", &text)]);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("branches/x.yaml:2: name:") && e.contains(why)),
+            "{name}: {errs:?}"
+        );
+    }
+    let long = "a".repeat(64);
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("branches/x.yaml", &format!("name: {long}\n")),
+    ]);
+    assert!(
+        errs.iter().any(|e| e.contains("longer than 63")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_field_is_an_error_with_line() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("branches/a.yaml", "services:\n  web:\n    imagee: x\n"),
+    ]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("branches/a.yaml:3:"), "{errs:?}");
+    assert!(errs[0].contains("unknown field `imagee`"), "{errs:?}");
+}
+
+#[test]
+fn yaml_syntax_error_has_line() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("branches/a.yaml", "services:\n  web: [unclosed\n"),
+    ]);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("branches/a.yaml:"), "{errs:?}");
+}
+
+#[test]
+fn org_only_fields_in_branch_and_bad_migration() {
+    let br =
+        "services:\n  orders:\n    hosts: [z]\n    migrations: [{store: other-db, name: m1}]\n";
+    let errs = errors(&[("org.yaml", ORG), ("branches/a.yaml", br)]);
+    assert_has(
+        &errs,
+        "branches/a.yaml:3: services.orders.hosts: is set in the org layer only",
+    );
+    assert_has(&errs, "branches/a.yaml:4: services.orders.migrations.0.store: service `orders` does not use a store named `other-db`");
+}
+
+#[test]
+fn duplicate_layer_names_and_missing_org() {
+    let errs = errors(&[
+        ("org.yaml", ORG),
+        ("teams/x.yaml", "parent: baseline\n"),
+        ("branches/x.yaml", "parent: baseline\n"),
+    ]);
+    assert!(
+        errs.iter().any(|e| e.starts_with("branches/x.yaml:")
+            && e.contains("duplicate layer name `x`: also defined in teams/x.yaml")),
+        "{errs:?}"
+    );
+    let errs = errors(&[("branches/x.yaml", "parent: baseline\n")]);
+    assert!(errs.iter().any(|e| e.contains("no org layer")), "{errs:?}");
+}
+
+#[test]
+fn single_file_with_all_layers() {
+    let text = format!("{ORG}---\nkind: team\nname: t\n---\nkind: branch\nname: b\nparent: t\nservices:\n  web: {{endpoints: [\"127.0.0.1:5\"]}}\n");
+    let docs = parse_text("all.yaml", &text, None, None).expect("parse");
+    let cfg = Config::build(docs).expect("valid");
+    let b = cfg.branch_id("b").expect("b");
+    let eff = cfg.effective(b, "web").expect("eff");
+    assert_eq!(eff.endpoints.origin.file.as_ref(), "all.yaml");
+    assert_eq!(eff.endpoints.origin.line, 18);
+    // each document must name its kind in a single file
+    let err = parse_text("all.yaml", "services: {}\n---\nkind: org\n", None, None)
+        .expect_err("kind required");
+    assert!(err.to_string().contains("kind: missing"), "{err}");
+}
+
+#[test]
+fn upsert_and_remove_keep_ids_and_validate() {
+    let cfg = build(&[
+        ("org.yaml", ORG),
+        ("branches/a.yaml", "parent: baseline\n"),
+        ("branches/b.yaml", "parent: a\n"),
+    ])
+    .expect("valid");
+    let a = cfg.branch_id("a").expect("a");
+    let doc = parse_text(
+        "api",
+        "services:\n  web: {endpoints: [\"127.0.0.1:7\"]}\n",
+        Some(LayerKind::Branch),
+        Some("a"),
+    )
+    .expect("parse")
+    .remove(0);
+    let (next, id) = cfg.upsert(doc).expect("upsert");
+    assert_eq!(id, a, "replacing keeps the id");
+    assert_eq!(next.subtree(a).len(), 2);
+    let bad = parse_text("api", "parent: b\n", Some(LayerKind::Branch), Some("a"))
+        .expect("parse")
+        .remove(0);
+    let err = next.upsert(bad).expect_err("cycle");
+    assert!(err.to_string().contains("lineage cycle"), "{err}");
+    let err = next.remove("a").expect_err("has children");
+    assert!(err.to_string().contains("parent of b"), "{err}");
+    let (after, _) = next.remove("b").expect("remove leaf");
+    assert!(after.branch_id("b").is_none());
+}

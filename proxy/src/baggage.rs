@@ -1,0 +1,190 @@
+//! W3C Baggage (https://www.w3.org/TR/baggage/) parsing, allocation-free. A request may carry
+//! several `baggage` headers; together they form one comma-separated list of members
+//! `key = value *(; property)`, with optional whitespace around every part and percent-encoded
+//! values. Malformed members are skipped, not fatal: one bad member must not hide the others.
+
+/// The W3C limit on the size of all baggage headers of a request; longer input is not read.
+pub const MAX_BAGGAGE_BYTES: usize = 8192;
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !is_ows(b)).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// baggage-octet: printable US-ASCII except space, `"`, `,`, `;` and `\`.
+fn is_value_byte(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// The raw (still percent-encoded) value of `key` in one baggage header value, if present and
+/// well formed. The first well-formed member with that key wins.
+pub fn find_raw<'a>(header: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    if header.len() > MAX_BAGGAGE_BYTES {
+        return None;
+    }
+    for member in header.split(|&b| b == b',') {
+        let kv = member.split(|&b| b == b';').next().unwrap_or(member);
+        let Some(eq) = kv.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let k = trim_ows(&kv[..eq]);
+        if k != key.as_bytes() || !k.iter().all(|&b| is_token_byte(b)) {
+            continue;
+        }
+        let v = trim_ows(&kv[eq + 1..]);
+        if v.iter().all(|&b| is_value_byte(b)) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Percent-decode `raw` into `out`; returns the decoded length, or `None` when the encoding is
+/// invalid or the result does not fit.
+pub fn percent_decode(raw: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut n = 0;
+    while i < raw.len() {
+        let b = if raw[i] == b'%' {
+            let hi = hex(*raw.get(i + 1)?)?;
+            let lo = hex(*raw.get(i + 2)?)?;
+            i += 3;
+            hi << 4 | lo
+        } else {
+            i += 1;
+            raw[i - 1]
+        };
+        *out.get_mut(n)? = b;
+        n += 1;
+    }
+    Some(n)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Rebuild one baggage value with `key` set to `value` (already a valid branch name, which
+/// needs no percent-encoding), keeping every other member and its properties in order.
+pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        existing.iter().map(|h| h.len() + 1).sum::<usize>() + key.len() + value.len() + 2,
+    );
+    for h in existing {
+        for member in h.split(|&b| b == b',') {
+            let m = trim_ows(member);
+            if m.is_empty() {
+                continue;
+            }
+            let kv = m.split(|&b| b == b';').next().unwrap_or(m);
+            let k = kv
+                .iter()
+                .position(|&b| b == b'=')
+                .map(|eq| trim_ows(&kv[..eq]));
+            if k == Some(key.as_bytes()) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(m);
+        }
+    }
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(h: &str, key: &str) -> Option<String> {
+        let raw = find_raw(h.as_bytes(), key)?;
+        let mut buf = [0u8; 128];
+        let n = percent_decode(raw, &mut buf)?;
+        String::from_utf8(buf[..n].to_vec()).ok()
+    }
+
+    #[test]
+    fn finds_member_among_others_with_whitespace_and_properties() {
+        let h = "userId=alice , microstax-branch = feature-a ;prop=1;flag, other=x";
+        assert_eq!(decode(h, "microstax-branch").as_deref(), Some("feature-a"));
+        assert_eq!(decode(h, "userId").as_deref(), Some("alice"));
+        assert_eq!(decode(h, "missing"), None);
+    }
+
+    #[test]
+    fn percent_encoding_is_decoded() {
+        assert_eq!(decode("k=alice%2Ffix", "k").as_deref(), Some("alice/fix"));
+        assert_eq!(decode("k=bad%2", "k"), None);
+        assert_eq!(decode("k=bad%zz", "k"), None);
+    }
+
+    #[test]
+    fn malformed_members_are_skipped() {
+        assert_eq!(decode("garbage,,k=v", "k").as_deref(), Some("v"));
+        assert_eq!(decode("k=\"quoted\",k=ok", "k").as_deref(), Some("ok"));
+        assert_eq!(decode("k = has space", "k"), None);
+        let big = format!("k=v,{}", "x".repeat(MAX_BAGGAGE_BYTES));
+        assert_eq!(decode(&big, "k"), None);
+    }
+
+    #[test]
+    fn with_member_replaces_and_keeps_others() {
+        let a: &[u8] = b"a=1;p, microstax-branch=old";
+        let b: &[u8] = b"b=2";
+        let out = with_member(&[a, b], "microstax-branch", "new");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a=1;p,b=2,microstax-branch=new"
+        );
+        let out = with_member(&[], "k", "v");
+        assert_eq!(out, b"k=v");
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,300}", key in "[a-z-]{1,10}") {
+            let _ = decode(&s, &key);
+        }
+
+        #[test]
+        fn set_member_round_trips(
+            others in proptest::collection::vec(("[a-z]{1,8}", "[a-zA-Z0-9]{0,8}"), 0..6),
+            value in "[a-z0-9][a-z0-9._-]{0,20}",
+        ) {
+            let existing: Vec<String> = others.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let joined = existing.join(" , ");
+            let out = with_member(&[joined.as_bytes()], "microstax-branch", &value);
+            let out = String::from_utf8(out).unwrap();
+            prop_assert_eq!(decode(&out, "microstax-branch"), Some(value.clone()));
+            for (k, v) in &others {
+                if k != "microstax-branch" {
+                    // the first member with each key is preserved
+                    let first = others.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.clone());
+                    prop_assert_eq!(decode(&out, k), first.or(Some(v.clone())));
+                }
+            }
+        }
+    }
+}

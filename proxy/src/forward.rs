@@ -1,0 +1,505 @@
+//! The request path, as named phases: `decide` (context, service, route, upstream), `prepare`
+//! (rewrite the request for the upstream), `send` (pooled client, timeouts, upgrades) and
+//! `finish` (response headers). Errors become short plain-text local replies; nothing here
+//! panics or locks, and the snapshot loaded at the start is used to the end.
+
+use crate::context::{BranchName, ContextSource, BAGGAGE};
+use crate::headers;
+use crate::metrics::KindLabel;
+use crate::prewarm::PrewarmOptions;
+use crate::router::{Router, Snapshot};
+use crate::upstream::{Connector, UpstreamState};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Scheme, Uri};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use microstax_config::table::BASELINE_ID;
+use microstax_config::{LayerId, Readiness, Route, ServiceId};
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Body sent upstream: the client's streamed body, or nothing.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent to the client: the upstream's streamed body, or a local reply.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+const ROUTE_HEADER: &str = "x-microstax-route";
+
+/// Per-connection facts computed once when the connection is accepted.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's IP as an `X-Forwarded-For` element.
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Facts of a connection from `peer`.
+    pub fn new(peer: SocketAddr) -> ConnInfo {
+        let ip = peer.ip().to_string();
+        ConnInfo {
+            peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// A routing decision for one request.
+struct Decision<'s> {
+    layer: LayerId,
+    branch: Option<(BranchName, ContextSource)>,
+    service: ServiceId,
+    route: &'s Route,
+    upstream: &'s Arc<UpstreamState>,
+    /// The readiness policy sent the request to the parent's route.
+    fallback: bool,
+}
+
+impl Decision<'_> {
+    fn kind(&self) -> KindLabel {
+        if self.fallback {
+            KindLabel::Fallback
+        } else {
+            KindLabel::Route(self.route.kind)
+        }
+    }
+}
+
+/// A reply the proxy makes itself.
+struct LocalReply {
+    status: StatusCode,
+    reason: String,
+}
+
+impl LocalReply {
+    fn new(status: StatusCode, reason: impl Into<String>) -> LocalReply {
+        LocalReply {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Data-plane settings that do not come from the routing table.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyOptions {
+    /// How new upstreams are prewarmed before a table naming them is published.
+    pub prewarm: PrewarmOptions,
+}
+
+/// The data plane: routes and forwards requests using the router's current snapshot.
+pub struct Proxy {
+    router: Arc<Router>,
+    client: Client<Connector, UpstreamBody>,
+    options: ProxyOptions,
+}
+
+impl Proxy {
+    /// A proxy over `router` with a pooled HTTP/1.1 client.
+    pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
+        let connector = Connector::new(router.connect_timeouts(), Duration::from_secs(1));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .set_host(false)
+            .build(connector);
+        Arc::new(Proxy {
+            router,
+            client,
+            options,
+        })
+    }
+
+    /// The router this proxy reads.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The pooled upstream client (shared with prewarming so warmed connections are reused).
+    pub(crate) fn client(&self) -> &Client<Connector, UpstreamBody> {
+        &self.client
+    }
+
+    /// Prewarm settings.
+    pub fn options(&self) -> &ProxyOptions {
+        &self.options
+    }
+
+    /// Handle one request end to end.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let snap = self.router.load();
+        let (resp, service, kind, layer) = match decide(&snap, &req) {
+            Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
+            Ok(d) => match admit(&snap, d).await {
+                Err((reply, d)) => {
+                    let kind = d.kind();
+                    (local(&snap, reply), Some(d.service), kind, d.layer)
+                }
+                Ok(d) => {
+                    let (service, kind, layer) = (d.service, d.kind(), d.layer);
+                    (
+                        self.forward(&snap, d, req, conn).await,
+                        Some(service),
+                        kind,
+                        layer,
+                    )
+                }
+            },
+        };
+        let secs = start.elapsed().as_secs_f64();
+        snap.metrics
+            .request(service, kind, layer, resp.status().as_u16(), secs);
+        resp
+    }
+
+    /// Phases 3 and 4: send upstream and finish the response.
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        d: Decision<'_>,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
+        prepare(snap, &d, &mut req, conn);
+        let upgrade = headers::wants_upgrade(req.headers(), req.version());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        d.upstream.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = d.route.policy.request_timeout;
+        let sent = tokio::time::timeout(timeout, self.client.request(req.map(Either::Left))).await;
+        let mut resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
+            Err(_) => {
+                d.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
+                snap.metrics.timeout(d.service);
+                let reason = format!(
+                    "upstream {} did not answer within {timeout:?}",
+                    d.upstream.key
+                );
+                return local(snap, LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason));
+            }
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        }
+        headers::strip_hop_by_hop(resp.headers_mut(), switching);
+        if d.fallback {
+            resp.headers_mut()
+                .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
+        }
+        if snap.table.settings.debug_header {
+            add_route_header(snap, &d, resp.headers_mut());
+        }
+        resp.map(Either::Left)
+    }
+}
+
+const FALLBACK_HEADER: &str = "x-microstax-fallback";
+
+/// Phase 2: apply the route's readiness policy when its upstream is not ready (only routes
+/// above the baseline have a parent to fall back to or a reason to wait).
+async fn admit<'s>(
+    snap: &'s Snapshot,
+    mut d: Decision<'s>,
+) -> Result<Decision<'s>, (LocalReply, Decision<'s>)> {
+    if d.upstream.is_ready() || d.route.kind == microstax_config::RouteKind::Baseline {
+        return Ok(d);
+    }
+    let key = &d.upstream.key;
+    match d.route.policy.readiness {
+        Readiness::Hold { ms } => {
+            let wait = Duration::from_millis(ms);
+            match tokio::time::timeout(wait, d.upstream.wait_ready()).await {
+                Ok(()) => Ok(d),
+                Err(_) => {
+                    let reason = format!("upstream {key} is not ready (held {ms} ms)");
+                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+                }
+            }
+        }
+        Readiness::Fail => {
+            let reason = format!("upstream {key} is not ready");
+            Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+        }
+        Readiness::Fallback => {
+            let parent = snap.table.parent_route(d.route);
+            let up = parent.and_then(|r| {
+                pick(&r.upstreams)
+                    .and_then(|id| snap.upstreams.get(id as usize))
+                    .map(|u| (r, u))
+            });
+            match up {
+                Some((r, u)) => {
+                    d.route = r;
+                    d.upstream = u;
+                    d.fallback = true;
+                    Ok(d)
+                }
+                None => {
+                    let reason =
+                        format!("upstream {key} is not ready and there is no parent route");
+                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
+                }
+            }
+        }
+    }
+}
+
+/// Phase 1: resolve the branch context, the service, the route and the upstream.
+fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s>, LocalReply> {
+    let table = &snap.table;
+    let host = request_host(req);
+    let branch = snap.rules.extract(req.headers(), host);
+    let layer = match &branch {
+        None => BASELINE_ID,
+        Some((name, _)) => match table.branch(name.as_str()) {
+            Some(id) => id,
+            None if table.settings.context.strict => {
+                return Err(LocalReply::new(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown branch `{}` (strict mode)", name.as_str()),
+                ));
+            }
+            None => BASELINE_ID,
+        },
+    };
+    let path = req.uri().path();
+    let Some(service) = table.services.resolve(host, path) else {
+        return Err(LocalReply::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service for host `{}` and path `{path}`",
+                host.unwrap_or("")
+            ),
+        ));
+    };
+    let route = table.route(layer, service).ok_or_else(|| {
+        LocalReply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "table has no baseline route",
+        )
+    })?;
+    let upstream = pick(&route.upstreams)
+        .and_then(|id| snap.upstreams.get(id as usize))
+        .ok_or_else(|| {
+            LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "route has no upstream")
+        })?;
+    Ok(Decision {
+        layer,
+        branch,
+        service,
+        route,
+        upstream,
+        fallback: false,
+    })
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+thread_local! {
+    static RR: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Spread requests over a route's upstreams with a per-thread rotating index (no shared
+/// counter on the request path).
+fn pick(ids: &[u32]) -> Option<u32> {
+    match ids {
+        [] => None,
+        [one] => Some(*one),
+        many => {
+            let i = RR.with(|c| {
+                let v = c.get().wrapping_add(1);
+                c.set(v);
+                v
+            });
+            many.get(i as usize % many.len()).copied()
+        }
+    }
+}
+
+/// Phase 2: rewrite the request for the upstream.
+fn prepare(snap: &Snapshot, d: &Decision<'_>, req: &mut Request<Incoming>, conn: &ConnInfo) {
+    let version = req.version();
+    let upgrade = headers::wants_upgrade(req.headers(), version);
+    // an HTTP/2 request carries its host in :authority; the HTTP/1.1 upstream needs Host
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, a);
+        }
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(d.upstream.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = http::Version::HTTP_11;
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::append_forwarded_for(h, &conn.peer_ip);
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    h.append(header::VIA, headers::via(version));
+    propagate_context(snap, d, h);
+    let policy = &d.route.policy;
+    for name in policy.remove_headers.iter() {
+        h.remove(name);
+    }
+    for (name, value) in policy.set_headers.iter() {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
+/// Set the canonical branch header and make sure the baggage carries the branch member,
+/// keeping every other baggage member.
+fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) {
+    let Some((name, source)) = &d.branch else {
+        return;
+    };
+    let known = (d.layer != BASELINE_ID).then_some(d.layer as usize);
+    let branch_value = known
+        .and_then(|l| snap.branch_values.get(l).cloned().flatten())
+        .or_else(|| HeaderValue::from_str(name.as_str()).ok());
+    if let Some(v) = branch_value {
+        h.insert(snap.rules.header.clone(), v);
+    }
+    if *source == ContextSource::Baggage {
+        return; // the baggage already holds this member
+    }
+    if !h.contains_key(BAGGAGE) {
+        let member = known
+            .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
+            .or_else(|| {
+                HeaderValue::from_str(&format!("{}={}", snap.rules.baggage_key, name.as_str())).ok()
+            });
+        if let Some(m) = member {
+            h.insert(BAGGAGE, m);
+        }
+        return;
+    }
+    let existing: Vec<&[u8]> = h.get_all(BAGGAGE).iter().map(|v| v.as_bytes()).collect();
+    let merged = crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
+    if let Ok(v) = HeaderValue::from_bytes(&merged) {
+        h.insert(BAGGAGE, v);
+    }
+}
+
+fn upstream_error(
+    snap: &Snapshot,
+    d: &Decision<'_>,
+    e: &hyper_util::client::legacy::Error,
+) -> LocalReply {
+    let key = &d.upstream.key;
+    if e.is_connect() {
+        d.upstream.connect_errors.fetch_add(1, Ordering::Relaxed);
+        snap.metrics.connect_error(d.service);
+        let io = source_io_error(e);
+        if io.is_some_and(|k| k == std::io::ErrorKind::TimedOut) {
+            return LocalReply::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("connect to upstream {key} timed out"),
+            );
+        }
+        let why = io.map_or_else(|| "connection failed".to_string(), |k| k.to_string());
+        return LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot connect to upstream {key}: {why}"),
+        );
+    }
+    LocalReply::new(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream {key} failed: {e}"),
+    )
+}
+
+fn source_io_error(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = s.source();
+    }
+    None
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (c, u) = tokio::join!(client, upstream);
+    let (Ok(c), Ok(u)) = (c, u) else {
+        tracing::debug!("upgrade failed on one side");
+        return;
+    };
+    let mut c = TokioIo::new(c);
+    let mut u = TokioIo::new(u);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        tracing::debug!(error = %e, "tunnel closed with an error");
+    }
+}
+
+fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) {
+    let t = &snap.table;
+    let mut v = String::with_capacity(160);
+    let _ = write!(v, "gen={}", t.generation);
+    match &d.branch {
+        Some((name, src)) => {
+            let _ = write!(v, "; branch={}; source={}", name.as_str(), src.as_str());
+            if d.layer == BASELINE_ID {
+                v.push_str("; unknown-branch");
+            }
+        }
+        None => v.push_str("; branch=baseline"),
+    }
+    if d.fallback {
+        v.push_str("; fallback=not-ready");
+    }
+    let layer = t.layer(d.route.layer).map_or("?", |l| &*l.label);
+    let _ = write!(
+        v,
+        "; service={}; layer={}; kind={}; upstream={}",
+        t.service_name(d.service),
+        layer,
+        d.route.kind.as_str(),
+        d.upstream.key
+    );
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(ROUTE_HEADER, v);
+    }
+}
+
+fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody> {
+    let body = format!("microstax: {}\n", reply.reason);
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = reply.status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if snap.table.settings.debug_header {
+        if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
+        {
+            resp.headers_mut().insert(ROUTE_HEADER, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,306 @@
+//! Proxy metrics on an explicit Prometheus registry. Label values stay bounded: service names come
+//! from the catalog, route kinds and status classes are fixed sets, and a branch appears as a
+//! label value only when the operator lists it in `routing.label_branches` (all others count
+//! as `other`). Counter handles are resolved when a table is published, so the request path
+//! only increments atomics: no label hashing and no lock per request.
+
+use microstax_config::table::BASELINE_ID;
+use microstax_config::{LayerId, RouteKind, RoutingTable, ServiceId};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use std::sync::Arc;
+
+/// Route-kind label of a request (a fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindLabel {
+    /// Routed by a route of this kind.
+    Route(RouteKind),
+    /// The readiness policy sent it to the parent's route.
+    Fallback,
+    /// Answered by the proxy itself (no route).
+    None,
+}
+
+impl KindLabel {
+    const ALL: [KindLabel; 6] = [
+        KindLabel::Route(RouteKind::Baseline),
+        KindLabel::Route(RouteKind::Team),
+        KindLabel::Route(RouteKind::Branch),
+        KindLabel::Route(RouteKind::Local),
+        KindLabel::Fallback,
+        KindLabel::None,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            KindLabel::Route(RouteKind::Baseline) => 0,
+            KindLabel::Route(RouteKind::Team) => 1,
+            KindLabel::Route(RouteKind::Branch) => 2,
+            KindLabel::Route(RouteKind::Local) => 3,
+            KindLabel::Fallback => 4,
+            KindLabel::None => 5,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            KindLabel::Route(k) => k.as_str(),
+            KindLabel::Fallback => "fallback",
+            KindLabel::None => "none",
+        }
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const KINDS: usize = 6;
+
+/// The metric families of a proxy.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    connect_errors: IntCounterVec,
+    timeouts: IntCounterVec,
+    /// Open client connections.
+    pub active_connections: IntGauge,
+    /// Generation of the table being served.
+    pub table_generation: IntGauge,
+    /// Tables swapped in.
+    pub swaps: IntCounter,
+    /// Time to bind, prewarm and swap a table.
+    pub swap_duration: Histogram,
+    /// Branches in the table.
+    pub branches: IntGauge,
+    /// Routes (overrides) in the table, baseline included.
+    pub overrides: IntGauge,
+    prewarm: IntCounterVec,
+}
+
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyMetrics")
+    }
+}
+
+impl ProxyMetrics {
+    /// Create the families and register them on `registry`.
+    pub fn new(registry: &Registry) -> Result<ProxyMetrics, prometheus::Error> {
+        let m = ProxyMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "microstax_requests_total",
+                    "Requests by service, route kind, status class and (listed) branch",
+                ),
+                &["service", "route", "status", "branch"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "microstax_request_duration_seconds",
+                    "Time to response headers",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["route"],
+            )?,
+            connect_errors: IntCounterVec::new(
+                Opts::new(
+                    "microstax_upstream_connect_errors_total",
+                    "Failed upstream connections by service",
+                ),
+                &["service"],
+            )?,
+            timeouts: IntCounterVec::new(
+                Opts::new(
+                    "microstax_upstream_timeouts_total",
+                    "Upstream timeouts by service",
+                ),
+                &["service"],
+            )?,
+            active_connections: IntGauge::new(
+                "microstax_active_connections",
+                "Open client connections",
+            )?,
+            table_generation: IntGauge::new(
+                "microstax_table_generation",
+                "Generation of the routing table being served",
+            )?,
+            swaps: IntCounter::new("microstax_table_swaps_total", "Routing tables swapped in")?,
+            swap_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "microstax_table_swap_duration_seconds",
+                    "Time to bind, prewarm and swap a table",
+                )
+                .buckets(vec![
+                    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ]),
+            )?,
+            branches: IntGauge::new("microstax_table_branches", "Branches in the routing table")?,
+            overrides: IntGauge::new(
+                "microstax_table_routes",
+                "Routes in the routing table (baseline and overrides)",
+            )?,
+            prewarm: IntCounterVec::new(
+                Opts::new(
+                    "microstax_prewarm_total",
+                    "Prewarm outcomes of new upstreams",
+                ),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.connect_errors.clone()))?;
+        registry.register(Box::new(m.timeouts.clone()))?;
+        registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.table_generation.clone()))?;
+        registry.register(Box::new(m.swaps.clone()))?;
+        registry.register(Box::new(m.swap_duration.clone()))?;
+        registry.register(Box::new(m.branches.clone()))?;
+        registry.register(Box::new(m.overrides.clone()))?;
+        registry.register(Box::new(m.prewarm.clone()))?;
+        Ok(m)
+    }
+
+    /// Count one prewarm outcome (`ok`, `failed`).
+    pub fn prewarm(&self, outcome: &str, n: u64) {
+        if n > 0 {
+            self.prewarm.with_label_values(&[outcome]).inc_by(n);
+        }
+    }
+
+    /// Resolve the handles a table's requests will use. Reuses `prev` when the table has the
+    /// same services and settings (the common case: a branch changed).
+    pub fn bind(
+        &self,
+        table: &RoutingTable,
+        prev: Option<&Arc<BoundMetrics>>,
+    ) -> Arc<BoundMetrics> {
+        let listed = &table.settings.label_branches;
+        let branch_slot: Box<[u16]> = if listed.is_empty() {
+            Box::default()
+        } else {
+            table
+                .layers
+                .iter()
+                .map(|l| {
+                    l.as_ref()
+                        .and_then(|l| listed.iter().position(|b| **b == *l.name))
+                        .map_or(0, |i| i as u16 + 1)
+                })
+                .collect()
+        };
+        if let Some(p) = prev {
+            if Arc::ptr_eq(&p.services, &table.services)
+                && Arc::ptr_eq(&p.settings, &table.settings)
+            {
+                return Arc::new(BoundMetrics {
+                    branch_slot,
+                    ..(**p).clone()
+                });
+            }
+        }
+        let names: Vec<&str> = table
+            .services
+            .names
+            .iter()
+            .map(|s| &**s)
+            .chain(["-"])
+            .collect();
+        let mut slots: Vec<&str> = vec!["other"];
+        slots.extend(listed.iter().map(String::as_str));
+        let mut requests = Vec::with_capacity(names.len() * KINDS * slots.len());
+        for svc in &names {
+            for kind in KindLabel::ALL {
+                for b in &slots {
+                    let b = if listed.is_empty() { "-" } else { b };
+                    requests.push(
+                        CLASSES
+                            .map(|c| self.requests.with_label_values(&[svc, kind.as_str(), c, b])),
+                    );
+                }
+            }
+        }
+        Arc::new(BoundMetrics {
+            services: table.services.clone(),
+            settings: table.settings.clone(),
+            slots: slots.len(),
+            requests: requests.into(),
+            duration: KindLabel::ALL.map(|k| self.duration.with_label_values(&[k.as_str()])),
+            connect_errors: names
+                .iter()
+                .map(|s| self.connect_errors.with_label_values(&[s]))
+                .collect(),
+            timeouts: names
+                .iter()
+                .map(|s| self.timeouts.with_label_values(&[s]))
+                .collect(),
+            branch_slot,
+        })
+    }
+}
+
+/// Handles for one table; indexed by service id (the last index is "no service").
+#[derive(Clone)]
+pub struct BoundMetrics {
+    services: Arc<microstax_config::table::ServiceIndex>,
+    settings: Arc<microstax_config::Settings>,
+    slots: usize,
+    requests: Arc<[[IntCounter; 5]]>,
+    duration: [Histogram; KINDS],
+    connect_errors: Arc<[IntCounter]>,
+    timeouts: Arc<[IntCounter]>,
+    branch_slot: Box<[u16]>,
+}
+
+impl std::fmt::Debug for BoundMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundMetrics")
+    }
+}
+
+impl BoundMetrics {
+    fn service_index(&self, service: Option<ServiceId>) -> usize {
+        let n = self.services.names.len();
+        service.map_or(n, |s| (s as usize).min(n))
+    }
+
+    /// Count a finished request.
+    #[inline]
+    pub fn request(
+        &self,
+        service: Option<ServiceId>,
+        kind: KindLabel,
+        layer: LayerId,
+        status: u16,
+        seconds: f64,
+    ) {
+        let slot = if layer == BASELINE_ID {
+            0
+        } else {
+            self.branch_slot.get(layer as usize).copied().unwrap_or(0) as usize
+        };
+        let idx = (self.service_index(service) * KINDS + kind.index()) * self.slots + slot;
+        let class = ((status / 100).clamp(1, 5) - 1) as usize;
+        if let Some(c) = self.requests.get(idx) {
+            c[class].inc();
+        }
+        self.duration[kind.index()].observe(seconds);
+    }
+
+    /// Count a failed upstream connection.
+    pub fn connect_error(&self, service: ServiceId) {
+        if let Some(c) = self.connect_errors.get(self.service_index(Some(service))) {
+            c.inc();
+        }
+    }
+
+    /// Count an upstream timeout.
+    pub fn timeout(&self, service: ServiceId) {
+        if let Some(c) = self.timeouts.get(self.service_index(Some(service))) {
+            c.inc();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The published routing state. One [`ArcSwap`] holds one whole [`Snapshot`]: the compiled
+//! table plus everything the proxy derives from it (bound upstream states, prepared context
+//! rules, prebuilt header values). A request loads the snapshot once and keeps it to the end;
+//! publishing builds the next snapshot off the request path and swaps it in whole.
+
+use crate::context::ContextRules;
+use crate::metrics::{BoundMetrics, ProxyMetrics};
+use crate::upstream::{ConnectTimeouts, Registry, UpstreamState};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use microstax_config::{LayerKind, RoutingTable};
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a request needs, immutable once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The compiled table.
+    pub table: Arc<RoutingTable>,
+    /// Upstream states indexed by upstream id.
+    pub upstreams: Box<[Arc<UpstreamState>]>,
+    /// Context extraction rules.
+    pub rules: ContextRules,
+    /// Per layer id: the branch name as a header value (None for non-branch layers).
+    pub branch_values: Box<[Option<HeaderValue>]>,
+    /// Per layer id: the `key=name` baggage member as a header value.
+    pub baggage_values: Box<[Option<HeaderValue>]>,
+    /// Metric handles for this table.
+    pub metrics: Arc<BoundMetrics>,
+}
+
+/// A table bound to upstream states, ready to be swapped in.
+#[derive(Debug)]
+pub struct Staged {
+    /// The snapshot to publish.
+    pub snapshot: Snapshot,
+    /// Upstreams no earlier table named (to prewarm before the swap).
+    pub new_upstreams: Vec<Arc<UpstreamState>>,
+}
+
+impl Snapshot {
+    fn build(
+        table: Arc<RoutingTable>,
+        registry: &Registry,
+        metrics: &ProxyMetrics,
+        prev: Option<&Snapshot>,
+    ) -> Staged {
+        let (upstreams, created) = registry.bind(&table);
+        let new_upstreams = created
+            .iter()
+            .filter_map(|&i| upstreams.get(i).cloned())
+            .collect();
+        let bound = metrics.bind(&table, prev.map(|p| &p.metrics));
+        let rules = ContextRules::new(&table.settings);
+        let mut branch_values = Vec::with_capacity(table.layers.len());
+        let mut baggage_values = Vec::with_capacity(table.layers.len());
+        for l in &table.layers {
+            let l = l.as_ref().filter(|l| l.kind == LayerKind::Branch);
+            branch_values.push(l.and_then(|l| HeaderValue::from_str(&l.name).ok()));
+            baggage_values.push(l.and_then(|l| {
+                HeaderValue::from_str(&format!("{}={}", rules.baggage_key, l.name)).ok()
+            }));
+        }
+        Staged {
+            snapshot: Snapshot {
+                table,
+                upstreams,
+                rules,
+                branch_values: branch_values.into_boxed_slice(),
+                baggage_values: baggage_values.into_boxed_slice(),
+                metrics: bound,
+            },
+            new_upstreams,
+        }
+    }
+}
+
+/// Holds the current snapshot and publishes new ones.
+#[derive(Debug)]
+pub struct Router {
+    current: ArcSwap<Snapshot>,
+    registry: Registry,
+    connect_timeouts: ConnectTimeouts,
+    metrics: ProxyMetrics,
+}
+
+impl Router {
+    /// A router serving `table`, with metrics on a registry of its own.
+    pub fn new(table: Arc<RoutingTable>) -> Arc<Router> {
+        // registering on a fresh registry cannot collide
+        let metrics = ProxyMetrics::new(&prometheus::Registry::new());
+        match metrics {
+            Ok(m) => Router::with_metrics(table, m),
+            Err(_) => unreachable_metrics(),
+        }
+    }
+
+    /// A router serving `table` that reports to `metrics`.
+    pub fn with_metrics(table: Arc<RoutingTable>, metrics: ProxyMetrics) -> Arc<Router> {
+        let registry = Registry::default();
+        let timeouts = connect_timeouts(&table);
+        let staged = Snapshot::build(table, &registry, &metrics, None);
+        let router = Router {
+            current: ArcSwap::from_pointee(staged.snapshot),
+            registry,
+            connect_timeouts: Arc::new(ArcSwap::from_pointee(timeouts)),
+            metrics,
+        };
+        router.record_table(&router.load());
+        Arc::new(router)
+    }
+
+    /// The metric families.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// Bind `table` to upstream states without publishing it.
+    pub fn stage(&self, table: Arc<RoutingTable>) -> Staged {
+        let prev = self.load();
+        Snapshot::build(table, &self.registry, &self.metrics, Some(&prev))
+    }
+
+    /// Swap a staged table in (atomically: one store of one snapshot).
+    pub fn commit(&self, staged: Staged) {
+        self.connect_timeouts
+            .store(Arc::new(connect_timeouts(&staged.snapshot.table)));
+        let snap = Arc::new(staged.snapshot);
+        self.current.store(snap.clone());
+        self.metrics.swaps.inc();
+        self.record_table(&snap);
+    }
+
+    fn record_table(&self, snap: &Snapshot) {
+        let (_, routes) = snap.table.counts();
+        self.metrics
+            .table_generation
+            .set(snap.table.generation as i64);
+        self.metrics.branches.set(snap.table.branches.len() as i64);
+        self.metrics.overrides.set(routes as i64);
+    }
+
+    /// The current snapshot; a request calls this once.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Bind and swap in a new table without prewarming (see `Proxy::publish` for that).
+    pub fn publish(&self, table: Arc<RoutingTable>) {
+        let staged = self.stage(table);
+        self.commit(staged);
+    }
+
+    /// The connect-timeout map shared with the connector.
+    pub fn connect_timeouts(&self) -> ConnectTimeouts {
+        self.connect_timeouts.clone()
+    }
+
+    /// The upstream registry (for the grace-period sweep and metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_metrics() -> ! {
+    panic!("registering metrics on a new, empty registry cannot fail")
+}
+
+/// The shortest connect timeout of any route naming each upstream.
+fn connect_timeouts(table: &RoutingTable) -> FxHashMap<Arc<str>, Duration> {
+    let mut out: FxHashMap<Arc<str>, Duration> = FxHashMap::default();
+    for l in table.layers.iter().flatten() {
+        for r in l.routes.iter() {
+            for &u in r.upstreams.iter() {
+                if let Some(up) = table.upstream(u) {
+                    let t = r.policy.connect_timeout;
+                    out.entry(up.authority.clone())
+                        .and_modify(|d| *d = (*d).min(t))
+                        .or_insert(t);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,220 @@
+//! Per-upstream state kept outside the immutable table (pools, readiness, counters), the shared
+//! registry that hands the same state to every table naming an upstream, and the TCP connector
+//! that applies each upstream's connect timeout.
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper::Uri;
+use hyper_util::rt::TokioIo;
+use microstax_config::RoutingTable;
+use rustc_hash::FxHashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// State of one upstream endpoint, shared by every table that names it.
+#[derive(Debug)]
+pub struct UpstreamState {
+    /// `host:port`.
+    pub key: Arc<str>,
+    /// Parsed authority, cloned (a refcount) into each upstream request URI.
+    pub authority: Authority,
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_errors: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Generation of the last table that named this upstream (for the grace-period sweep).
+    pub last_seen_generation: AtomicU64,
+    ready: AtomicU8,
+    became_ready: tokio::sync::Notify,
+}
+
+/// Readiness of an upstream as far as the proxy knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Never probed (e.g. named by the first table): treated as ready.
+    Unknown,
+    /// Answered a probe.
+    Ready,
+    /// Did not answer its last probe.
+    NotReady,
+}
+
+impl UpstreamState {
+    fn new(key: Arc<str>) -> UpstreamState {
+        let authority = Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(key.as_bytes()))
+            .unwrap_or_else(|_| Authority::from_static("invalid.upstream:1"));
+        UpstreamState {
+            key,
+            authority,
+            requests: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            last_seen_generation: AtomicU64::new(0),
+            ready: AtomicU8::new(0),
+            became_ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Current readiness.
+    pub fn readiness(&self) -> Readiness {
+        match self.ready.load(Ordering::Acquire) {
+            1 => Readiness::Ready,
+            2 => Readiness::NotReady,
+            _ => Readiness::Unknown,
+        }
+    }
+
+    /// Whether requests may go to this upstream now.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) != 2
+    }
+
+    /// Record a probe outcome; waking requests held for this upstream when it becomes ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready
+            .store(if ready { 1 } else { 2 }, Ordering::Release);
+        if ready {
+            self.became_ready.notify_waiters();
+        }
+    }
+
+    /// Wait until the upstream is ready (the caller bounds the wait).
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.became_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// An upstream's state and when a published table last named it.
+type Entry = (Arc<UpstreamState>, Instant);
+
+/// All upstream states known to a proxy; touched only when tables are published.
+#[derive(Debug, Default)]
+pub struct Registry {
+    states: Mutex<FxHashMap<Arc<str>, Entry>>,
+}
+
+impl Registry {
+    /// The states of `table`'s upstreams, indexed like `table.upstreams`, and the indexes of
+    /// the ones created by this call (new upstreams, to prewarm).
+    pub fn bind(&self, table: &RoutingTable) -> (Box<[Arc<UpstreamState>]>, Vec<usize>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut created = Vec::new();
+        let bound = table
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let entry = states.entry(u.authority.clone()).or_insert_with(|| {
+                    created.push(i);
+                    (Arc::new(UpstreamState::new(u.authority.clone())), now)
+                });
+                entry.1 = now;
+                entry
+                    .0
+                    .last_seen_generation
+                    .store(table.generation, Ordering::Relaxed);
+                entry.0.clone()
+            })
+            .collect();
+        (bound, created)
+    }
+
+    /// Drop the states that no snapshot has held for longer than `grace` (a state still in use
+    /// has references besides the registry's). Returns how many were dropped.
+    pub fn sweep(&self, grace: Duration) -> usize {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let before = states.len();
+        let now = Instant::now();
+        states.retain(|_, (state, seen)| {
+            if Arc::strong_count(state) > 1 {
+                *seen = now;
+            }
+            now.duration_since(*seen) <= grace
+        });
+        before - states.len()
+    }
+
+    /// Number of upstream states held.
+    pub fn len(&self) -> usize {
+        self.states.lock().map_or(0, |s| s.len())
+    }
+
+    /// Whether no upstream state is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Connect timeouts by upstream, published with each table (read only when a new connection is
+/// opened, never per request).
+pub type ConnectTimeouts = Arc<ArcSwap<FxHashMap<Arc<str>, Duration>>>;
+
+/// TCP connector for the pooled client: resolves `host:port`, applies the upstream's connect
+/// timeout, and sets TCP_NODELAY.
+#[derive(Clone)]
+pub struct Connector {
+    timeouts: ConnectTimeouts,
+    default: Duration,
+}
+
+impl Connector {
+    /// A connector reading timeouts from `timeouts`, else `default`.
+    pub fn new(timeouts: ConnectTimeouts, default: Duration) -> Connector {
+        Connector { timeouts, default }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let timeout = self
+            .timeouts
+            .load()
+            .get(authority.as_str())
+            .copied()
+            .unwrap_or(self.default);
+        Box::pin(async move {
+            let connect = TcpStream::connect(authority.as_str());
+            let stream = match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect to {authority} timed out after {timeout:?}"),
+                    ))
+                }
+            };
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}

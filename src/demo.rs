@@ -1,0 +1,277 @@
+//! The embedded demo: a config with four services, a team layer and three branches, served by
+//! in-process demo upstreams that answer with JSON naming the instance that answered and the
+//! branch context it received. `web` calls `orders` and `payments` back through the proxy, so
+//! one request shows a whole tree.
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microstax_config::{Config, LayerKind, ParsedDoc};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The demo config files: (path relative to the config dir, text with `{{service@instance}}`
+/// endpoint placeholders).
+const FILES: [(&str, &str); 5] = [
+    ("org.yaml", include_str!("../demo/org.yaml")),
+    (
+        "teams/payments-team.yaml",
+        include_str!("../demo/teams/payments-team.yaml"),
+    ),
+    (
+        "branches/feature-a.yaml",
+        include_str!("../demo/branches/feature-a.yaml"),
+    ),
+    (
+        "branches/feature-b.yaml",
+        include_str!("../demo/branches/feature-b.yaml"),
+    ),
+    (
+        "branches/pay-fix.yaml",
+        include_str!("../demo/branches/pay-fix.yaml"),
+    ),
+];
+
+/// First port used by `--write-config`.
+pub const WRITE_BASE_PORT: u16 = 18081;
+
+fn placeholders() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, text) in FILES {
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            let Some(end) = rest[start..].find("}}") else {
+                break;
+            };
+            let token = rest[start + 2..start + end].to_string();
+            if !out.contains(&token) {
+                out.push(token);
+            }
+            rest = &rest[start + end + 2..];
+        }
+    }
+    out
+}
+
+fn substitute(text: &str, addrs: &BTreeMap<String, String>) -> String {
+    let mut t = text.to_string();
+    for (token, addr) in addrs {
+        t = t.replace(&format!("{{{{{token}}}}}"), addr);
+    }
+    t
+}
+
+/// Write the demo config into `dir` with endpoints on 127.0.0.1 from [`WRITE_BASE_PORT`].
+pub fn write_config(dir: &Path) -> Result<()> {
+    let addrs: BTreeMap<String, String> = placeholders()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, format!("127.0.0.1:{}", WRITE_BASE_PORT + i as u16)))
+        .collect();
+    for (rel, text) in FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, substitute(text, &addrs))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Bind one loopback listener per demo instance and return the config pointing at them.
+pub async fn embedded() -> Result<(Config, BTreeMap<SocketAddr, TcpListener>)> {
+    let mut addrs = BTreeMap::new();
+    let mut listeners = BTreeMap::new();
+    for token in placeholders() {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a demo upstream")?;
+        let a = l.local_addr()?;
+        addrs.insert(token, a.to_string());
+        listeners.insert(a, l);
+    }
+    let mut docs: Vec<ParsedDoc> = Vec::new();
+    for (rel, text) in FILES {
+        let kind = match rel.split('/').next() {
+            Some("teams") => LayerKind::Team,
+            Some("branches") => LayerKind::Branch,
+            _ => LayerKind::Org,
+        };
+        let stem = Path::new(rel).file_stem().and_then(|s| s.to_str());
+        docs.extend(microstax_config::parse_text(
+            &format!("demo/{rel}"),
+            &substitute(text, &addrs),
+            Some(kind),
+            stem,
+        )?);
+    }
+    Ok((Config::build(docs)?, listeners))
+}
+
+/// Which (service, instance) each endpoint of `config` stands for: the layer that declares an
+/// endpoint names the instance (`baseline`, `team/payments-team`, `branch/feature-a`, ...).
+pub fn instances(config: &Config) -> BTreeMap<SocketAddr, (String, String)> {
+    let mut out = BTreeMap::new();
+    for layer in config.layers() {
+        for (svc, s) in &layer.doc.doc.services {
+            for e in s.endpoints.iter().flatten().chain(s.local.iter()) {
+                if let Ok(ep) = microstax_config::Endpoint::parse(e) {
+                    if let Ok(addr) = ep.0.parse::<SocketAddr>() {
+                        out.entry(addr)
+                            .or_insert_with(|| (svc.clone(), layer.label.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Start a demo upstream for every endpoint of `config`, on the given pre-bound listeners or by
+/// binding the endpoint's address. `proxy` is where `web` sends its calls.
+pub async fn start_upstreams(
+    config: &Config,
+    mut listeners: BTreeMap<SocketAddr, TcpListener>,
+    proxy: SocketAddr,
+) -> Result<()> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let context_names = Arc::new(config.settings.context.clone());
+    for (addr, (service, instance)) in instances(config) {
+        let listener = match listeners.remove(&addr) {
+            Some(l) => l,
+            None => TcpListener::bind(addr).await.with_context(|| {
+                format!("binding demo upstream {service} ({instance}) on {addr}")
+            })?,
+        };
+        let app = Arc::new(DemoApp {
+            service,
+            instance,
+            proxy,
+            client: client.clone(),
+            names: context_names.clone(),
+        });
+        tokio::spawn(serve_app(listener, app));
+    }
+    Ok(())
+}
+
+struct DemoApp {
+    service: String,
+    instance: String,
+    proxy: SocketAddr,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    names: Arc<microstax_config::model::ContextSettings>,
+}
+
+async fn serve_app(listener: TcpListener, app: Arc<DemoApp>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.answer(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+impl DemoApp {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ctx_header = get(&self.names.header);
+        let baggage = get("baggage");
+        let mut body = serde_json::json!({
+            "service": self.service,
+            "instance": self.instance,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "context": {
+                "branch_header": ctx_header,
+                "baggage": baggage,
+            },
+        });
+        if self.service == "web" {
+            let mut calls = serde_json::Map::new();
+            for callee in ["orders", "payments"] {
+                calls.insert(
+                    callee.to_string(),
+                    self.call(callee, ctx_header.as_deref(), baggage.as_deref())
+                        .await,
+                );
+            }
+            body["calls"] = serde_json::Value::Object(calls);
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    /// Call `service` through the proxy, propagating the context this request carried.
+    async fn call(
+        &self,
+        service: &str,
+        branch: Option<&str>,
+        baggage: Option<&str>,
+    ) -> serde_json::Value {
+        let uri = format!("http://{}/", self.proxy);
+        let mut b = Request::get(uri).header(header::HOST, service);
+        if let Some(v) = branch {
+            b = b.header(self.names.header.as_str(), v);
+        }
+        if let Some(v) = baggage {
+            b = b.header("baggage", v);
+        }
+        let Ok(req) = b.body(Empty::new()) else {
+            return serde_json::json!({"error": "bad request"});
+        };
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => return serde_json::json!({"error": e.to_string()}),
+        };
+        let status = resp.status();
+        let bytes = match resp.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return serde_json::json!({"error": e.to_string()}),
+        };
+        if status != StatusCode::OK {
+            return serde_json::json!({"status": status.as_u16(), "body": String::from_utf8_lossy(&bytes)});
+        }
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({"body": String::from_utf8_lossy(&bytes)}))
+    }
+}
+
+/// The curl lines printed when the demo starts.
+pub fn curl_lines(listen: SocketAddr) -> String {
+    let a = listen;
+    [
+        format!("curl -s http://{a}/ -H 'Host: web'                                   # baseline tree"),
+        format!("curl -s http://{a}/ -H 'Host: web' -H 'x-microstax-branch: feature-a'  # orders from feature-a"),
+        format!("curl -s http://{a}/ -H 'Host: web' -H 'baggage: microstax-branch=feature-b'  # lineage feature-b -> feature-a"),
+        format!("curl -s http://{a}/web/ -b 'microstax-branch=pay-fix'                # payments from team/payments-team"),
+        format!("curl -s http://{a}/web/ -H 'Host: feature-b.preview.localhost'       # branch from a host pattern"),
+        format!("curl -si http://{a}/orders/ -H 'x-microstax-branch: no-such-branch'  # unknown branch: baseline"),
+    ]
+    .join("\n")
+}

@@ -1,0 +1,234 @@
+//! The `microstax` binary as a real child process: the embedded demo's request tree, `check`
+//! on bad input, `demo --write-config`, and a 200 MB body streamed with flat proxy memory.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_microstax");
+
+/// Start the binary with `args` and return it with the proxy and admin addresses it printed.
+async fn spawn(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn microstax");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("no output within 20 s")
+        .expect("read stdout")
+        .expect("stdout closed");
+    // "... proxy on http://ADDR, admin on http://ADDR"
+    let addrs: Vec<SocketAddr> = line
+        .split("http://")
+        .skip(1)
+        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "unexpected first line: {line}");
+    // keep draining stdout so the child never blocks on a full pipe
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addrs[0], addrs[1])
+}
+
+async fn stop(mut child: Child) {
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shows_a_whole_request_tree() {
+    let (child, proxy, admin) =
+        spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]).await;
+    let c = h1_client();
+    let health = get(&c, admin, "/healthz", &[]).await;
+    assert_eq!(health.status, 200);
+
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "web"), ("x-microstax-branch", "feature-b")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["service"], "web");
+    assert_eq!(j["instance"], "baseline");
+    assert_eq!(
+        j["calls"]["orders"]["instance"], "branch/feature-a",
+        "feature-b inherits orders from feature-a"
+    );
+    assert_eq!(
+        j["calls"]["orders"]["context"]["branch_header"], "feature-b",
+        "context propagated"
+    );
+    assert_eq!(j["calls"]["payments"]["instance"], "baseline");
+    assert!(r.route().contains("branch=feature-b"), "{}", r.route());
+
+    let r = get(
+        &c,
+        proxy,
+        "/inventory/",
+        &[("baggage", "microstax-branch=feature-b")],
+    )
+    .await;
+    assert_eq!(r.json()["instance"], "branch/feature-b");
+
+    let r = get(
+        &c,
+        proxy,
+        "/web/",
+        &[("cookie", "microstax-branch=pay-fix")],
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["calls"]["payments"]["instance"], "team/payments-team");
+    assert_eq!(j["calls"]["orders"]["instance"], "baseline");
+
+    let r = get(
+        &c,
+        proxy,
+        "/web/",
+        &[("host", "feature-a.preview.localhost")],
+    )
+    .await;
+    assert_eq!(r.json()["calls"]["orders"]["instance"], "branch/feature-a");
+    stop(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_file_line_field_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("branches")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("org.yaml"),
+        "kind: org\nservices:\n  web:\n    hosts: [web]\n    endpoints: [\"127.0.0.1:1\"]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("branches/bad.yaml"),
+        "parent: nobody\nservices:\n  web:\n    endpoints: [\"no-port\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("branches/bad.yaml:4: services.web.endpoints.0: `no-port` has no port"),
+        "{err}"
+    );
+    assert!(
+        err.contains("branches/bad.yaml:1: parent: unknown parent `nobody`"),
+        "{err}"
+    );
+
+    // the demo config written to disk is valid
+    let demo = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["demo", "--write-config"])
+        .arg(demo.path())
+        .output()
+        .await
+        .expect("write-config");
+    assert!(out.status.success());
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(demo.path())
+        .output()
+        .await
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 services, 5 layers"));
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_body_streams_with_flat_memory() {
+    let up = Upstream::start("base").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("org.yaml"),
+        format!(
+            "kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{}\"]\n",
+            up.addr
+        ),
+    )
+    .expect("write");
+    let cfg = dir.path().to_str().expect("utf8 path");
+    let (child, proxy, _) = spawn(&[
+        "run",
+        "--config",
+        cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let pid = child.id().expect("pid");
+    let before = peak_rss_kib(pid);
+
+    const SIZE: usize = 200 << 20;
+    let chunk = Bytes::from(vec![1u8; 256 * 1024]);
+    let frames = (0..SIZE / chunk.len())
+        .map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())));
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::put(format!("http://{proxy}/blob"))
+        .header("host", "api")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .expect("req");
+    let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
+        .await
+        .expect("timeout")
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
+    let j: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
+    assert_eq!(j["body_bytes"].as_u64(), Some(SIZE as u64));
+
+    let after = peak_rss_kib(pid);
+    assert!(before > 0 && after > 0, "could not read VmHWM");
+    // flat: the proxy's peak memory grew by far less than the body (which is 204800 KiB)
+    assert!(
+        after - before < 32 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+    stop(child).await;
+}

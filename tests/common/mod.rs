@@ -1,0 +1,322 @@
+//! Test harness: real upstream servers on 127.0.0.1:0, the real proxy on 127.0.0.1:0 (in
+//! process, or the `microstax` binary as a child process), and real HTTP clients. Everything a
+//! test starts is stopped by the test (drop or explicit shutdown); nothing sleeps to
+//! synchronise: waits poll with a deadline.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microstax_config::{Config, LayerKind};
+use microstax_proxy::{Proxy, Router, ServerOptions};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream that answers JSON describing what it received.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Upstream {
+    /// Start an echo upstream called `name`.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = oneshot::channel();
+        let name: Arc<str> = Arc::from(name);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    acc = listener.accept() => {
+                        let Ok((stream, _)) = acc else { continue };
+                        let name = name.clone();
+                        tokio::spawn(async move {
+                            let svc = service_fn(move |req| echo(name.clone(), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            stop: Some(tx),
+        }
+    }
+
+    /// Start a WebSocket echo upstream.
+    pub async fn websocket() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = oneshot::channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    acc = listener.accept() => {
+                        let Ok((stream, _)) = acc else { continue };
+                        tokio::spawn(async move {
+                            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                            while let Some(Ok(msg)) = ws.next().await {
+                                if msg.is_close() { break; }
+                                if futures_util::SinkExt::send(&mut ws, msg).await.is_err() { break; }
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            stop: Some(tx),
+        }
+    }
+}
+
+type EchoBody = http_body_util::Either<
+    Full<Bytes>,
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+>;
+
+async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let method = req.method().to_string();
+    // count the body while streaming it, never holding it whole
+    let mut body = req.into_body();
+    let mut body_bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_bytes += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    if path == "/big" {
+        let n: usize = query
+            .strip_prefix("bytes=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..n.div_ceil(chunk.len()))
+            .map(|i| {
+                let len = (n - i * chunk.len()).min(chunk.len());
+                Ok(Frame::data(chunk.slice(..len)))
+            })
+            .collect();
+        return Ok(Response::new(http_body_util::Either::Right(
+            StreamBody::new(futures_util::stream::iter(frames)),
+        )));
+    }
+    let json = serde_json::json!({
+        "upstream": &*name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    Ok(Response::new(http_body_util::Either::Left(Full::new(
+        Bytes::from(json.to_string()),
+    ))))
+}
+
+/// Parse config documents given as (file name, YAML text).
+pub fn config(files: &[(&str, &str)]) -> Config {
+    let mut docs = Vec::new();
+    for (file, text) in files {
+        let kind = if file.starts_with("teams/") {
+            Some(LayerKind::Team)
+        } else if file.starts_with("branches/") {
+            Some(LayerKind::Branch)
+        } else {
+            Some(LayerKind::Org)
+        };
+        let stem = std::path::Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str());
+        docs.extend(microstax_config::parse_text(file, text, kind, stem).expect("parse"));
+    }
+    Config::build(docs).expect("valid config")
+}
+
+/// The proxy, in process, on 127.0.0.1:0.
+pub struct ProxyUnderTest {
+    pub addr: SocketAddr,
+    pub router: Arc<Router>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProxyUnderTest {
+    pub async fn start(config: &Config) -> ProxyUnderTest {
+        let router = Router::new(microstax_planner::compile(config, 1));
+        let proxy = Proxy::new(router.clone(), microstax_proxy::ProxyOptions::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let opts = ServerOptions {
+            drain_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        };
+        let done = tokio::spawn(microstax_proxy::serve(listener, proxy, opts, async move {
+            let _ = rx.await;
+        }));
+        ProxyUnderTest {
+            addr,
+            router,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// Stop accepting, drain, and wait for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+        }
+    }
+}
+
+impl Drop for ProxyUnderTest {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn h1_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `upstream` name the echo server put in its answer.
+    pub fn upstream(&self) -> String {
+        self.json()["upstream"].as_str().unwrap_or("").to_string()
+    }
+
+    /// A header the upstream received (first value).
+    pub fn seen(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_string)
+    }
+
+    pub fn route(&self) -> String {
+        self.headers
+            .get("x-microstax-route")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Send a GET through `client` to `addr` with extra headers; bounded by 10 s.
+pub async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Empty::new()).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body timed out")
+        .expect("body failed")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Poll `f` until it returns Some, or panic after `deadline`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    let mut poll = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        poll.tick().await;
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+    }
+}
