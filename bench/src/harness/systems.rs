@@ -164,12 +164,15 @@ fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Run
     let config = dir.path().join("config");
     layers.write_dir(&config)?;
     let addr = loopback(free_port()?);
+    let admin = loopback(free_port()?);
     let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, bin);
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
         .arg("--listen")
         .arg(addr.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
         .arg("--workers")
         .arg(ctx.workers.to_string())
         .env("RUST_LOG", "warn");
