@@ -12,8 +12,8 @@
 //! update figures include; lookups do not allocate, so theirs are unaffected.
 //!
 //! Context extraction (header, baggage, cookie, host pattern -> branch name) belongs to the
-//! proxy and is not written yet; its benchmark, alone and together with the lookup, goes in the
-//! `extraction` group next to `lookup` below once the proxy exposes the function.
+//! proxy (`microstax_proxy::context::ContextRules::extract`); its benchmark, alone and together
+//! with `full_lookup`, goes in an `extraction` group next to `lookup` below (the lead adds it).
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
 use microstax_bench::gen::Spec;
@@ -157,8 +157,8 @@ fn bench_lookup(c: &mut Criterion) {
     g.finish();
 }
 
-// The `extraction` group (context extraction alone, and extraction + `full_lookup` together)
-// is added here when the proxy's extraction function lands; see the module docs.
+// The `extraction` group goes here: `ContextRules::extract` on realistic headers (header,
+// baggage, cookie), alone and followed by `full_lookup`; see the module docs.
 
 fn bench_compile(c: &mut Criterion) {
     let mut g = c.benchmark_group("compile");

@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Arguments of `compare`.
 #[derive(clap::Args, Debug)]
@@ -38,6 +38,10 @@ pub struct Args {
     /// The microstax binary (default: built with cargo, or found next to this binary).
     #[arg(long)]
     pub microstax: Option<PathBuf>,
+    /// Before each system's turn, wait up to this many seconds for the rest of the machine to
+    /// go quiet (under 0.2 busy cores for 1 s); 0 disables. The foreign load is reported anyway.
+    #[arg(long, default_value_t = 30)]
+    pub quiet_wait: u64,
     /// Output directory (default bench/results, or bench/results/quick with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -71,10 +75,13 @@ pub fn arrangements() -> Vec<Arrangement> {
             streams: 16,
         },
     };
-    let rate = |proto, rps| Load::Rate {
+    // 1k/s over one connection: requests arrive one at a time, 1 ms apart, so p50 is the
+    // latency a lone request sees. 10k/s over 10 connections: h2load starts every connection's
+    // rate timer at about the same moment, so requests arrive in bursts of up to 10.
+    let rate = |proto, rps: u32| Load::Rate {
         proto,
         rps,
-        conns: 10,
+        conns: if rps <= 1_000 { 1 } else { 10 },
     };
     vec![
         Arrangement {
@@ -118,6 +125,7 @@ pub fn arrangements() -> Vec<Arrangement> {
 
 /// Settings of one run after defaults.
 struct Plan {
+    quiet_wait: u64,
     rounds: usize,
     duration_s: u64,
     systems: Vec<System>,
@@ -142,6 +150,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         arrs.retain(|x| args.arrangements.iter().any(|a| a == x.name));
     }
     Ok(Plan {
+        quiet_wait: args.quiet_wait.min(600),
         rounds: args
             .rounds
             .unwrap_or(if args.quick { 1 } else { 3 })
@@ -236,13 +245,19 @@ fn run_arrangement(
     let (mut upstream, addrs) = start_upstream(ctx.tools, arr, ctx.tmp)?;
     for round in 1..=plan.rounds {
         for &sys in &plan.systems {
+            if plan.quiet_wait > 0 && !wait_quiet(Duration::from_secs(plan.quiet_wait)) {
+                eprintln!(
+                    "  (machine still busy after {} s; going on)",
+                    plan.quiet_wait
+                );
+            }
             eprintln!(
                 "[{}] round {round}/{}: {}",
                 arr.name,
                 plan.rounds,
                 sys.label()
             );
-            match run_system(sys, arr, round, addrs, ctx) {
+            match run_system(sys, arr, round, addrs, upstream.pid(), ctx) {
                 Ok(s) => samples.extend(s),
                 Err(e) => {
                     let note = format!("{} {} round {round} failed: {e:#}", arr.name, sys.label());
@@ -261,6 +276,29 @@ fn run_arrangement(
     }
     upstream.stop(Duration::from_secs(2));
     Ok(())
+}
+
+/// Busy cores below which the machine counts as quiet (the idle upstream and this harness
+/// stay far below it).
+const QUIET_CORES: f64 = 0.2;
+
+/// Wait until the machine's busy CPU over a 1 s window is under [`QUIET_CORES`], or until
+/// `max` has passed; returns whether it went quiet. Between systems nothing of this run is
+/// working, so what is busy then is other work on the machine.
+fn wait_quiet(max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        let (b0, t0) = (procfs::machine_busy_seconds(), Instant::now());
+        // a measurement window, not a synchronisation wait
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (procfs::machine_busy_seconds() - b0) / t0.elapsed().as_secs_f64();
+        if busy < QUIET_CORES {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
 }
 
 /// Start the upstream child pinned to the arrangement's upstream CPUs; read its addresses.
@@ -315,6 +353,7 @@ fn run_system(
     arr: &Arrangement,
     round: usize,
     ups: Upstreams,
+    upstream_pid: u32,
     ctx: &RunCtx,
 ) -> anyhow::Result<Vec<Sample>> {
     let start = StartCtx {
@@ -326,7 +365,7 @@ fn run_system(
         tmp: ctx.tmp,
     };
     let mut running = systems::start(sys, &start)?;
-    let result = drive(&mut running, arr, round, ctx);
+    let result = drive(&mut running, arr, round, upstream_pid, ctx);
     running.stop();
     result
 }
@@ -335,6 +374,7 @@ fn drive(
     running: &mut Running,
     arr: &Arrangement,
     round: usize,
+    upstream_pid: u32,
     ctx: &RunCtx,
 ) -> anyhow::Result<Vec<Sample>> {
     let sys = running.system;
@@ -391,6 +431,12 @@ fn drive(
         } else {
             running.h1
         };
+        let me = std::process::id();
+        let (machine0, t0) = (procfs::machine_busy_seconds(), Instant::now());
+        let (up0, me0) = (
+            procfs::cpu_seconds(&[upstream_pid]),
+            procfs::cpu_seconds(&[me]),
+        );
         let cpu0 = running
             .proc
             .as_mut()
@@ -400,9 +446,19 @@ fn drive(
             .proc
             .as_mut()
             .map(|p| procfs::cpu_seconds(&p.tree()));
+        let (up1, me1) = (
+            procfs::cpu_seconds(&[upstream_pid]),
+            procfs::cpu_seconds(&[me]),
+        );
+        let (machine1, wall) = (procfs::machine_busy_seconds(), t0.elapsed());
+        // CPU the machine spent on anything but this run: another session's work
+        let ours =
+            cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0) + (up1 - up0) + (me1 - me0) + o.gen_cpu_s;
+        let foreign = ((machine1 - machine0) - ours).max(0.0) / wall.as_secs_f64().max(1e-3);
         let id = l.id();
         push(&id, Metric::Rps, o.rps);
         push(&id, Metric::Errors, o.errors as f64);
+        push(&id, Metric::Foreign, foreign);
         if let (Some(a), Some(b)) = (cpu0, cpu1) {
             if o.requests > 0 {
                 push(&id, Metric::CpuPer100k, (b - a) / o.requests as f64 * 1e5);

@@ -3,7 +3,7 @@
 //! per-request log gives the latency percentiles). Every request carries
 //! `x-microstax-branch: b1`, so every request goes through the branch match.
 
-use super::procs::{pinned, run_bounded};
+use super::procs::{pinned, run_bounded_cpu};
 use super::tools::Tools;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
@@ -70,6 +70,8 @@ pub struct Outcome {
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub p999_us: Option<f64>,
+    /// CPU seconds the generator itself used.
+    pub gen_cpu_s: f64,
 }
 
 /// Where and how long to run a generator.
@@ -125,8 +127,10 @@ fn wrk(addr: SocketAddr, large: bool, conns: u32, ctx: &GenCtx) -> anyhow::Resul
         .arg("-H")
         .arg(BRANCH_HEADER)
         .arg(url(addr, large));
-    let out = run_bounded("wrk", cmd, ctx.dir, timeout(ctx))?;
-    parse_wrk(&out).with_context(|| format!("reading wrk output:\n{out}"))
+    let (out, cpu) = run_bounded_cpu("wrk", cmd, ctx.dir, timeout(ctx))?;
+    let mut o = parse_wrk(&out).with_context(|| format!("reading wrk output:\n{out}"))?;
+    o.gen_cpu_s = cpu;
+    Ok(o)
 }
 
 /// Parse wrk's summary: `N requests in Xs`, `Requests/sec: R`, error lines.
@@ -193,8 +197,9 @@ fn h2load(
             .arg(format!("--log-file={}", log.display()));
     }
     cmd.arg(url(addr, large));
-    let out = run_bounded("h2load", cmd, ctx.dir, timeout(ctx))?;
+    let (out, cpu) = run_bounded_cpu("h2load", cmd, ctx.dir, timeout(ctx))?;
     let mut o = parse_h2load(&out).with_context(|| format!("reading h2load output:\n{out}"))?;
+    o.gen_cpu_s = cpu;
     if rate.is_some() {
         let text = std::fs::read_to_string(&log).context("reading the h2load log")?;
         let mut lat = parse_h2load_log(&text);

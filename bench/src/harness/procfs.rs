@@ -68,6 +68,32 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     ticks as f64 / hz
 }
 
+/// Busy CPU seconds of the whole machine since boot, from the `cpu` line of `/proc/stat`:
+/// everything but idle and iowait (steal counts as busy: it is time some other guest took).
+pub fn machine_busy_seconds() -> f64 {
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy as f64 / hz
+}
+
 /// A `Vm*` line of `/proc/PID/status` in KiB, summed over `pids`.
 pub fn vm_kib(pids: &[u32], key: &str) -> u64 {
     pids.iter()
@@ -96,5 +122,6 @@ mod tests {
         assert!(start_time(me).is_some());
         assert!(vm_kib(&[me], "VmHWM") > 0);
         assert!(cpu_seconds(&[me]) >= 0.0);
+        assert!(machine_busy_seconds() > 0.0);
     }
 }

@@ -29,6 +29,8 @@ pub struct Proc {
     descendants: Vec<(u32, u64)>,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// CPU seconds of the process last seen by [`Proc::wait_until`] before it exited.
+    last_cpu: f64,
 }
 
 impl Proc {
@@ -58,6 +60,7 @@ impl Proc {
             descendants: Vec::new(),
             stdout,
             stderr,
+            last_cpu: 0.0,
         })
     }
 
@@ -95,7 +98,13 @@ impl Proc {
 
     /// Wait for it to exit by itself until `deadline`; on timeout stop it and fail.
     pub fn wait_until(&mut self, deadline: Instant) -> anyhow::Result<ExitStatus> {
+        let pid = self.pid();
         loop {
+            // sampled while it lives: once reaped, its /proc entry is gone
+            let cpu = super::procfs::cpu_seconds(&[pid]);
+            if cpu > 0.0 {
+                self.last_cpu = cpu;
+            }
             if let Some(st) = self.exited()? {
                 return Ok(st);
             }
@@ -167,6 +176,17 @@ pub fn run_bounded(
     dir: &Path,
     timeout: Duration,
 ) -> anyhow::Result<String> {
+    run_bounded_cpu(name, cmd, dir, timeout).map(|(out, _)| out)
+}
+
+/// [`run_bounded`], also returning the CPU seconds the process used (sampled every few
+/// milliseconds while it ran, so its last few milliseconds may be missing).
+pub fn run_bounded_cpu(
+    name: &str,
+    cmd: Command,
+    dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<(String, f64)> {
     let mut cmd = cmd;
     cmd.stdin(Stdio::null());
     let mut p = Proc::spawn(name, cmd, dir)?;
@@ -174,7 +194,7 @@ pub fn run_bounded(
     if !st.success() {
         bail!("{name} failed ({st}):\n{}", p.output_tail());
     }
-    Ok(p.stdout_text())
+    Ok((p.stdout_text(), p.last_cpu))
 }
 
 /// Wait until `addr` accepts a TCP connection, failing at `deadline` or if `proc` exits.

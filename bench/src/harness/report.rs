@@ -32,6 +32,10 @@ pub enum Metric {
     P999,
     #[serde(rename = "errors")]
     Errors,
+    /// CPU used on the machine by processes other than the generator, upstream and system
+    /// under test, in cores, averaged over the load (another session's work on a shared host).
+    #[serde(rename = "foreign_cores")]
+    Foreign,
     #[serde(rename = "idle_rss_mib")]
     IdleRss,
     #[serde(rename = "peak_rss_mib")]
@@ -48,6 +52,7 @@ impl Metric {
             Metric::P99 => "p99 us",
             Metric::P999 => "p99.9 us",
             Metric::Errors => "errors",
+            Metric::Foreign => "foreign load (cores)",
             Metric::IdleRss => "idle RSS MiB",
             Metric::PeakRss => "peak RSS MiB",
         }
@@ -59,6 +64,7 @@ impl Metric {
             Metric::CpuPer100k => format!("{v:.3}"),
             Metric::P50 | Metric::P99 | Metric::P999 => format!("{v:.0}"),
             Metric::Errors => format!("{v:.0}"),
+            Metric::Foreign => format!("{v:.2}"),
             Metric::IdleRss | Metric::PeakRss => format!("{v:.1}"),
         }
     }
