@@ -140,7 +140,8 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
             continue;
         }
         let mut ratios = BTreeMap::new();
-        if let Some(ms) = cells.get(&System::Microstax) {
+        let comparable = !matches!(metric, Metric::Foreign | Metric::Errors);
+        if let Some(ms) = cells.get(&System::Microstax).filter(|_| comparable) {
             for other in [System::Nginx, System::Haproxy, System::Direct] {
                 if let Some(o) = cells.get(&other).filter(|o| o.median != 0.0) {
                     ratios.insert(other, ms.median / o.median);
