@@ -5,7 +5,7 @@ mod demo;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use microstax_config::RoutingTable;
+use microstax_config::{RoutingTable, SourceText};
 use microstax_planner::admin::AdminState;
 use microstax_planner::{ControlPlane, TableSink};
 use microstax_proxy::{Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions};
@@ -94,8 +94,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, net } => runtime(net.workers)?.block_on(async {
-            let cfg = load(&config)?;
-            run(cfg, &net, None, Some(config.clone())).await
+            let (cfg, sources) = load(&config)?;
+            run(cfg, &net, None, Some((config.clone(), sources))).await
         }),
         Command::Demo {
             net,
@@ -109,11 +109,22 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             runtime(net.workers)?.block_on(async {
-                let (cfg, listeners) = match &config {
-                    Some(path) => (load(path)?, Default::default()),
-                    None => demo::embedded().await?,
-                };
-                run(cfg, &net, Some(listeners), config.clone()).await
+                match &config {
+                    Some(path) => {
+                        let (cfg, sources) = load(path)?;
+                        run(
+                            cfg,
+                            &net,
+                            Some(Default::default()),
+                            Some((path.clone(), sources)),
+                        )
+                        .await
+                    }
+                    None => {
+                        let (cfg, listeners) = demo::embedded().await?;
+                        run(cfg, &net, Some(listeners), None).await
+                    }
+                }
             })
         }
     }
@@ -127,9 +138,13 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-fn load(path: &std::path::Path) -> Result<microstax_config::Config> {
-    microstax_config::load(path)
-        .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+/// Load and validate a config path; also returns the sources read (for the watcher).
+fn load(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceText>)> {
+    let invalid = |e| anyhow::anyhow!("invalid config {}:\n{e}", path.display());
+    let sources = microstax_config::read_sources(path).map_err(invalid)?;
+    let docs = microstax_config::parse_sources(&sources).map_err(invalid)?;
+    let cfg = microstax_config::Config::build(docs).map_err(invalid)?;
+    Ok((cfg, sources))
 }
 
 fn check(path: &std::path::Path) -> Result<()> {
@@ -196,7 +211,7 @@ async fn run(
     cfg: microstax_config::Config,
     net: &NetArgs,
     demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
-    watch: Option<PathBuf>,
+    watch: Option<(PathBuf, Vec<SourceText>)>,
 ) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
@@ -207,8 +222,9 @@ async fn run(
         .await
         .context("registering planner metrics")?;
     let _watcher = match watch {
-        Some(path) => Some(microstax_planner::watch(
+        Some((path, sources)) => Some(microstax_planner::watch(
             path,
+            &sources,
             control.clone(),
             Duration::from_millis(net.debounce_ms),
         )?),

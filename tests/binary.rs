@@ -11,44 +11,15 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_microstax");
-
-/// Start the binary with `args` and return it with the proxy and admin addresses it printed.
 async fn spawn(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn microstax");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("no output within 20 s")
-        .expect("read stdout")
-        .expect("stdout closed");
-    // "... proxy on http://ADDR, admin on http://ADDR"
-    let addrs: Vec<SocketAddr> = line
-        .split("http://")
-        .skip(1)
-        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
-        .collect();
-    assert_eq!(addrs.len(), 2, "unexpected first line: {line}");
-    // keep draining stdout so the child never blocks on a full pipe
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs[0], addrs[1])
+    spawn_bin(args, &[]).await
 }
 
-async fn stop(mut child: Child) {
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+async fn stop(child: Child) {
+    stop_bin(child).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
