@@ -574,7 +574,7 @@ async fn zero_loss_under_200_swaps() {
         let text = format!("# revision {i}\n{}", branch("baseline", ep, ""));
         std::fs::write(&dev, text).expect("write");
         let want = generation + 1;
-        generation = wait_for(DEADLINE, "file swap", || async {
+        wait_for(DEADLINE, "file swap", || async {
             let r = live.admin(Method::GET, "/routes", None, "").await;
             r.json()["generation"].as_u64().filter(|g| *g >= want)
         })
