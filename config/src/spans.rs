@@ -119,12 +119,14 @@ impl MarkedEventReceiver for Collector {
                 self.path.clear();
             }
             Event::Scalar(v, ..) => {
-                if !self.enter_value(Some(&v), line) {
+                let was_key = self.enter_value(Some(&v), line);
+                if !was_key {
                     self.leave_value();
                 }
             }
             Event::Alias(_) => {
-                if !self.enter_value(None, line) {
+                let was_key = self.enter_value(None, line);
+                if !was_key {
                     self.leave_value();
                 }
             }

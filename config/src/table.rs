@@ -285,7 +285,7 @@ impl RoutingTable {
         }
         for (name, &id) in self.branches.iter() {
             match self.layer(id) {
-                Some(l) if &*l.name == &**name && l.kind == LayerKind::Branch => {}
+                Some(l) if *l.name == **name && l.kind == LayerKind::Branch => {}
                 _ => return Err(format!("branch index entry {name} is stale")),
             }
         }
