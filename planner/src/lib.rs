@@ -1,8 +1,25 @@
 //! MicroStax planner: the co-located control plane. It compiles validated configs into routing
-//! tables (incrementally when one layer changes) and diffs layers against their parents.
+//! tables (incrementally when one layer changes), diffs layers against their parents, decides
+//! per service reuse / fork / local (and per store and topic, isolate) with reasons and costs,
+//! finds instances that branches can share, and reads changed source paths from git.
 
 pub mod compile;
+pub mod cost;
 pub mod diff;
+mod engine;
+pub mod error;
+pub mod fleet;
+pub mod git;
+mod graph;
+pub mod instance;
+pub mod plan;
+mod render;
 
 pub use compile::{compile, Compiler};
+pub use cost::{CostModel, DefaultCostModel, Resources};
 pub use diff::{diff_service, ChangeKind, FieldChange, ServiceDiff};
+pub use error::PlanError;
+pub use fleet::{plan_all, Fleet, LayerSummary, SharedInstance};
+pub use git::{source_refs, GitError, PathChange, SourceChanges};
+pub use instance::InstanceKey;
+pub use plan::{plan_branch, Cause, Decision, Entry, Isolation, Plan, Planner, Subject, Summary};
