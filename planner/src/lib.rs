@@ -1,13 +1,15 @@
 //! MicroStax planner: the co-located control plane. It compiles validated configs into routing
 //! tables (incrementally when one layer changes), diffs layers against their parents, decides
 //! per service reuse / fork / local (and per store and topic, isolate) with reasons and costs,
-//! finds instances that branches can share, and reads changed source paths from git.
+//! finds instances that branches can share, reads changed source paths from git, and explains
+//! the effective config and route of one service.
 
 pub mod compile;
 pub mod cost;
 pub mod diff;
 mod engine;
 pub mod error;
+pub mod explain;
 pub mod fleet;
 pub mod git;
 mod graph;
@@ -19,6 +21,7 @@ pub use compile::{compile, Compiler};
 pub use cost::{CostModel, DefaultCostModel, Resources};
 pub use diff::{diff_service, ChangeKind, FieldChange, ServiceDiff};
 pub use error::PlanError;
+pub use explain::{explain, Explanation, RouteView};
 pub use fleet::{plan_all, Fleet, LayerSummary, SharedInstance};
 pub use git::{source_refs, GitError, PathChange, SourceChanges};
 pub use instance::InstanceKey;
