@@ -11,7 +11,7 @@ use crate::git::SourceChanges;
 use crate::graph::{references, sccs, Catalog};
 use crate::instance::{InstanceKey, KeyHasher};
 use crate::plan::{Cause, REASON_PATHS};
-use microstax_config::{Config, Effective, LayerIdx};
+use microstax_config::{Config, Effective, Layer, LayerIdx};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub(crate) struct LayerPlan {
 pub(crate) struct Base {
     label: Arc<str>,
     services: Vec<(InstanceKey, Resources)>,
+    /// The baseline's env references of each service: (dependency, env key).
+    pub refs: Vec<Vec<(u32, String)>>,
     stores: Vec<InstanceKey>,
     topics: Vec<InstanceKey>,
 }
@@ -78,6 +80,7 @@ impl Base {
         Ok(Base {
             label: config.org().label.clone(),
             services,
+            refs: a.edges,
             stores: a.stores,
             topics: a.topics,
         })
@@ -89,6 +92,7 @@ pub(crate) struct Addresses {
     pub services: Vec<InstanceKey>,
     pub stores: Vec<InstanceKey>,
     pub topics: Vec<InstanceKey>,
+    pub edges: Vec<Vec<(u32, String)>>,
     effs: Vec<Effective>,
 }
 
@@ -133,6 +137,11 @@ impl<'a> View<'a> {
             .copied()
             .unwrap_or_default();
         (&self.base.label, k, r)
+    }
+
+    /// The baseline's env references of service `s`.
+    pub(crate) fn base_refs(&self, s: u32) -> &'a [(u32, String)] {
+        self.base.refs.get(s as usize).map_or(&[], Vec::as_slice)
     }
 
     /// Owner layer and key of store `x`.
@@ -187,6 +196,8 @@ struct Pending {
 struct Work<'a> {
     engine: Engine<'a>,
     idx: LayerIdx,
+    /// The team and branch layers of the lineage (the org layer excluded).
+    lineage: Vec<&'a Arc<Layer>>,
     label: Arc<str>,
     effs: FxHashMap<u32, Effective>,
     moved: FxHashMap<u32, Pending>,
@@ -224,9 +235,17 @@ impl<'a> Engine<'a> {
             .layer(idx)
             .ok_or_else(|| PlanError::UnknownLayer(format!("#{idx}")))?;
         let parent = layer.parent.unwrap_or(0);
+        let lineage = self
+            .config
+            .lineage(idx)
+            .into_iter()
+            .filter(|&i| i != 0)
+            .filter_map(|i| self.config.layer(i))
+            .collect();
         let mut w = Work {
             engine: *self,
             idx,
+            lineage,
             label: layer.label.clone(),
             effs: FxHashMap::default(),
             moved: FxHashMap::default(),
@@ -273,7 +292,7 @@ impl<'a> Engine<'a> {
                 } => w.isolate_topic(topic, service, cause),
             }
         }
-        w.propagate_dependencies()?;
+        w.propagate_dependencies(up)?;
         w.finish(up, &source_ids)
     }
 
@@ -325,6 +344,7 @@ impl<'a> Engine<'a> {
             services,
             stores,
             topics,
+            edges,
             effs,
         })
     }
@@ -526,7 +546,7 @@ impl Work<'_> {
     }
 
     /// Fork, to a fixpoint, every service whose env names a moved dependency.
-    fn propagate_dependencies(&mut self) -> Result<(), PlanError> {
+    fn propagate_dependencies(&mut self, up: &View<'_>) -> Result<(), PlanError> {
         let cat = self.engine.catalog;
         while let Some(d) = self.queue.pop() {
             let how = if self.moved.get(&d).is_some_and(|p| p.local) {
@@ -539,12 +559,7 @@ impl Work<'_> {
                 if self.moved.contains_key(&r) {
                     continue;
                 }
-                let env = self
-                    .eff(r)?
-                    .env
-                    .iter()
-                    .find(|(_, v)| references(&v.value, dep))
-                    .map(|(k, _)| k.clone());
+                let env = self.env_naming(r, d, up)?;
                 if let Some(env) = env {
                     let cause = Cause::Dependency {
                         dependency: dep.clone(),
@@ -557,6 +572,25 @@ impl Work<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The env key of service `r` whose value names dependency `d`, if any. When no layer of
+    /// the lineage mentions `r`, its env is the baseline's, already indexed: this keeps the
+    /// fan-out check off the (allocating) effective merge.
+    fn env_naming(&mut self, r: u32, d: u32, up: &View<'_>) -> Result<Option<String>, PlanError> {
+        let cat = self.engine.catalog;
+        let name = &cat.names[r as usize];
+        if !self.effs.contains_key(&r) && self.lineage.iter().all(|l| l.service(name).is_none()) {
+            let found = up.base_refs(r).iter().find(|(x, _)| *x == d);
+            return Ok(found.map(|(_, k)| k.clone()));
+        }
+        let dep = &cat.names[d as usize];
+        Ok(self
+            .eff(r)?
+            .env
+            .iter()
+            .find(|(_, v)| references(&v.value, dep))
+            .map(|(k, _)| k.clone()))
     }
 
     /// Address every moved instance and price the services.

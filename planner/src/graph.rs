@@ -45,6 +45,10 @@ pub(crate) struct Catalog {
     topic_index: FxHashMap<Arc<str>, u32>,
     /// Topics each service consumes.
     pub consumes: Vec<Vec<u32>>,
+    /// Store ids in name order, for plans.
+    pub store_order: Vec<u32>,
+    /// Topic ids in name order, for plans.
+    pub topic_order: Vec<u32>,
     globs: GlobSet,
     glob_owner: Vec<u32>,
 }
@@ -160,6 +164,10 @@ impl Catalog {
         let globs = globs
             .build()
             .map_err(|source| PlanError::GlobSet { source })?;
+        let mut store_order: Vec<u32> = (0..stores.len() as u32).collect();
+        store_order.sort_by(|&a, &b| stores[a as usize].name.cmp(&stores[b as usize].name));
+        let mut topic_order: Vec<u32> = (0..topics.len() as u32).collect();
+        topic_order.sort_by(|&a, &b| topics[a as usize].name.cmp(&topics[b as usize].name));
         Ok(Catalog {
             names,
             index,
@@ -171,6 +179,8 @@ impl Catalog {
             topics,
             topic_index,
             consumes,
+            store_order,
+            topic_order,
             globs,
             glob_owner,
         })

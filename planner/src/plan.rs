@@ -548,11 +548,10 @@ impl Planner {
                 shared_with: Vec::new(),
             });
         }
-        let mut stores: Vec<Entry> = Vec::with_capacity(cat.stores.len());
-        for (x, st) in cat.stores.iter().enumerate() {
-            let x = x as u32;
+        for &x in &cat.store_order {
+            let st = &cat.stores[x as usize];
             s.clone_cost += self.cost.store(&st.name, &st.kind, Isolation::Instance);
-            let entry = match target.and_then(|t| t.stores.get(&x)) {
+            let (decision, causes, cost, instance) = match target.and_then(|t| t.stores.get(&x)) {
                 Some(m) => {
                     s.stores_isolated += 1;
                     let cost = self.cost.store(&st.name, &st.kind, st.isolation);
@@ -574,24 +573,21 @@ impl Planner {
                     )
                 }
             };
-            stores.push(Entry {
+            entries.push(Entry {
                 subject: Subject::Store,
                 name: st.name.clone(),
                 kind: Some(st.kind.clone()),
-                decision: entry.0,
-                causes: entry.1,
-                cost: entry.2,
-                instance: entry.3,
+                decision,
+                causes,
+                cost,
+                instance,
                 shared_with: Vec::new(),
             });
         }
-        stores.sort_by(|a, b| a.name.cmp(&b.name));
-        entries.extend(stores);
-        let mut topics: Vec<Entry> = Vec::with_capacity(cat.topics.len());
-        for (t, tp) in cat.topics.iter().enumerate() {
-            let t = t as u32;
+        for &t in &cat.topic_order {
+            let tp = &cat.topics[t as usize];
             s.clone_cost += self.cost.topic(&tp.name);
-            let entry = match target.and_then(|p| p.topics.get(&t)) {
+            let (decision, causes, cost, instance) = match target.and_then(|p| p.topics.get(&t)) {
                 Some(m) => {
                     s.topics_isolated += 1;
                     let cost = self.cost.topic(&tp.name);
@@ -613,19 +609,17 @@ impl Planner {
                     )
                 }
             };
-            topics.push(Entry {
+            entries.push(Entry {
                 subject: Subject::Topic,
                 name: tp.name.clone(),
                 kind: None,
-                decision: entry.0,
-                causes: entry.1,
-                cost: entry.2,
-                instance: entry.3,
+                decision,
+                causes,
+                cost,
+                instance,
                 shared_with: Vec::new(),
             });
         }
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        entries.extend(topics);
         Plan {
             layer: view.label().clone(),
             lineage: view.labels(),
