@@ -431,11 +431,13 @@ impl Work<'_> {
             );
             return;
         }
-        let (policy, other): (Vec<_>, Vec<_>) = d
+        let (policy, mut other): (Vec<_>, Vec<_>) = d
             .changes
             .iter()
             .cloned()
             .partition(|c| c.class() == FieldClass::Policy);
+        // what runs (image, env, ...) explains a fork better than where it is reached
+        other.sort_by_key(|c| c.class() != FieldClass::Spec);
         if other.is_empty() {
             self.notes
                 .entry(s)

@@ -20,9 +20,16 @@ fn feature_a_forks_orders_and_isolates_its_store_and_topic() {
     let c = common::demo();
     let p = plan_branch(&c, "feature-a", None).unwrap();
     let orders = line(&p, "orders");
-    assert!(orders.starts_with("orders: fork - "), "{orders}");
+    // spec changes come first in the reason, the new endpoints last
     assert!(
-        orders.contains("image changed in branch/feature-a (branches/feature-a.yaml:5)"),
+        orders.starts_with(
+            "orders: fork - image changed in branch/feature-a (branches/feature-a.yaml:5); \
+             migrations.orders-db.0042_add_delivery_window set in branch/feature-a"
+        ),
+        "{orders}"
+    );
+    assert!(
+        orders.ends_with("; endpoints changed in branch/feature-a (branches/feature-a.yaml:4)"),
         "{orders}"
     );
     assert_eq!(
