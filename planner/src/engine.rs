@@ -254,23 +254,7 @@ impl<'a> Engine<'a> {
             topics: FxHashMap::default(),
             queue: Vec::new(),
         };
-        let mut declared = Vec::new();
-        for name in layer.doc.doc.services.keys() {
-            let Some(s) = self.catalog.service(name) else {
-                continue;
-            };
-            let (Some(child), Some(par)) = (
-                self.config.effective(idx, name),
-                self.config.effective(parent, name),
-            ) else {
-                continue;
-            };
-            w.decide_own(s, &diff_effective(&par, &child), &child);
-            if w.moved.contains_key(&s) {
-                declared.extend(self.new_changes(s, &par, &child));
-            }
-            w.effs.insert(s, child);
-        }
+        let declared = w.decide_entries(layer, parent)?;
         let source_ids = match changes {
             Some(c) => w.decide_source(c),
             None => FxHashMap::default(),
@@ -403,6 +387,29 @@ impl Work<'_> {
         self.effs.get(&s).ok_or_else(|| {
             PlanError::UnknownService(self.engine.catalog.names[s as usize].to_string())
         })
+    }
+
+    /// Decide every service the layer mentions; returns the migrations and contracts its
+    /// moved services declare, for the derived rules.
+    fn decide_entries(
+        &mut self,
+        layer: &Layer,
+        parent: LayerIdx,
+    ) -> Result<Vec<Change>, PlanError> {
+        let (config, cat) = (self.engine.config, self.engine.catalog);
+        let mut declared = Vec::new();
+        for name in layer.doc.doc.services.keys() {
+            let Some(s) = cat.service(name) else { continue };
+            let missing = || PlanError::UnknownService(name.clone());
+            let child = config.effective(self.idx, name).ok_or_else(missing)?;
+            let par = config.effective(parent, name).ok_or_else(missing)?;
+            self.decide_own(s, &diff_effective(&par, &child), &child);
+            if self.moved.contains_key(&s) {
+                declared.extend(self.engine.new_changes(s, &par, &child));
+            }
+            self.effs.insert(s, child);
+        }
+        Ok(declared)
     }
 
     /// The decision for a service the layer itself mentions.

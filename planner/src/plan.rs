@@ -494,9 +494,21 @@ impl Planner {
             topics: cat.topics.len(),
             ..Summary::default()
         };
+        self.service_entries(view, &mut entries, &mut s);
+        self.store_entries(view, &mut entries, &mut s);
+        self.topic_entries(view, &mut entries, &mut s);
+        Plan {
+            layer: view.label().clone(),
+            lineage: view.labels(),
+            entries,
+            summary: s,
+            source: changes.map(|c| (Arc::from(c.range().as_str()), c.paths.len())),
+        }
+    }
+
+    fn service_entries(&self, view: &View<'_>, entries: &mut Vec<Entry>, s: &mut Summary) {
         let target = view.target();
-        for sid in 0..cat.len() as u32 {
-            let name = cat.names[sid as usize].clone();
+        for sid in 0..self.catalog.len() as u32 {
             let (decision, causes, cost, instance, resources) =
                 match target.and_then(|t| t.services.get(&sid)) {
                     Some(m) if m.local => {
@@ -522,13 +534,11 @@ impl Planner {
                     None => {
                         s.reused += 1;
                         let (from, key, res) = view.service(sid);
-                        let notes = target
-                            .and_then(|t| t.notes.get(&sid))
-                            .cloned()
-                            .unwrap_or_default();
+                        let notes = target.and_then(|t| t.notes.get(&sid)).cloned();
+                        let from = from.clone();
                         (
-                            Decision::Reuse { from: from.clone() },
-                            notes,
+                            Decision::Reuse { from },
+                            notes.unwrap_or_default(),
                             Resources::ZERO,
                             key,
                             res,
@@ -539,7 +549,7 @@ impl Planner {
             s.clone_cost += resources;
             entries.push(Entry {
                 subject: Subject::Service,
-                name,
+                name: self.catalog.names[sid as usize].clone(),
                 kind: None,
                 decision,
                 causes,
@@ -548,14 +558,17 @@ impl Planner {
                 shared_with: Vec::new(),
             });
         }
-        for &x in &cat.store_order {
-            let st = &cat.stores[x as usize];
+    }
+
+    fn store_entries(&self, view: &View<'_>, entries: &mut Vec<Entry>, s: &mut Summary) {
+        let target = view.target();
+        for &x in &self.catalog.store_order {
+            let st = &self.catalog.stores[x as usize];
             s.clone_cost += self.cost.store(&st.name, &st.kind, Isolation::Instance);
             let (decision, causes, cost, instance) = match target.and_then(|t| t.stores.get(&x)) {
                 Some(m) => {
                     s.stores_isolated += 1;
                     let cost = self.cost.store(&st.name, &st.kind, st.isolation);
-                    s.cost += cost;
                     (
                         Decision::Isolate(st.isolation),
                         m.causes.clone(),
@@ -573,6 +586,7 @@ impl Planner {
                     )
                 }
             };
+            s.cost += cost;
             entries.push(Entry {
                 subject: Subject::Store,
                 name: st.name.clone(),
@@ -584,14 +598,17 @@ impl Planner {
                 shared_with: Vec::new(),
             });
         }
-        for &t in &cat.topic_order {
-            let tp = &cat.topics[t as usize];
+    }
+
+    fn topic_entries(&self, view: &View<'_>, entries: &mut Vec<Entry>, s: &mut Summary) {
+        let target = view.target();
+        for &t in &self.catalog.topic_order {
+            let tp = &self.catalog.topics[t as usize];
             s.clone_cost += self.cost.topic(&tp.name);
             let (decision, causes, cost, instance) = match target.and_then(|p| p.topics.get(&t)) {
                 Some(m) => {
                     s.topics_isolated += 1;
                     let cost = self.cost.topic(&tp.name);
-                    s.cost += cost;
                     (
                         Decision::Isolate(Isolation::Topic),
                         m.causes.clone(),
@@ -609,6 +626,7 @@ impl Planner {
                     )
                 }
             };
+            s.cost += cost;
             entries.push(Entry {
                 subject: Subject::Topic,
                 name: tp.name.clone(),
@@ -619,13 +637,6 @@ impl Planner {
                 instance,
                 shared_with: Vec::new(),
             });
-        }
-        Plan {
-            layer: view.label().clone(),
-            lineage: view.labels(),
-            entries,
-            summary: s,
-            source: changes.map(|c| (Arc::from(c.range().as_str()), c.paths.len())),
         }
     }
 }
