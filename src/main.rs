@@ -45,6 +45,41 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Plan a branch: per service reuse / fork / local (and per store and topic, isolate), with
+    /// reasons and costs.
+    Plan {
+        /// Config directory or file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The branch to plan.
+        #[arg(long)]
+        branch: String,
+        /// A git repository whose changes between --base and the branch mark services to fork.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Base ref for --repo (default: the layer's source.base, else main).
+        #[arg(long)]
+        base: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain one service in one branch: every effective value with the layer and file:line
+    /// that set it, the plan's decision, and where a request would be routed.
+    Explain {
+        /// Config directory or file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The branch (or `baseline`).
+        #[arg(long)]
+        branch: String,
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the embedded demo: proxy, planner and demo upstreams, no files needed.
     Demo {
         #[command(flatten)]
@@ -82,7 +117,18 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // one readable chain, no backtrace: these are user-facing errors
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -93,6 +139,49 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Plan {
+            config,
+            branch,
+            repo,
+            base,
+            json,
+        } => {
+            let (cfg, _) = load(&config)?;
+            let changes = match &repo {
+                Some(repo) => {
+                    let (base, git_branch) =
+                        microstax_planner::source_refs(&cfg, &branch, base.as_deref());
+                    Some(microstax_planner::SourceChanges::from_git(
+                        repo,
+                        &base,
+                        &git_branch,
+                    )?)
+                }
+                None => None,
+            };
+            let plan = microstax_planner::plan_branch(&cfg, &branch, changes.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+            } else {
+                print!("{}", plan.to_table());
+            }
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            branch,
+            service,
+            json,
+        } => {
+            let (cfg, _) = load(&config)?;
+            let e = microstax_planner::explain(&cfg, &branch, &service)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e.to_json())?);
+            } else {
+                print!("{}", e.to_text());
+            }
+            Ok(())
+        }
         Command::Run { config, net } => runtime(net.workers)?.block_on(async {
             let (cfg, sources) = load(&config)?;
             run(cfg, &net, None, Some((config.clone(), sources))).await
@@ -249,7 +338,7 @@ async fn run(
         registry,
         token: admin_token(net)?,
         serving: serving.clone(),
-        extra: None,
+        extra: Some(Arc::new(plan_endpoints)),
     });
     tokio::spawn(microstax_planner::admin::serve(
         admin,
@@ -268,6 +357,47 @@ async fn run(
     serving.store(true, Ordering::Release);
     microstax_proxy::serve(listener, proxy, ServerOptions::default(), shutdown_signal()).await;
     Ok(())
+}
+
+/// `GET /plan?branch=B` and `GET /explain?branch=B&service=S` on the admin API: the same
+/// answers as the CLI, on the live config.
+fn plan_endpoints(
+    path_and_query: &str,
+    control: &ControlPlane,
+) -> Option<Result<serde_json::Value, (hyper::StatusCode, String)>> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let missing = |what: &str| {
+        Err((
+            hyper::StatusCode::BAD_REQUEST,
+            format!("missing query parameter `{what}`"),
+        ))
+    };
+    let not_found = |e: microstax_planner::PlanError| (hyper::StatusCode::NOT_FOUND, e.to_string());
+    let cfg = control.config();
+    match path {
+        "plan" => Some(match param("branch") {
+            None => missing("branch"),
+            Some(b) => microstax_planner::plan_branch(&cfg, &b, None)
+                .map(|p| p.to_json())
+                .map_err(not_found),
+        }),
+        "explain" => Some(match (param("branch"), param("service")) {
+            (Some(b), Some(s)) => microstax_planner::explain(&cfg, &b, &s)
+                .map(|e| e.to_json())
+                .map_err(not_found),
+            (None, _) => missing("branch"),
+            (_, None) => missing("service"),
+        }),
+        _ => None,
+    }
 }
 
 async fn shutdown_signal() {

@@ -203,3 +203,77 @@ async fn a_200_mb_body_streams_with_flat_memory() {
     );
     stop(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_explain_on_the_written_demo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new(BIN)
+        .args(["demo", "--write-config"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("write");
+    assert!(out.status.success());
+    let cfg = dir.path().to_str().expect("utf8");
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "feature-a"])
+        .output()
+        .await
+        .expect("plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("orders-db       postgres  isolate (per-branch schema)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image changed in branch/feature-a (branches/feature-a.yaml:5)"),
+        "{text}"
+    );
+    assert!(text.contains("payments        service   reuse"), "{text}");
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "pay-fix", "--json"])
+        .output()
+        .await
+        .expect("plan json");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let payments = j["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["name"] == "payments")
+        .expect("payments")
+        .clone();
+    assert_eq!(payments["reason"], "identical to team/payments-team");
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "explain",
+            "--config",
+            cfg,
+            "--branch",
+            "feature-b",
+            "--service",
+            "orders",
+        ])
+        .output()
+        .await
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("branch/feature-a (branches/feature-a.yaml:5)"),
+        "{text}"
+    );
+    // an unknown branch is a one-line error and exit 1
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "nope"])
+        .output()
+        .await
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "error: unknown branch or team `nope`");
+}
