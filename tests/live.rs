@@ -368,14 +368,24 @@ async fn admin_api_reads_writes_and_token() {
     // plan and explain answer on the live config, as the CLI does
     let r = live.admin(Method::GET, "/plan?branch=dev", None, "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let api = r.json()["entries"].as_array().expect("entries").iter().find(|e| e["name"] == "api").cloned().expect("api");
+    let api = r.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["name"] == "api")
+        .cloned()
+        .expect("api");
     assert_eq!(api["decision"], "fork", "{api}");
-    let r = live.admin(Method::GET, "/explain?branch=feat&service=api", None, "").await;
+    let r = live
+        .admin(Method::GET, "/explain?branch=feat&service=api", None, "")
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("branch/feat"), "{}", r.text());
     let r = live.admin(Method::GET, "/plan", None, "").await;
     assert_eq!(r.status, 400);
-    let r = live.admin(Method::GET, "/plan?branch=ghost", None, "").await;
+    let r = live
+        .admin(Method::GET, "/plan?branch=ghost", None, "")
+        .await;
     assert_eq!(r.status, 404);
     let r = live.admin(Method::GET, "/nope", None, "").await;
     assert_eq!(r.status, 404);

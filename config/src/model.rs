@@ -152,6 +152,16 @@ pub struct Settings {
     pub debug_header: bool,
     /// Branches whose names may appear as metric labels.
     pub label_branches: Vec<String>,
+    /// Address template of planned branch-local instances (see the schema).
+    pub instance_address: Option<String>,
+}
+
+/// Fill an instance address template. `branch` has `/` replaced by `-` (a host label).
+pub fn instance_address(template: &str, service: &str, branch: &str, instance: &str) -> String {
+    template
+        .replace("{service}", service)
+        .replace("{branch}", &branch.replace('/', "-"))
+        .replace("{instance}", instance)
 }
 
 /// A service of the org catalog: what it is, apart from values layers may override.
@@ -929,6 +939,26 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
     if let Some(d) = &doc.doc.defaults {
         check_policy(doc, "defaults", d, report);
     }
+    if let Some(t) = &routing.instance_address {
+        let field = "routing.instance_address";
+        let line = doc.spans.line(field);
+        if !t.contains("{service}") || !(t.contains("{branch}") || t.contains("{instance}")) {
+            report.push(
+                file,
+                line,
+                field,
+                "must contain {service} and {branch} or {instance}",
+            );
+        } else if let Err(why) = Endpoint::parse(&instance_address(t, "svc", "a/b", "0123456789ab"))
+        {
+            report.push(
+                file,
+                line,
+                field,
+                format!("does not make a valid endpoint: {why}"),
+            );
+        }
+    }
     Settings {
         context: ContextSettings {
             header,
@@ -940,5 +970,6 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
         default_service: routing.default_service,
         debug_header: routing.debug_header.unwrap_or(false),
         label_branches: routing.label_branches,
+        instance_address: routing.instance_address,
     }
 }

@@ -90,7 +90,7 @@ pub fn explain(config: &Config, branch: &str, service: &str) -> Result<Explanati
     let layer = eff.layer.clone();
     let note = match (&decision, &route) {
         (Some(d), Some(r)) if d.decision.is_moved() && r.layer != layer => Some(format!(
-            "the plan needs a {layer} instance of {service}, but no layer from {layer} to {} declares its endpoints: requests go to {}'s upstreams until one does",
+            "the plan needs a {layer} instance of {service}, but no layer from {layer} to {} declares its endpoints: requests go to {}'s upstreams until one does (or the org sets routing.instance_address)",
             r.layer, r.layer
         )),
         _ => None,
