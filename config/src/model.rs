@@ -585,22 +585,22 @@ impl Config {
             if let Some(cycle) = self.cycle_from(idx) {
                 let key: BTreeSet<_> = cycle.iter().copied().collect();
                 if reported.insert(key.into_iter().collect::<Vec<_>>()) {
-                    if let Some(l) = self.layer(idx) {
-                        let names: Vec<&str> = cycle
-                            .iter()
-                            .filter_map(|&i| self.layer(i))
-                            .map(|l| l.name.as_str())
-                            .collect();
-                        report.push(
-                            &l.doc.file,
-                            l.doc.spans.line("parent"),
-                            "parent",
-                            format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
-                        );
-                    }
+                    self.report_cycle(idx, &cycle, report);
                 }
             }
         }
+    }
+
+    /// Report the lineage cycle `cycle` (starting at `idx`) at `idx`'s `parent` field.
+    fn report_cycle(&self, idx: LayerIdx, cycle: &[LayerIdx], report: &mut Report) {
+        let Some(l) = self.layer(idx) else { return };
+        let names: Vec<&str> = cycle
+            .iter()
+            .filter_map(|&i| self.layer(i))
+            .map(|l| l.name.as_str())
+            .collect();
+        let reason = format!("lineage cycle: {} -> {}", names.join(" -> "), l.name);
+        report.push(&l.doc.file, l.doc.spans.line("parent"), "parent", reason);
     }
 
     /// The layers of a cycle reachable from `idx`, if any.
@@ -669,19 +669,7 @@ impl Config {
         };
         next.resolve_parent_of(idx, &mut report);
         if let Some(cycle) = next.cycle_from(idx) {
-            if let Some(l) = next.layer(idx) {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .filter_map(|&i| next.layer(i))
-                    .map(|l| l.name.as_str())
-                    .collect();
-                report.push(
-                    &l.doc.file,
-                    l.doc.spans.line("parent"),
-                    "parent",
-                    format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
-                );
-            }
+            next.report_cycle(idx, &cycle, &mut report);
         }
         report.finish()?;
         Ok((next, idx))
