@@ -1,0 +1,642 @@
+//! `compare`: the side-by-side run. For each arrangement (a CPU placement and worker count) it
+//! starts the upstream, then for each round starts each system in turn (MicroStax, nginx,
+//! HAProxy, direct: interleaved, so drift on a shared machine spreads over all of them), drives
+//! every load of the arrangement through it, samples its CPU time and memory from `/proc`, and
+//! stops it. The summary is printed and written as markdown, JSON and SVG.
+
+use super::load::{self, GenCtx, Load, Proto};
+use super::procfs;
+use super::procs::{pinned, Proc};
+use super::report::{self, Metric, Sample};
+use super::svg;
+use super::systems::{self, Running, StartCtx, System, Upstreams};
+use super::tools::{self, Tools};
+use anyhow::{bail, Context as _};
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Arguments of `compare`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Smoke run: 1 round of 1-second loads, written under bench/results/quick/.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds of A B C D (default 3; 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seconds per load run (default 5; 1 with --quick).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Systems to run (default all).
+    #[arg(long, value_delimiter = ',')]
+    pub systems: Vec<System>,
+    /// Arrangements to run by name (default all): iso-1w, sidecar-1w, shared-2w.
+    #[arg(long, value_delimiter = ',')]
+    pub arrangements: Vec<String>,
+    /// The microstax binary (default: built with cargo, or found next to this binary).
+    #[arg(long)]
+    pub microstax: Option<PathBuf>,
+    /// Before each system's turn, wait up to this many seconds for the rest of the machine to
+    /// go quiet (under 0.2 busy cores for 1 s); 0 disables. The foreign load is reported anyway.
+    #[arg(long, default_value_t = 30)]
+    pub quiet_wait: u64,
+    /// Output directory (default bench/results, or bench/results/quick with --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A CPU placement with its worker count and loads.
+pub struct Arrangement {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub workers: usize,
+    pub gen_cpus: &'static str,
+    pub proxy_cpus: &'static str,
+    pub upstream_cpus: &'static str,
+    pub gen_threads: u32,
+    pub loads: Vec<Load>,
+}
+
+/// The documented arrangements of a 2-core machine.
+pub fn arrangements() -> Vec<Arrangement> {
+    let sat = |proto, large| match proto {
+        Proto::H1 => Load::Saturation {
+            proto,
+            large,
+            conns: 64,
+            streams: 1,
+        },
+        Proto::H2c => Load::Saturation {
+            proto,
+            large,
+            conns: 8,
+            streams: 16,
+        },
+    };
+    // 1k/s over one connection: requests arrive one at a time, 1 ms apart, so p50 is the
+    // latency a lone request sees. 10k/s over 10 connections: h2load starts every connection's
+    // rate timer at about the same moment, so requests arrive in bursts of up to 10.
+    let rate = |proto, rps: u32| Load::Rate {
+        proto,
+        rps,
+        conns: if rps <= 1_000 { 1 } else { 10 },
+    };
+    vec![
+        Arrangement {
+            name: "iso-1w",
+            what: "1 worker; proxy alone on core 1; load generator and upstream on core 0",
+            workers: 1,
+            gen_cpus: "0",
+            proxy_cpus: "1",
+            upstream_cpus: "0",
+            gen_threads: 1,
+            loads: vec![sat(Proto::H1, false), sat(Proto::H1, true), sat(Proto::H2c, false)],
+        },
+        Arrangement {
+            name: "sidecar-1w",
+            what: "1 worker; proxy and upstream share core 1 (a sidecar); load generator on core 0",
+            workers: 1,
+            gen_cpus: "0",
+            proxy_cpus: "1",
+            upstream_cpus: "1",
+            gen_threads: 1,
+            loads: vec![
+                rate(Proto::H1, 1_000),
+                rate(Proto::H1, 10_000),
+                rate(Proto::H2c, 1_000),
+                rate(Proto::H2c, 10_000),
+                sat(Proto::H1, false),
+            ],
+        },
+        Arrangement {
+            name: "shared-2w",
+            what: "2 workers; proxy, upstream (2 threads) and load generator (2 threads) all on cores 0-1",
+            workers: 2,
+            gen_cpus: "0,1",
+            proxy_cpus: "0,1",
+            upstream_cpus: "0,1",
+            gen_threads: 2,
+            loads: vec![sat(Proto::H1, false), sat(Proto::H2c, false)],
+        },
+    ]
+}
+
+/// Settings of one run after defaults.
+struct Plan {
+    quiet_wait: u64,
+    rounds: usize,
+    duration_s: u64,
+    systems: Vec<System>,
+    arrangements: Vec<Arrangement>,
+    out: PathBuf,
+}
+
+fn plan(args: &Args) -> anyhow::Result<Plan> {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let systems = if args.systems.is_empty() {
+        System::ALL.to_vec()
+    } else {
+        args.systems.clone()
+    };
+    let mut arrs = arrangements();
+    if !args.arrangements.is_empty() {
+        for a in &args.arrangements {
+            if !arrs.iter().any(|x| x.name == a) {
+                bail!("unknown arrangement `{a}`: use iso-1w, sidecar-1w or shared-2w");
+            }
+        }
+        arrs.retain(|x| args.arrangements.iter().any(|a| a == x.name));
+    }
+    Ok(Plan {
+        quiet_wait: args.quiet_wait.min(600),
+        rounds: args
+            .rounds
+            .unwrap_or(if args.quick { 1 } else { 3 })
+            .clamp(1, 50),
+        duration_s: args
+            .duration
+            .unwrap_or(if args.quick { 1 } else { 5 })
+            .clamp(1, 600),
+        systems: System::ALL
+            .into_iter()
+            .filter(|s| systems.contains(s))
+            .collect(),
+        arrangements: arrs,
+        out: args.out.clone().unwrap_or_else(|| {
+            if args.quick {
+                results.join("quick")
+            } else {
+                results
+            }
+        }),
+    })
+}
+
+/// Run `compare`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut plan = plan(&args)?;
+    let tools = tools::find(
+        plan.systems.contains(&System::Nginx),
+        plan.systems.contains(&System::Haproxy),
+    )?;
+    let tmp = tempfile::Builder::new()
+        .prefix("microstax-bench-")
+        .tempdir()?;
+    let mut notes = Vec::new();
+    let microstax = if plan.systems.contains(&System::Microstax) {
+        match systems::microstax_binary(args.microstax.clone(), tmp.path()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let note = format!("MicroStax left out: {e:#}");
+                eprintln!("{note}");
+                notes.push(note);
+                plan.systems.retain(|s| *s != System::Microstax);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let meta = Meta::collect(&plan, &tools, tmp.path());
+    eprintln!(
+        "{} rounds x {} s per load; systems: {}",
+        plan.rounds,
+        plan.duration_s,
+        plan.systems
+            .iter()
+            .map(|s| s.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut samples = Vec::new();
+    for arr in &plan.arrangements {
+        let ctx = RunCtx {
+            tools: &tools,
+            microstax: microstax.as_deref(),
+            tmp: tmp.path(),
+            duration_s: plan.duration_s,
+        };
+        run_arrangement(arr, &plan, &ctx, &mut samples, &mut notes)?;
+    }
+    let rows = report::summarize(&samples);
+    println!("\n{}", report::text_table(&rows));
+    for n in &notes {
+        println!("note: {n}");
+    }
+    write_results(&plan, &meta, &samples, &rows, &notes)
+}
+
+struct RunCtx<'a> {
+    tools: &'a Tools,
+    microstax: Option<&'a Path>,
+    tmp: &'a Path,
+    duration_s: u64,
+}
+
+fn run_arrangement(
+    arr: &Arrangement,
+    plan: &Plan,
+    ctx: &RunCtx,
+    samples: &mut Vec<Sample>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (mut upstream, addrs) = start_upstream(ctx.tools, arr, ctx.tmp)?;
+    for round in 1..=plan.rounds {
+        for &sys in &plan.systems {
+            if plan.quiet_wait > 0 && !wait_quiet(Duration::from_secs(plan.quiet_wait)) {
+                eprintln!(
+                    "  (machine still busy after {} s; going on)",
+                    plan.quiet_wait
+                );
+            }
+            eprintln!(
+                "[{}] round {round}/{}: {}",
+                arr.name,
+                plan.rounds,
+                sys.label()
+            );
+            match run_system(sys, arr, round, addrs, upstream.pid(), ctx) {
+                Ok(s) => samples.extend(s),
+                Err(e) => {
+                    let note = format!("{} {} round {round} failed: {e:#}", arr.name, sys.label());
+                    eprintln!("{note}");
+                    notes.push(note);
+                }
+            }
+            if upstream.exited()?.is_some() {
+                bail!(
+                    "the upstream exited during {}:\n{}",
+                    arr.name,
+                    upstream.output_tail()
+                );
+            }
+        }
+    }
+    upstream.stop(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Busy cores below which the machine counts as quiet (the idle upstream and this harness
+/// stay far below it).
+const QUIET_CORES: f64 = 0.2;
+
+/// Wait until the machine's busy CPU over a 1 s window is under [`QUIET_CORES`], or until
+/// `max` has passed; returns whether it went quiet. Between systems nothing of this run is
+/// working, so what is busy then is other work on the machine.
+fn wait_quiet(max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        let (b0, t0) = (procfs::machine_busy_seconds(), Instant::now());
+        // a measurement window, not a synchronisation wait
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = (procfs::machine_busy_seconds() - b0) / t0.elapsed().as_secs_f64();
+        if busy < QUIET_CORES {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Start the upstream child pinned to the arrangement's upstream CPUs; read its addresses.
+fn start_upstream(
+    tools: &Tools,
+    arr: &Arrangement,
+    dir: &Path,
+) -> anyhow::Result<(Proc, Upstreams)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = pinned(&tools.taskset, arr.upstream_cpus, &exe);
+    cmd.args(["upstream", "--roles", "baseline,b1,b2", "--workers"])
+        .arg(arr.workers.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let stderr = dir.join(format!("upstream-{}.err", arr.name));
+    cmd.stderr(std::fs::File::create(&stderr)?);
+    let mut proc = Proc::spawn_with("upstream", cmd, dir.join("upstream.none"), stderr)?;
+    let out = proc
+        .child_mut()
+        .and_then(|c| c.stdout.take())
+        .context("upstream stdout is not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+        anyhow::anyhow!(
+            "the upstream did not report its addresses:\n{}",
+            proc.output_tail()
+        )
+    })?;
+    let addr = |role: &str| -> anyhow::Result<std::net::SocketAddr> {
+        let v = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(role)?.strip_prefix('='))
+            .with_context(|| format!("no `{role}` in upstream line `{line}`"))?;
+        Ok(v.parse()?)
+    };
+    let ups = Upstreams {
+        baseline: addr("baseline")?,
+        b1: addr("b1")?,
+        b2: addr("b2")?,
+    };
+    Ok((proc, ups))
+}
+
+/// Start one system, run every load of the arrangement through it, stop it.
+fn run_system(
+    sys: System,
+    arr: &Arrangement,
+    round: usize,
+    ups: Upstreams,
+    upstream_pid: u32,
+    ctx: &RunCtx,
+) -> anyhow::Result<Vec<Sample>> {
+    let start = StartCtx {
+        tools: ctx.tools,
+        microstax: ctx.microstax,
+        upstreams: ups,
+        workers: arr.workers,
+        cpus: arr.proxy_cpus,
+        tmp: ctx.tmp,
+    };
+    let mut running = systems::start(sys, &start)?;
+    let result = drive(&mut running, arr, round, upstream_pid, ctx);
+    running.stop();
+    result
+}
+
+fn drive(
+    running: &mut Running,
+    arr: &Arrangement,
+    round: usize,
+    upstream_pid: u32,
+    ctx: &RunCtx,
+) -> anyhow::Result<Vec<Sample>> {
+    let sys = running.system;
+    let mut out = Vec::new();
+    let mut push = |load: &str, metric: Metric, value: f64| {
+        out.push(Sample {
+            arrangement: arr.name.to_string(),
+            load: load.to_string(),
+            metric,
+            system: sys,
+            round,
+            value,
+        });
+    };
+    let gen = GenCtx {
+        tools: ctx.tools,
+        cpus: arr.gen_cpus,
+        threads: arr.gen_threads,
+        duration_s: 1,
+        dir: ctx.tmp,
+    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    if let Some(p) = running.proc.as_mut() {
+        push(
+            "process",
+            Metric::IdleRss,
+            mib(procfs::vm_kib(&p.tree(), "VmRSS")),
+        );
+    }
+    // Warm-up: fill connection pools and caches; not measured.
+    let warm = Load::Saturation {
+        proto: Proto::H1,
+        large: false,
+        conns: 64,
+        streams: 1,
+    };
+    load::run(&warm, running.h1, &gen).context("warm-up")?;
+    let gen = GenCtx {
+        duration_s: ctx.duration_s,
+        ..gen
+    };
+    for l in &arr.loads {
+        let addr = if matches!(
+            l,
+            Load::Saturation {
+                proto: Proto::H2c,
+                ..
+            } | Load::Rate {
+                proto: Proto::H2c,
+                ..
+            }
+        ) {
+            running.h2c
+        } else {
+            running.h1
+        };
+        let me = std::process::id();
+        let (machine0, t0) = (procfs::machine_busy_seconds(), Instant::now());
+        let (up0, me0) = (
+            procfs::cpu_seconds(&[upstream_pid]),
+            procfs::cpu_seconds(&[me]),
+        );
+        let cpu0 = running
+            .proc
+            .as_mut()
+            .map(|p| procfs::cpu_seconds(&p.tree()));
+        let o = load::run(l, addr, &gen).with_context(|| l.id())?;
+        let cpu1 = running
+            .proc
+            .as_mut()
+            .map(|p| procfs::cpu_seconds(&p.tree()));
+        let (up1, me1) = (
+            procfs::cpu_seconds(&[upstream_pid]),
+            procfs::cpu_seconds(&[me]),
+        );
+        let (machine1, wall) = (procfs::machine_busy_seconds(), t0.elapsed());
+        // CPU the machine spent on anything but this run: another session's work
+        let ours =
+            cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0) + (up1 - up0) + (me1 - me0) + o.gen_cpu_s;
+        let foreign = ((machine1 - machine0) - ours).max(0.0) / wall.as_secs_f64().max(1e-3);
+        let id = l.id();
+        push(&id, Metric::Rps, o.rps);
+        push(&id, Metric::Errors, o.errors as f64);
+        push(&id, Metric::Foreign, foreign);
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            if o.requests > 0 {
+                push(&id, Metric::CpuPer100k, (b - a) / o.requests as f64 * 1e5);
+            }
+        }
+        for (m, v) in [
+            (Metric::P50, o.p50_us),
+            (Metric::P99, o.p99_us),
+            (Metric::P999, o.p999_us),
+        ] {
+            if let Some(v) = v {
+                push(&id, m, v);
+            }
+        }
+    }
+    if let Some(p) = running.proc.as_mut() {
+        push(
+            "process",
+            Metric::PeakRss,
+            mib(procfs::vm_kib(&p.tree(), "VmHWM")),
+        );
+        if let Some(st) = p.exited()? {
+            bail!(
+                "{} exited during the run ({st}):\n{}",
+                sys.label(),
+                p.output_tail()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// What the report says about the run besides the figures.
+#[derive(serde::Serialize)]
+struct Meta {
+    date_utc: String,
+    kernel: String,
+    cpu: String,
+    cores: usize,
+    rounds: usize,
+    duration_s: u64,
+    /// `/proc/loadavg` when the run started: other work on this shared machine shows here.
+    loadavg_at_start: String,
+    tools: Vec<(String, String)>,
+    arrangements: Vec<(String, String)>,
+}
+
+impl Meta {
+    fn collect(plan: &Plan, tools: &Tools, dir: &Path) -> Meta {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let mut versions = vec![
+            (
+                "wrk".to_string(),
+                tools::version(&tools.wrk, "--version", dir),
+            ),
+            (
+                "h2load".to_string(),
+                tools::version(&tools.h2load, "--version", dir),
+            ),
+        ];
+        if let Some(n) = &tools.nginx {
+            versions.push(("nginx".into(), tools::version(n, "-v", dir)));
+        }
+        if let Some(h) = &tools.haproxy {
+            versions.push(("haproxy".into(), tools::version(h, "-v", dir)));
+        }
+        Meta {
+            date_utc: utc_now(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            rounds: plan.rounds,
+            duration_s: plan.duration_s,
+            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            tools: versions,
+            arrangements: plan
+                .arrangements
+                .iter()
+                .map(|a| (a.name.to_string(), a.what.to_string()))
+                .collect(),
+        }
+    }
+}
+
+fn write_results(
+    plan: &Plan,
+    meta: &Meta,
+    samples: &[Sample],
+    rows: &[report::Row],
+    notes: &[String],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&plan.out)
+        .with_context(|| format!("creating {}", plan.out.display()))?;
+    let mut md = format!(
+        "# MicroStax compare: {}\n\n{} rounds, {} s per load, medians with (min-max) over rounds. \
+         Machine: {} ({} cores), kernel {}; load average at start: {}.\n\n",
+        meta.date_utc,
+        meta.rounds,
+        meta.duration_s,
+        meta.cpu,
+        meta.cores,
+        meta.kernel,
+        meta.loadavg_at_start
+    );
+    for (name, what) in &meta.arrangements {
+        md.push_str(&format!("- `{name}`: {what}\n"));
+    }
+    md.push_str("\nTools: ");
+    md.push_str(
+        &meta
+            .tools
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    md.push_str("\n\n");
+    md.push_str(&report::markdown_table(rows));
+    for n in notes {
+        md.push_str(&format!("\nNote: {n}\n"));
+    }
+    let md_path = plan.out.join("compare.md");
+    std::fs::write(&md_path, md)?;
+    let json =
+        serde_json::json!({ "meta": meta, "rows": rows, "samples": samples, "notes": notes });
+    std::fs::write(
+        plan.out.join("compare.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    if let Some(svg) = svg::latency_svg(
+        rows,
+        &format!(
+            "Fixed-rate latency, {} (median, min-max whiskers)",
+            meta.date_utc
+        ),
+    ) {
+        std::fs::write(plan.out.join("latency.svg"), svg)?;
+    }
+    eprintln!(
+        "wrote {} (and compare.json, latency.svg)",
+        md_path.display()
+    );
+    Ok(())
+}
+
+/// Current UTC time as `YYYY-MM-DD HH:MM`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}

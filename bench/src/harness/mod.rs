@@ -1,0 +1,11 @@
+//! The load harness: processes, tools, systems under test, load generators, and the report.
+
+pub mod compare;
+pub mod load;
+pub mod procfs;
+pub mod procs;
+pub mod report;
+pub mod svg;
+pub mod systems;
+pub mod tools;
+pub mod upstream;

@@ -1,0 +1,353 @@
+//! The systems under test and how each is started on loopback with the same routing: requests
+//! with `x-microstax-branch: b1` (or `b2`) go to that branch's upstream, all others to the
+//! baseline upstream. Each system gets its own temporary directory for config, pid and logs,
+//! the same worker count, and the same CPU set.
+
+use super::procs::{free_port, pinned, wait_port, Proc};
+use super::tools::Tools;
+use anyhow::{bail, Context as _};
+use microstax_bench::gen;
+use serde::Serialize;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// The load generator talks to the b1 upstream itself.
+    Direct,
+    Nginx,
+    Haproxy,
+    Microstax,
+}
+
+impl System {
+    /// Every system, in the order of a round.
+    pub const ALL: [System; 4] = [
+        System::Microstax,
+        System::Nginx,
+        System::Haproxy,
+        System::Direct,
+    ];
+
+    /// Display name.
+    pub fn label(self) -> &'static str {
+        match self {
+            System::Direct => "direct",
+            System::Nginx => "nginx",
+            System::Haproxy => "haproxy",
+            System::Microstax => "microstax",
+        }
+    }
+}
+
+/// The upstream listeners, one per routing target.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstreams {
+    pub baseline: SocketAddr,
+    pub b1: SocketAddr,
+    pub b2: SocketAddr,
+}
+
+/// What a start needs besides the system.
+pub struct StartCtx<'a> {
+    pub tools: &'a Tools,
+    pub microstax: Option<&'a Path>,
+    pub upstreams: Upstreams,
+    pub workers: usize,
+    pub cpus: &'a str,
+    /// Parent of the per-system temporary directories.
+    pub tmp: &'a Path,
+}
+
+/// A started system (or the direct path, which starts nothing).
+pub struct Running {
+    pub system: System,
+    /// Where HTTP/1.1 load goes.
+    pub h1: SocketAddr,
+    /// Where h2c (prior knowledge) load goes.
+    pub h2c: SocketAddr,
+    pub proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Stop the system's process (and its workers).
+    pub fn stop(mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+/// How long a system may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start `system`, wait until it listens, and check that it routes the branch header.
+pub fn start(system: System, ctx: &StartCtx) -> anyhow::Result<Running> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-", system.label()))
+        .tempdir_in(ctx.tmp)?;
+    let mut running = match system {
+        System::Direct => Running {
+            system,
+            h1: ctx.upstreams.b1,
+            h2c: ctx.upstreams.b1,
+            proc: None,
+            _dir: dir,
+        },
+        System::Nginx => start_nginx(ctx, dir)?,
+        System::Haproxy => start_haproxy(ctx, dir)?,
+        System::Microstax => start_microstax(ctx, dir)?,
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    if let Some(p) = running.proc.as_mut() {
+        wait_port(running.h1, p, deadline)?;
+        wait_port(running.h2c, p, deadline)?;
+    }
+    check_routing(&running)
+        .with_context(|| format!("{} does not route as configured", system.label()))?;
+    Ok(running)
+}
+
+fn start_nginx(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Running> {
+    let Some(nginx) = ctx.tools.nginx.as_deref() else {
+        bail!("nginx not found")
+    };
+    let (h1, h2c) = (loopback(free_port()?), loopback(free_port()?));
+    let conf = nginx_conf(dir.path(), ctx.workers, h1, h2c, &ctx.upstreams);
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, nginx);
+    cmd.arg("-p").arg(dir.path()).arg("-c").arg(&path);
+    let proc = Proc::spawn("nginx", cmd, dir.path())?;
+    Ok(Running {
+        system: System::Nginx,
+        h1,
+        h2c,
+        proc: Some(proc),
+        _dir: dir,
+    })
+}
+
+fn start_haproxy(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Running> {
+    let Some(haproxy) = ctx.tools.haproxy.as_deref() else {
+        bail!("haproxy not found")
+    };
+    let (h1, h2c) = (loopback(free_port()?), loopback(free_port()?));
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, haproxy_cfg(ctx.workers, h1, h2c, &ctx.upstreams))?;
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, haproxy);
+    cmd.arg("-f").arg(&path).arg("-db");
+    let proc = Proc::spawn("haproxy", cmd, dir.path())?;
+    Ok(Running {
+        system: System::Haproxy,
+        h1,
+        h2c,
+        proc: Some(proc),
+        _dir: dir,
+    })
+}
+
+fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Running> {
+    let Some(bin) = ctx.microstax else {
+        bail!("no microstax binary")
+    };
+    let u = &ctx.upstreams;
+    let layers = gen::header_routing(
+        &u.baseline.to_string(),
+        &[("b1", &u.b1.to_string()), ("b2", &u.b2.to_string())],
+    );
+    let config = dir.path().join("config");
+    layers.write_dir(&config)?;
+    let addr = loopback(free_port()?);
+    let admin = loopback(free_port()?);
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--workers")
+        .arg(ctx.workers.to_string())
+        .env("RUST_LOG", "warn");
+    let proc = Proc::spawn("microstax", cmd, dir.path())?;
+    Ok(Running {
+        system: System::Microstax,
+        h1: addr,
+        h2c: addr,
+        proc: Some(proc),
+        _dir: dir,
+    })
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// nginx: one master (idle) and `workers` workers; upstream keep-alive; no request limit per
+/// connection (nginx closes keep-alive connections after 1000 requests by default, which would
+/// add reconnects the other systems do not pay).
+pub fn nginx_conf(
+    dir: &Path,
+    workers: usize,
+    h1: SocketAddr,
+    h2c: SocketAddr,
+    u: &Upstreams,
+) -> String {
+    let d = dir.display();
+    let user = if rustix::process::geteuid().is_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"{user}worker_processes {workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    map $http_x_microstax_branch $microstax_backend {{
+        default baseline;
+        b1 branch_b1;
+        b2 branch_b2;
+    }}
+    upstream baseline {{ server {base}; keepalive 256; keepalive_requests 100000000; }}
+    upstream branch_b1 {{ server {b1}; keepalive 256; keepalive_requests 100000000; }}
+    upstream branch_b2 {{ server {b2}; keepalive 256; keepalive_requests 100000000; }}
+    server {{
+        listen {h1};
+        listen {h2c} http2;
+        location / {{
+            proxy_pass http://$microstax_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+        base = u.baseline,
+        b1 = u.b1,
+        b2 = u.b2,
+    )
+}
+
+/// HAProxy: one process with `workers` threads, HTTP mode, h2c on its own bind line.
+pub fn haproxy_cfg(workers: usize, h1: SocketAddr, h2c: SocketAddr, u: &Upstreams) -> String {
+    format!(
+        r#"global
+    nbthread {workers}
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind {h1}
+    bind {h2c} proto h2
+    use_backend branch_b1 if {{ req.hdr(x-microstax-branch) -m str b1 }}
+    use_backend branch_b2 if {{ req.hdr(x-microstax-branch) -m str b2 }}
+    default_backend baseline
+backend baseline
+    server s0 {base}
+backend branch_b1
+    server s1 {b1}
+backend branch_b2
+    server s2 {b2}
+"#,
+        base = u.baseline,
+        b1 = u.b1,
+        b2 = u.b2,
+    )
+}
+
+/// Send one HTTP/1.1 request per branch header value and check which upstream answered.
+fn check_routing(r: &Running) -> anyhow::Result<()> {
+    let cases: &[(Option<&str>, &str)] = if r.system == System::Direct {
+        &[(Some("b1"), "b1")]
+    } else {
+        &[(None, "baseline"), (Some("b1"), "b1"), (Some("b2"), "b2")]
+    };
+    for &(branch, want) in cases {
+        let got = probe(r.h1, branch)?;
+        if got != want {
+            bail!("branch header {branch:?} reached upstream `{got}`, expected `{want}`");
+        }
+    }
+    Ok(())
+}
+
+/// One `Connection: close` request; returns the `x-upstream` value of a 200 answer.
+pub fn probe(addr: SocketAddr, branch: Option<&str>) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let header = branch.map_or(String::new(), |b| format!("x-microstax-branch: {b}\r\n"));
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: app\r\n{header}Connection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.lines().next().unwrap_or("");
+    if !status.contains(" 200") {
+        bail!("answer was `{status}`");
+    }
+    let upstream = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-upstream")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Ok(upstream)
+}
+
+/// The MicroStax binary: `--microstax PATH`, else built with cargo (when run by `cargo run`),
+/// else next to this binary.
+pub fn microstax_binary(explicit: Option<PathBuf>, log_dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("microstax");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--release", "--bin", "microstax"]);
+        if let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+            cmd.current_dir(ws);
+        }
+        eprintln!("building microstax (cargo build --release --bin microstax) ...");
+        super::procs::run_bounded(
+            "cargo-build-microstax",
+            cmd,
+            log_dir,
+            Duration::from_secs(1200),
+        )?;
+    }
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        bail!("no microstax binary at {}: build it with `cargo build --release --bin microstax` or pass --microstax PATH", sibling.display())
+    }
+}

@@ -1,0 +1,31 @@
+//! `microstax-bench`: the side-by-side load harness. `compare` runs MicroStax, nginx, HAProxy and
+//! a direct connection through the same loads and writes the results under `bench/results/`;
+//! `upstream` is the fast upstream server the harness starts as its own pinned child process.
+
+mod harness;
+
+use clap::{Parser, Subcommand};
+use harness::{compare, upstream};
+
+#[derive(Parser)]
+#[command(version, about = "MicroStax load harness")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run MicroStax, nginx, HAProxy and the direct path side by side.
+    Compare(compare::Args),
+    /// The fast upstream (started by `compare`; prints its addresses on the first line).
+    #[command(hide = true)]
+    Upstream(upstream::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Compare(args) => compare::run(args),
+        Cmd::Upstream(args) => upstream::run(args),
+    }
+}
