@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use microstax_config::{RoutingTable, SourceText};
 use microstax_planner::admin::AdminState;
 use microstax_planner::{ControlPlane, TableSink};
-use microstax_proxy::{Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions};
+use microstax_proxy::{PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,6 +111,10 @@ struct NetArgs {
     /// Quiet time gathered after a config file event before reloading, in milliseconds.
     #[arg(long, default_value_t = 5)]
     debounce_ms: u64,
+    /// Connections opened to each new upstream before a table naming it is published
+    /// (0 turns prewarming off).
+    #[arg(long, default_value_t = 2)]
+    prewarm_connections: usize,
 }
 
 fn default_workers() -> usize {
@@ -310,7 +314,17 @@ async fn run(
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
     let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
-    let proxy = Proxy::new(router, ProxyOptions::default());
+    let defaults = PrewarmOptions::default();
+    let prewarm = PrewarmOptions {
+        connections: net.prewarm_connections,
+        max_upstreams: if net.prewarm_connections == 0 {
+            0
+        } else {
+            defaults.max_upstreams
+        },
+        ..defaults
+    };
+    let proxy = Proxy::new(router, ProxyOptions { prewarm });
     let _maintenance = proxy.spawn_maintenance();
     let control = ControlPlane::start(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
         .await
