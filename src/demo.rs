@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The demo config files: (path relative to the config dir, text with `{{service@instance}}`
-/// endpoint placeholders).
+/// The demo config files: (path relative to the config dir, text with
+/// `{{service@instance:port}}` endpoint placeholders; `port` is used by `--write-config`).
 const FILES: [(&str, &str); 5] = [
     ("org.yaml", include_str!("../demo/org.yaml")),
     (
@@ -40,9 +40,6 @@ const FILES: [(&str, &str); 5] = [
         include_str!("../demo/branches/pay-fix.yaml"),
     ),
 ];
-
-/// First port used by `--write-config`.
-pub const WRITE_BASE_PORT: u16 = 18081;
 
 fn placeholders() -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -70,12 +67,14 @@ fn substitute(text: &str, addrs: &BTreeMap<String, String>) -> String {
     t
 }
 
-/// Write the demo config into `dir` with endpoints on 127.0.0.1 from [`WRITE_BASE_PORT`].
+/// Write the demo config into `dir` with each endpoint on the port its placeholder names.
 pub fn write_config(dir: &Path) -> Result<()> {
     let addrs: BTreeMap<String, String> = placeholders()
         .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, format!("127.0.0.1:{}", WRITE_BASE_PORT + i as u16)))
+        .map(|t| {
+            let port = t.rsplit(':').next().unwrap_or("0").to_string();
+            (t, format!("127.0.0.1:{port}"))
+        })
         .collect();
     for (rel, text) in FILES {
         let path = dir.join(rel);

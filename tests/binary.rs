@@ -11,44 +11,15 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_microstax");
-
-/// Start the binary with `args` and return it with the proxy and admin addresses it printed.
 async fn spawn(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn microstax");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("no output within 20 s")
-        .expect("read stdout")
-        .expect("stdout closed");
-    // "... proxy on http://ADDR, admin on http://ADDR"
-    let addrs: Vec<SocketAddr> = line
-        .split("http://")
-        .skip(1)
-        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
-        .collect();
-    assert_eq!(addrs.len(), 2, "unexpected first line: {line}");
-    // keep draining stdout so the child never blocks on a full pipe
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs[0], addrs[1])
+    spawn_bin(args, &[]).await
 }
 
-async fn stop(mut child: Child) {
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+async fn stop(child: Child) {
+    stop_bin(child).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,4 +202,78 @@ async fn a_200_mb_body_streams_with_flat_memory() {
         "peak RSS grew from {before} KiB to {after} KiB"
     );
     stop(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_explain_on_the_written_demo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new(BIN)
+        .args(["demo", "--write-config"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("write");
+    assert!(out.status.success());
+    let cfg = dir.path().to_str().expect("utf8");
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "feature-a"])
+        .output()
+        .await
+        .expect("plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("orders-db       postgres  isolate (per-branch schema)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image changed in branch/feature-a (branches/feature-a.yaml:5)"),
+        "{text}"
+    );
+    assert!(text.contains("payments        service   reuse"), "{text}");
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "pay-fix", "--json"])
+        .output()
+        .await
+        .expect("plan json");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let payments = j["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["name"] == "payments")
+        .expect("payments")
+        .clone();
+    assert_eq!(payments["reason"], "identical to team/payments-team");
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "explain",
+            "--config",
+            cfg,
+            "--branch",
+            "feature-b",
+            "--service",
+            "orders",
+        ])
+        .output()
+        .await
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("branch/feature-a (branches/feature-a.yaml:5)"),
+        "{text}"
+    );
+    // an unknown branch is a one-line error and exit 1
+    let out = tokio::process::Command::new(BIN)
+        .args(["plan", "--config", cfg, "--branch", "nope"])
+        .output()
+        .await
+        .expect("plan");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "error: unknown branch or team `nope`");
 }

@@ -223,7 +223,7 @@ async fn large_bodies_stream_both_ways() {
     let c = h1_client();
     let req = Request::get(format!("http://{}/big?bytes={}", p.addr, UP))
         .header("host", "api")
-        .body(http_body_util::Empty::new())
+        .body(http_body_util::Full::new(Bytes::new()))
         .expect("req");
     let resp = c.request(req).await.expect("download");
     let mut body = resp.into_body();

@@ -11,9 +11,10 @@
 //! allocate nothing. The counter adds two atomic adds per allocation, which the compile and
 //! update figures include; lookups do not allocate, so theirs are unaffected.
 //!
-//! Context extraction (header, baggage, cookie, host pattern -> branch name) belongs to the
-//! proxy (`microstax_proxy::context::ContextRules::extract`); its benchmark, alone and together
-//! with `full_lookup`, goes in an `extraction` group next to `lookup` below (the lead adds it).
+//! Context extraction (header, baggage, cookie -> branch name, `ContextRules::extract` of the
+//! proxy) is measured alone and together with `full_lookup` in the `extraction` group: the hot
+//! path of a request's routing decision. The `parsing` group measures the baggage and cookie
+//! parsers on realistic headers.
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
 use microstax_bench::gen::Spec;
@@ -157,8 +158,115 @@ fn bench_lookup(c: &mut Criterion) {
     g.finish();
 }
 
-// The `extraction` group goes here: `ContextRules::extract` on realistic headers (header,
-// baggage, cookie), alone and followed by `full_lookup`; see the module docs.
+/// Realistic request headers carrying `branch` in each context source.
+fn context_headers(branch: &str) -> [(&'static str, http::HeaderMap); 3] {
+    let mk = |pairs: &[(&'static str, String)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                h.append(*k, v);
+            }
+        }
+        h.append(
+            "user-agent",
+            http::HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        );
+        h.append("accept", http::HeaderValue::from_static("application/json"));
+        h
+    };
+    [
+        ("header", mk(&[("x-microstax-branch", branch.to_string())])),
+        (
+            "baggage",
+            mk(&[(
+                "baggage",
+                format!("userId=alice%40example.com;ttl=30, tenant=acme, microstax-branch={branch};src=ui, session=7f3a9c"),
+            )]),
+        ),
+        (
+            "cookie",
+            mk(&[(
+                "cookie",
+                format!("_ga=GA1.2.123456789.1700000000; session=eyJhbGciOiJIUzI1NiJ9.e30.abc; theme=dark; microstax-branch={branch}; consent=yes"),
+            )]),
+        ),
+    ]
+}
+
+fn bench_extraction(c: &mut Criterion) {
+    let mut g = c.benchmark_group("extraction");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for (b, s) in [(10, 50), (1_000, 2_000), (10_000, 2_000)] {
+        let sp = spec(b, s);
+        let table = compile(&build(&sp), 1);
+        let rules = microstax_proxy::ContextRules::new(&table.settings);
+        let qs = queries(&sp, &table);
+        let id = size_id(b, s);
+        for (source, headers) in context_headers(&qs[0].branch) {
+            g.bench_function(BenchmarkId::new(format!("extract_{source}"), &id), |bn| {
+                bn.iter(|| {
+                    black_box(rules.extract(black_box(&headers), Some("svc0")))
+                        .map(|(n, _)| n.as_str().len())
+                })
+            });
+        }
+        // per query: its own header map, extraction then branch + host + route
+        let maps: Vec<(http::HeaderMap, String)> = qs
+            .iter()
+            .map(|q| {
+                let [(_, h), _, _] = context_headers(&q.branch);
+                (h, q.host.clone())
+            })
+            .collect();
+        g.bench_function(BenchmarkId::new("extract_and_lookup", &id), |bn| {
+            let mut i = 0usize;
+            bn.iter(|| {
+                let (h, host) = &maps[i & (QUERIES - 1)];
+                i = i.wrapping_add(1);
+                black_box(extract_and_lookup(&table, &rules, black_box(h), host))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The routing decision of a request: context, branch, service, route, upstream.
+#[inline]
+fn extract_and_lookup(
+    table: &RoutingTable,
+    rules: &microstax_proxy::ContextRules,
+    h: &http::HeaderMap,
+    host: &str,
+) -> Option<u32> {
+    let layer = rules
+        .extract(h, Some(host))
+        .and_then(|(name, _)| table.branch(name.as_str()))
+        .unwrap_or(0);
+    let service = table.services.resolve(Some(host), "/")?;
+    table.route(layer, service)?.upstreams.first().copied()
+}
+
+fn bench_parsing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parsing");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let bag = b"userId=alice%40example.com;ttl=30, tenant=acme, microstax-branch=team%2Ffeature-42;src=ui, session=7f3a9c";
+    g.bench_function("baggage_find_and_decode", |bn| {
+        bn.iter(|| {
+            let raw = microstax_proxy::baggage::find_raw(black_box(bag), "microstax-branch")?;
+            let mut buf = [0u8; 63];
+            microstax_proxy::baggage::percent_decode(raw, &mut buf)
+        })
+    });
+    let cookie = b"_ga=GA1.2.123456789.1700000000; session=eyJhbGciOiJIUzI1NiJ9.e30.abc; theme=dark; microstax-branch=feature-42; consent=yes";
+    g.bench_function("cookie_find", |bn| {
+        bn.iter(|| {
+            microstax_proxy::cookie::find(black_box(cookie), "microstax-branch").map(<[u8]>::len)
+        })
+    });
+    g.finish();
+}
 
 fn bench_compile(c: &mut Criterion) {
     let mut g = c.benchmark_group("compile");
@@ -254,9 +362,33 @@ fn report_memory() {
     }
     let allocs = GLOBAL.stats().allocations - allocs_before;
     println!("memory: allocations during 100000 lookups (branch + host + route): {allocs} ({found} found)");
+    let rules = microstax_proxy::ContextRules::new(&table.settings);
+    let maps: Vec<(http::HeaderMap, String)> = qs
+        .iter()
+        .map(|q| {
+            let [_, (_, h), _] = context_headers(&q.branch);
+            (h, q.host.clone())
+        })
+        .collect();
+    let allocs_before = GLOBAL.stats().allocations;
+    let mut found = 0usize;
+    for (h, host) in maps.iter().cycle().take(100_000) {
+        found += usize::from(extract_and_lookup(&table, &rules, h, host).is_some());
+    }
+    let allocs = GLOBAL.stats().allocations - allocs_before;
+    println!(
+        "memory: allocations during 100000 baggage extractions + lookups: {allocs} ({found} found)"
+    );
 }
 
-criterion_group!(benches, bench_lookup, bench_compile, bench_update);
+criterion_group!(
+    benches,
+    bench_lookup,
+    bench_extraction,
+    bench_parsing,
+    bench_compile,
+    bench_update
+);
 
 fn main() {
     report_memory();

@@ -5,7 +5,7 @@
 mod harness;
 
 use clap::{Parser, Subcommand};
-use harness::{compare, upstream};
+use harness::{changes, compare, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "MicroStax load harness")]
@@ -18,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Run MicroStax, nginx, HAProxy and the direct path side by side.
     Compare(compare::Args),
+    /// Change-to-effect latency of file and API changes, and first requests to new branches.
+    Changes(changes::Args),
     /// The fast upstream (started by `compare`; prints its addresses on the first line).
     #[command(hide = true)]
     Upstream(upstream::Args),
@@ -26,6 +28,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Compare(args) => compare::run(args),
+        Cmd::Changes(args) => changes::run(args),
         Cmd::Upstream(args) => upstream::run(args),
     }
 }

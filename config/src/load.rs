@@ -43,6 +43,14 @@ pub fn parse_text(
     default_name: Option<&str>,
 ) -> Result<Vec<ParsedDoc>, ConfigError> {
     let file: Arc<str> = Arc::from(file);
+    // an empty file is never a valid layer: it is also what a reader sees while an editor is
+    // rewriting a file in place, and must not be applied as "a layer with no overrides"
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if blank {
+        return Err(ConfigError::one(&file, 1, "", "the file holds no document"));
+    }
     let mut spans = spans::index(text).into_iter();
     let mut out = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(text) {

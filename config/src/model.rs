@@ -152,6 +152,16 @@ pub struct Settings {
     pub debug_header: bool,
     /// Branches whose names may appear as metric labels.
     pub label_branches: Vec<String>,
+    /// Address template of planned branch-local instances (see the schema).
+    pub instance_address: Option<String>,
+}
+
+/// Fill an instance address template. `branch` has `/` replaced by `-` (a host label).
+pub fn instance_address(template: &str, service: &str, branch: &str, instance: &str) -> String {
+    template
+        .replace("{service}", service)
+        .replace("{branch}", &branch.replace('/', "-"))
+        .replace("{instance}", instance)
 }
 
 /// A service of the org catalog: what it is, apart from values layers may override.
@@ -575,22 +585,22 @@ impl Config {
             if let Some(cycle) = self.cycle_from(idx) {
                 let key: BTreeSet<_> = cycle.iter().copied().collect();
                 if reported.insert(key.into_iter().collect::<Vec<_>>()) {
-                    if let Some(l) = self.layer(idx) {
-                        let names: Vec<&str> = cycle
-                            .iter()
-                            .filter_map(|&i| self.layer(i))
-                            .map(|l| l.name.as_str())
-                            .collect();
-                        report.push(
-                            &l.doc.file,
-                            l.doc.spans.line("parent"),
-                            "parent",
-                            format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
-                        );
-                    }
+                    self.report_cycle(idx, &cycle, report);
                 }
             }
         }
+    }
+
+    /// Report the lineage cycle `cycle` (starting at `idx`) at `idx`'s `parent` field.
+    fn report_cycle(&self, idx: LayerIdx, cycle: &[LayerIdx], report: &mut Report) {
+        let Some(l) = self.layer(idx) else { return };
+        let names: Vec<&str> = cycle
+            .iter()
+            .filter_map(|&i| self.layer(i))
+            .map(|l| l.name.as_str())
+            .collect();
+        let reason = format!("lineage cycle: {} -> {}", names.join(" -> "), l.name);
+        report.push(&l.doc.file, l.doc.spans.line("parent"), "parent", reason);
     }
 
     /// The layers of a cycle reachable from `idx`, if any.
@@ -659,19 +669,7 @@ impl Config {
         };
         next.resolve_parent_of(idx, &mut report);
         if let Some(cycle) = next.cycle_from(idx) {
-            if let Some(l) = next.layer(idx) {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .filter_map(|&i| next.layer(i))
-                    .map(|l| l.name.as_str())
-                    .collect();
-                report.push(
-                    &l.doc.file,
-                    l.doc.spans.line("parent"),
-                    "parent",
-                    format!("lineage cycle: {} -> {}", names.join(" -> "), l.name),
-                );
-            }
+            next.report_cycle(idx, &cycle, &mut report);
         }
         report.finish()?;
         Ok((next, idx))
@@ -929,6 +927,26 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
     if let Some(d) = &doc.doc.defaults {
         check_policy(doc, "defaults", d, report);
     }
+    if let Some(t) = &routing.instance_address {
+        let field = "routing.instance_address";
+        let line = doc.spans.line(field);
+        if !t.contains("{service}") || !(t.contains("{branch}") || t.contains("{instance}")) {
+            report.push(
+                file,
+                line,
+                field,
+                "must contain {service} and {branch} or {instance}",
+            );
+        } else if let Err(why) = Endpoint::parse(&instance_address(t, "svc", "a/b", "0123456789ab"))
+        {
+            report.push(
+                file,
+                line,
+                field,
+                format!("does not make a valid endpoint: {why}"),
+            );
+        }
+    }
     Settings {
         context: ContextSettings {
             header,
@@ -940,5 +958,6 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
         default_service: routing.default_service,
         debug_header: routing.debug_header.unwrap_or(false),
         label_branches: routing.label_branches,
+        instance_address: routing.instance_address,
     }
 }

@@ -80,6 +80,11 @@ pub struct RoutingDoc {
     /// Branches allowed as metric label values; all others are counted without their name.
     #[serde(default)]
     pub label_branches: Vec<String>,
+    /// Address of a branch-local instance the planner forks without a declared endpoint, e.g.
+    /// `{service}-{instance}.branches.svc:8080` (placeholders `{service}`, `{branch}`, and
+    /// `{instance}`, the first 12 hex digits of the instance's content address, which makes
+    /// branches with an identical spec share one instance).
+    pub instance_address: Option<String>,
 }
 
 /// The route policy of a service: timeouts, header rules and readiness.

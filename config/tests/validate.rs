@@ -268,3 +268,12 @@ fn upsert_and_remove_keep_ids_and_validate() {
     let (after, _) = next.remove("b").expect("remove leaf");
     assert!(after.branch_id("b").is_none());
 }
+
+#[test]
+fn empty_files_are_rejected() {
+    for text in ["", "\n\n", "# only a comment\n", "---\n"] {
+        let err = parse_text("branches/x.yaml", text, Some(LayerKind::Branch), Some("x"))
+            .expect_err("empty");
+        assert!(err.to_string().contains("holds no document"), "{err}");
+    }
+}

@@ -5,9 +5,12 @@
 //! lineage), shares every other layer's `Arc` with the previous table, and interns new
 //! upstreams without renumbering old ones.
 
+use crate::plan::{Decision, Planner, Subject};
+use microstax_config::model::instance_address;
 use microstax_config::table::{
     LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
 };
+use microstax_config::Endpoint;
 use microstax_config::{
     Config, Effective, LayerIdx, LayerKind, RouteKind, RoutingTable, UpstreamId,
 };
@@ -21,15 +24,26 @@ pub struct Compiler {
     upstream_ids: FxHashMap<Arc<str>, UpstreamId>,
     policies: FxHashMap<RoutePolicy, Arc<RoutePolicy>>,
     table: Arc<RoutingTable>,
+    /// Set when the org declares `routing.instance_address`: forks the plan decides without a
+    /// declared endpoint are routed to their planned branch-local instance.
+    planner: Option<Arc<Planner>>,
 }
 
 impl Compiler {
     /// Compile `config` from scratch as generation `generation`.
     pub fn new(config: &Config, generation: u64) -> Compiler {
+        let planner = config.settings.instance_address.as_ref().and_then(|_| match Planner::new(config) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(error = %e, "planned instances are not routed: the planner cannot index this config");
+                None
+            }
+        });
         let mut c = Compiler {
             upstream_ids: FxHashMap::default(),
             policies: FxHashMap::default(),
             table: Arc::new(empty_table(config)),
+            planner,
         };
         let mut upstreams = Vec::new();
         let mut layers = Vec::with_capacity(config.layer_slots());
@@ -161,6 +175,9 @@ impl Compiler {
                 policy: self.policy(&eff),
             });
         }
+        if layer.kind == LayerKind::Branch {
+            self.planned_routes(config, idx, offset, upstreams, &mut routes);
+        }
         let lineage: Vec<u32> = config.lineage(idx).into_iter().map(|i| i as u32).collect();
         Some(Arc::new(LayerRoutes {
             name: Arc::from(layer.name.as_str()),
@@ -170,6 +187,81 @@ impl Compiler {
             lineage: lineage.into_boxed_slice(),
             routes: routes.into_boxed_slice(),
         }))
+    }
+
+    /// Routes for services the plan forks in branch `idx` although the branch declares no
+    /// endpoint for them (an image or env change, a derived fork): they go to the planned
+    /// instance address instead of the parent's instance.
+    fn planned_routes(
+        &mut self,
+        config: &Config,
+        idx: LayerIdx,
+        offset: usize,
+        upstreams: &mut Vec<Upstream>,
+        routes: &mut Vec<Route>,
+    ) {
+        let (Some(planner), Some(template)) = (
+            self.planner.clone(),
+            config.settings.instance_address.as_deref(),
+        ) else {
+            return;
+        };
+        let Some(layer) = config.layer(idx) else {
+            return;
+        };
+        let plan = match planner.plan(config, &layer.name, None) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(branch = %layer.name, error = %e, "branch not planned");
+                return;
+            }
+        };
+        for entry in plan
+            .entries
+            .iter()
+            .filter(|e| e.subject == Subject::Service && e.decision == Decision::Fork)
+        {
+            let declared = layer
+                .service(&entry.name)
+                .is_some_and(|s| s.endpoints.is_some() || s.local.is_some());
+            let Some(sid) = config
+                .services()
+                .iter()
+                .position(|s| *s.name == *entry.name)
+            else {
+                continue;
+            };
+            if declared {
+                continue;
+            }
+            let Some(eff) = config.effective(idx, &entry.name) else {
+                continue;
+            };
+            let hex = entry.instance.hex();
+            let addr = instance_address(
+                template,
+                &entry.name,
+                &layer.name,
+                hex.get(..12).unwrap_or(&hex),
+            );
+            let Ok(ep) = Endpoint::parse(&addr) else {
+                continue;
+            };
+            let id = self.intern(&ep.0, offset, upstreams);
+            let route = Route {
+                service: sid as u32,
+                layer: idx as u32,
+                kind: RouteKind::Branch,
+                upstreams: vec![id].into_boxed_slice(),
+                policy: self.policy(&eff),
+            };
+            // a policy-only override compiled a route to the parent's instance: replace it
+            match routes.iter_mut().find(|r| r.service as usize == sid) {
+                Some(r) => *r = route,
+                None => routes.push(route),
+            }
+        }
+        routes.sort_by_key(|r| r.service);
     }
 
     fn intern(

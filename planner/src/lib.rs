@@ -1,12 +1,34 @@
 //! MicroStax planner: the co-located control plane. It compiles validated configs into routing
-//! tables (incrementally when one layer changes) and, in later modules, diffs branches against
-//! their parents, decides reuse / fork / local with reasons, and publishes tables.
+//! tables (incrementally when one layer changes), diffs layers against their parents, decides
+//! per service reuse / fork / local (and per store and topic, isolate) with reasons and costs,
+//! finds instances that branches can share, reads changed source paths from git, explains the
+//! effective config and route of one service, and publishes tables as the config changes
+//! (file watcher, admin API).
 
 pub mod admin;
 pub mod compile;
 pub mod control;
+pub mod cost;
+pub mod diff;
+mod engine;
+pub mod error;
+pub mod explain;
+pub mod fleet;
+pub mod git;
+mod graph;
+pub mod instance;
+pub mod plan;
+mod render;
 pub mod watch;
 
 pub use compile::{compile, Compiler};
 pub use control::{Applied, Change, ChangeSource, ControlPlane, TableSink};
+pub use cost::{CostModel, DefaultCostModel, Resources};
+pub use diff::{diff_service, ChangeKind, FieldChange, ServiceDiff};
+pub use error::PlanError;
+pub use explain::{explain, Explanation, RouteView};
+pub use fleet::{plan_all, Fleet, LayerSummary, SharedInstance};
+pub use git::{source_refs, GitError, PathChange, SourceChanges};
+pub use instance::InstanceKey;
+pub use plan::{plan_branch, Cause, Decision, Entry, Isolation, Plan, Planner, Subject, Summary};
 pub use watch::{watch, ConfigWatcher, WatchError};

@@ -45,15 +45,21 @@ impl Drop for ConfigWatcher {
 }
 
 /// Watch `path` (a config directory or single file) and apply its changes to `control`.
-/// `debounce` is the quiet time gathered after the first event of a burst.
+/// `loaded` are the sources the control plane's config was built from (so an edit made between
+/// that load and the watch starting is seen as a change); `debounce` is the quiet time gathered
+/// after the first event of a burst.
 pub fn watch(
     path: PathBuf,
+    loaded: &[SourceText],
     control: Arc<ControlPlane>,
     debounce: Duration,
 ) -> Result<ConfigWatcher, WatchError> {
+    let mut known = known_from(&control, loaded);
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // reading the config (as every reconcile does) raises access events: waking on them
+        // re-read the files in a loop, ~150 times a second, for as long as the process ran
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             // a full channel already holds a pending wake-up: nothing is lost
             let _ = tx.try_send(());
         }
@@ -78,7 +84,6 @@ pub fn watch(
             source,
         })?;
     let task = tokio::spawn(async move {
-        let mut known = known_from(&control, &path);
         // catch changes made between the initial load and the watch being set up
         reconcile(&path, &mut known, &control).await;
         while rx.recv().await.is_some() {
@@ -93,34 +98,26 @@ pub fn watch(
     })
 }
 
-/// What the files held when the control plane was started from them.
-fn known_from(control: &ControlPlane, path: &Path) -> Known {
+/// What the files held when the control plane's config was loaded from them.
+fn known_from(control: &ControlPlane, loaded: &[SourceText]) -> Known {
     let cfg = control.config();
-    let texts: BTreeMap<String, String> = read_sources(path)
-        .map(|s| s.into_iter().map(|s| (s.rel, s.text)).collect())
-        .unwrap_or_default();
-    cfg.layers()
-        .filter_map(|l| {
-            let text = texts.get(&*l.doc.file)?;
-            Some((
-                (l.kind, l.doc.name().to_string()),
-                (l.doc.file.to_string(), text.clone()),
-            ))
-        })
-        .map(|((k, n), v)| {
-            (
-                (
-                    k,
-                    if k == LayerKind::Org {
-                        String::new()
-                    } else {
-                        n
-                    },
-                ),
-                v,
-            )
-        })
-        .collect()
+    let texts: BTreeMap<&str, &str> = loaded
+        .iter()
+        .map(|s| (s.rel.as_str(), s.text.as_str()))
+        .collect();
+    let mut known = Known::new();
+    for l in cfg.layers() {
+        let Some(text) = texts.get(&*l.doc.file) else {
+            continue;
+        };
+        let name = if l.kind == LayerKind::Org {
+            String::new()
+        } else {
+            l.doc.name().to_string()
+        };
+        known.insert((l.kind, name), (l.doc.file.to_string(), text.to_string()));
+    }
+    known
 }
 
 /// Re-read the config and apply what changed since `known`.

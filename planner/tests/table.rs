@@ -133,3 +133,102 @@ fn removing_a_leaf_branch_drops_it_from_the_table() {
     assert!(t.branch("b0").is_some());
     assert_eq!(t.check_invariants(), Ok(()));
 }
+
+/// With `routing.instance_address`, a service the plan forks without a declared endpoint routes
+/// to its planned instance; identical specs share one address; reused services keep the parent's.
+#[test]
+fn planned_forks_route_to_their_instances() {
+    let org = "kind: org
+routing: {instance_address: \"{service}-{instance}.branches.svc:8080\"}
+services:
+  orders:
+    hosts: [orders]
+    endpoints: [\"10.0.0.1:80\"]
+    image: orders:1
+    env: {INVENTORY_URL: \"http://inventory:8080\"}
+    depends_on: [inventory]
+  inventory:
+    hosts: [inventory]
+    endpoints: [\"10.0.0.2:80\"]
+    image: inventory:1
+  web:
+    hosts: [web]
+    endpoints: [\"10.0.0.3:80\"]
+";
+    let mut docs = parse_text("org.yaml", org, Some(LayerKind::Org), None).expect("org");
+    for (name, text) in [
+        (
+            "a",
+            "parent: baseline\nservices:\n  inventory: {image: inventory:2}\n",
+        ),
+        (
+            "b",
+            "parent: baseline\nservices:\n  inventory: {image: inventory:2}\n",
+        ),
+        (
+            "c",
+            "parent: a\nservices:\n  web: {endpoints: [\"10.9.9.9:80\"]}\n",
+        ),
+    ] {
+        docs.extend(
+            parse_text(
+                &format!("branches/{name}.yaml"),
+                text,
+                Some(LayerKind::Branch),
+                Some(name),
+            )
+            .expect("branch"),
+        );
+    }
+    let cfg = Config::build(docs).expect("valid");
+    let c = Compiler::new(&cfg, 1);
+    let t = c.table();
+    assert_eq!(t.check_invariants(), Ok(()));
+    let up = |branch: &str, svc: u32| {
+        let r = t
+            .route(t.branch(branch).expect("branch"), svc)
+            .expect("route");
+        t.upstream(r.upstreams[0])
+            .expect("up")
+            .authority
+            .to_string()
+    };
+    // service ids follow the catalog's name order: inventory 0, orders 1, web 2
+    let inv_a = up("a", 0);
+    assert!(
+        inv_a.starts_with("inventory-") && inv_a.ends_with(".branches.svc:8080"),
+        "{inv_a}"
+    );
+    // orders forks through its env reference to the forked inventory
+    assert!(up("a", 1).starts_with("orders-"), "{}", up("a", 1));
+    // identical specs in sibling branches share one instance address
+    assert_eq!(up("b", 0), inv_a);
+    // web is reused in a and b, and c inherits a's planned instances and adds its own endpoint
+    assert_eq!(up("a", 2), "10.0.0.3:80");
+    assert_eq!(up("c", 0), inv_a);
+    assert_eq!(up("c", 2), "10.9.9.9:80");
+    // an incremental update keeps planning
+    let doc = parse_text(
+        "api",
+        "parent: baseline\nservices:\n  web: {image: web:2}\n",
+        Some(LayerKind::Branch),
+        Some("b"),
+    )
+    .expect("doc")
+    .remove(0);
+    let (next, changed) = cfg.upsert(doc).expect("upsert");
+    let mut c2 = c.clone();
+    let t2 = c2.update(&next, changed, 2);
+    let r = t2.route(t2.branch("b").expect("b"), 2).expect("route");
+    assert!(t2
+        .upstream(r.upstreams[0])
+        .expect("up")
+        .authority
+        .starts_with("web-"));
+    let r = t2.route(t2.branch("b").expect("b"), 0).expect("route");
+    assert_eq!(
+        &*t2.upstream(r.upstreams[0]).expect("up").authority,
+        "10.0.0.2:80",
+        "b no longer forks inventory"
+    );
+}

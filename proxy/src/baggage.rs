@@ -6,16 +6,6 @@
 /// The W3C limit on the size of all baggage headers of a request; longer input is not read.
 pub const MAX_BAGGAGE_BYTES: usize = 8192;
 
-fn is_ows(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| !is_ows(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| !is_ows(b)).map_or(start, |e| e + 1);
-    &s[start..end]
-}
-
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -36,11 +26,11 @@ pub fn find_raw<'a>(header: &'a [u8], key: &str) -> Option<&'a [u8]> {
         let Some(eq) = kv.iter().position(|&b| b == b'=') else {
             continue;
         };
-        let k = trim_ows(&kv[..eq]);
+        let k = kv[..eq].trim_ascii();
         if k != key.as_bytes() || !k.iter().all(|&b| is_token_byte(b)) {
             continue;
         }
-        let v = trim_ows(&kv[eq + 1..]);
+        let v = kv[eq + 1..].trim_ascii();
         if v.iter().all(|&b| is_value_byte(b)) {
             return Some(v);
         }
@@ -86,7 +76,7 @@ pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
     );
     for h in existing {
         for member in h.split(|&b| b == b',') {
-            let m = trim_ows(member);
+            let m = member.trim_ascii();
             if m.is_empty() {
                 continue;
             }
@@ -94,7 +84,7 @@ pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
             let k = kv
                 .iter()
                 .position(|&b| b == b'=')
-                .map(|eq| trim_ows(&kv[..eq]));
+                .map(|eq| kv[..eq].trim_ascii());
             if k == Some(key.as_bytes()) {
                 continue;
             }

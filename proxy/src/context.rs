@@ -116,7 +116,7 @@ impl ContextRules {
         host: Option<&str>,
     ) -> Option<(BranchName, ContextSource)> {
         if let Some(v) = headers.get(&self.header) {
-            if let Some(n) = BranchName::from_bytes(trim(v.as_bytes())) {
+            if let Some(n) = BranchName::from_bytes(v.as_bytes().trim_ascii()) {
                 return Some((n, ContextSource::Header));
             }
         }
@@ -171,18 +171,6 @@ impl ContextRules {
         }
         None
     }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 #[cfg(test)]

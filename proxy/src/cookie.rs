@@ -4,14 +4,14 @@
 /// The value of cookie `name` in one `Cookie` header value; surrounding double quotes removed.
 pub fn find<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
     for pair in header.split(|&b| b == b';') {
-        let pair = trim(pair);
+        let pair = pair.trim_ascii();
         let Some(eq) = pair.iter().position(|&b| b == b'=') else {
             continue;
         };
-        if trim(&pair[..eq]) != name.as_bytes() {
+        if pair[..eq].trim_ascii() != name.as_bytes() {
             continue;
         }
-        let v = trim(&pair[eq + 1..]);
+        let v = pair[eq + 1..].trim_ascii();
         let v = match v {
             [b'"', inner @ .., b'"'] => inner,
             _ => v,
@@ -19,18 +19,6 @@ pub fn find<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
         return Some(v);
     }
     None
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    &s[start..end]
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,6 +28,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// An upstream that answers JSON describing what it received.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub conns: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -42,10 +44,15 @@ impl Drop for Upstream {
 impl Upstream {
     /// Start an echo upstream called `name`.
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on(name, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Start an echo upstream on a given address.
+    pub async fn start_on(name: &str, at: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(at).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = conns.clone();
         let (tx, mut rx) = oneshot::channel();
         let name: Arc<str> = Arc::from(name);
         tokio::spawn(async move {
@@ -54,6 +61,7 @@ impl Upstream {
                     _ = &mut rx => break,
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let name = name.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| echo(name.clone(), req));
@@ -68,6 +76,7 @@ impl Upstream {
         });
         Upstream {
             addr,
+            conns,
             stop: Some(tx),
         }
     }
@@ -96,6 +105,7 @@ impl Upstream {
         });
         Upstream {
             addr,
+            conns: Arc::default(),
             stop: Some(tx),
         }
     }
@@ -229,11 +239,13 @@ impl Drop for ProxyUnderTest {
     }
 }
 
-pub fn h1_client() -> Client<HttpConnector, Empty<Bytes>> {
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn h1_client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub fn h2_client() -> Client<HttpConnector, Empty<Bytes>> {
+pub fn h2_client() -> TestClient {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
@@ -277,16 +289,32 @@ impl Reply {
 
 /// Send a GET through `client` to `addr` with extra headers; bounded by 10 s.
 pub async fn get(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &TestClient,
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut b = Request::get(format!("http://{addr}{path}"));
+    send(client, http::Method::GET, addr, path, headers, "").await
+}
+
+/// Send a request with a body; bounded by 10 s.
+pub async fn send(
+    client: &TestClient,
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(Empty::new()).expect("request");
+    let req = b
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .expect("request timed out")
@@ -319,4 +347,51 @@ where
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
     }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_microstax");
+
+/// Start the binary with `args` (and `envs`) and return it with the proxy and admin addresses
+/// it printed. The child is killed if the test drops it.
+pub async fn spawn_bin(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        // MICROSTAX_TEST_LOG=1 shows the child's log when debugging a test
+        .stderr(if std::env::var_os("MICROSTAX_TEST_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn microstax");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("no output within 20 s")
+        .expect("read stdout")
+        .expect("stdout closed");
+    // "... proxy on http://ADDR, admin on http://ADDR"
+    let addrs: Vec<SocketAddr> = line
+        .split("http://")
+        .skip(1)
+        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "unexpected first line: {line}");
+    // keep draining stdout so the child never blocks on a full pipe
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addrs[0], addrs[1])
+}
+
+/// Stop a child started by the test (by its pid, through the handle) and wait for it.
+pub async fn stop_bin(mut child: tokio::process::Child) {
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

@@ -1,5 +1,6 @@
 //! The load harness: processes, tools, systems under test, load generators, and the report.
 
+pub mod changes;
 pub mod compare;
 pub mod load;
 pub mod procfs;
