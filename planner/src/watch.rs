@@ -57,7 +57,9 @@ pub fn watch(
     let mut known = known_from(&control, loaded);
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // reading the config (as every reconcile does) raises access events: waking on them
+        // re-read the files in a loop, ~150 times a second, for as long as the process ran
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             // a full channel already holds a pending wake-up: nothing is lost
             let _ = tx.try_send(());
         }
