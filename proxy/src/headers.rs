@@ -75,10 +75,10 @@ pub fn via(version: Version) -> HeaderValue {
 /// Append the client address to `X-Forwarded-For`. `peer` is the prebuilt value of this
 /// connection's client address (built once per connection).
 pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
-    let name = HeaderName::from_static("x-forwarded-for");
-    match h.get(&name) {
+    const NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
+    match h.get(NAME) {
         None => {
-            h.insert(name, peer.clone());
+            h.insert(NAME, peer.clone());
         }
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + peer.len() + 2);
@@ -86,7 +86,7 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
             v.extend_from_slice(b", ");
             v.extend_from_slice(peer.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                h.insert(name, v);
+                h.insert(NAME, v);
             }
         }
     }
