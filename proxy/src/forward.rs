@@ -12,7 +12,7 @@ use crate::prewarm::PrewarmOptions;
 use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Empty, Full};
@@ -376,9 +376,8 @@ fn prepare(
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
     headers::append_forwarded_for(h, &conn.peer_ip);
-    if !h.contains_key(FORWARDED_PROTO) {
-        h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    h.entry(FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
     let policy = &d.route.policy;
@@ -414,21 +413,26 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     if *source == ContextSource::Baggage {
         return; // the baggage already holds this member
     }
-    if !h.contains_key(BAGGAGE) {
-        let member = known
-            .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
-            .or_else(|| {
-                HeaderValue::from_str(&format!("{}={}", snap.rules.baggage_key, name.as_str())).ok()
-            });
-        if let Some(m) = member {
-            h.insert(BAGGAGE, m);
+    match h.entry(BAGGAGE) {
+        Entry::Vacant(e) => {
+            let member = known
+                .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
+                .or_else(|| {
+                    let m = format!("{}={}", snap.rules.baggage_key, name.as_str());
+                    HeaderValue::from_str(&m).ok()
+                });
+            if let Some(m) = member {
+                e.insert(m);
+            }
         }
-        return;
-    }
-    let existing: Vec<&[u8]> = h.get_all(BAGGAGE).iter().map(|v| v.as_bytes()).collect();
-    let merged = crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
-    if let Ok(v) = HeaderValue::from_bytes(&merged) {
-        h.insert(BAGGAGE, v);
+        Entry::Occupied(mut e) => {
+            let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
+            let merged =
+                crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
+            if let Ok(v) = HeaderValue::from_bytes(&merged) {
+                e.insert(v);
+            }
+        }
     }
 }
 
