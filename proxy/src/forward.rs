@@ -5,6 +5,7 @@
 
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
+use crate::deadline;
 use crate::headers;
 use crate::metrics::KindLabel;
 use crate::pool::{Lease, PooledBody};
@@ -192,7 +193,7 @@ impl Proxy {
         let send = self
             .client
             .send(d.upstream, req.map(Either::Left), reuse, start);
-        let mut resp = match tokio::time::timeout(timeout, send).await {
+        let mut resp = match deadline::within(start + timeout, send).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
             Err(_) => {

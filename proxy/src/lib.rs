@@ -6,6 +6,7 @@ pub mod baggage;
 pub mod client;
 pub mod context;
 pub mod cookie;
+pub mod deadline;
 pub mod forward;
 pub mod headers;
 pub mod metrics;

@@ -6,6 +6,7 @@
 //! it. Both take already bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and
 //! stop them cleanly.
 
+use crate::deadline::{self, CoarseTimer};
 use crate::forward::{ConnInfo, Proxy};
 use crate::pool;
 use hyper::service::service_fn;
@@ -49,10 +50,16 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // every request arms a header-read timer: on a worker, the cheap coarse one
+    if deadline::installed() {
+        builder.http1().timer(CoarseTimer);
+        builder.http2().timer(CoarseTimer);
+    } else {
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+    }
     let graceful = GracefulShutdown::new();
     let active = proxy.router().metrics().active_connections.clone();
     tokio::pin!(shutdown);
@@ -206,10 +213,13 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("microstax-worker-{worker}"))
                 .spawn(move || {
+                    deadline::install();
                     rt.block_on(async move {
+                        let ticker = tokio::spawn(deadline::ticker());
                         let reaper = tokio::spawn(reap_pools());
                         serve(listener, proxy, options, stopped).await;
                         reaper.abort();
+                        ticker.abort();
                     });
                     // tunnels and upstream connections still open are cancelled here
                     rt.shutdown_timeout(Duration::from_secs(1));
