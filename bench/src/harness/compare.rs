@@ -39,9 +39,10 @@ pub struct Args {
     #[arg(long)]
     pub microstax: Option<PathBuf>,
     /// Before each system's turn, wait up to this many seconds for the rest of the machine to
-    /// go quiet (under 0.2 busy cores for 1 s); 0 disables. The foreign load is reported anyway.
-    #[arg(long, default_value_t = 30)]
-    pub quiet_wait: u64,
+    /// go quiet (under 0.2 busy cores for 1 s); 0 disables (default 30; 0 with --quick). The
+    /// foreign load is reported anyway.
+    #[arg(long)]
+    pub quiet_wait: Option<u64>,
     /// Output directory (default bench/results, or bench/results/quick with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -150,7 +151,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         arrs.retain(|x| args.arrangements.iter().any(|a| a == x.name));
     }
     Ok(Plan {
-        quiet_wait: args.quiet_wait.min(600),
+        quiet_wait: args
+            .quiet_wait
+            .unwrap_or(if args.quick { 0 } else { 30 })
+            .min(600),
         rounds: args
             .rounds
             .unwrap_or(if args.quick { 1 } else { 3 })
