@@ -1,37 +1,43 @@
 //! The request path, as named phases: `decide` (context, service, route, upstream), `prepare`
-//! (rewrite the request for the upstream), `send` (pooled client, timeouts, upgrades) and
-//! `finish` (response headers). Errors become short plain-text local replies; nothing here
-//! panics or locks, and the snapshot loaded at the start is used to the end.
+//! (rewrite the request for the upstream), `send` (this worker's pooled connections, timeouts,
+//! upgrades) and `finish` (response headers). Errors become short plain-text local replies;
+//! nothing here panics or locks, and the snapshot loaded at the start is used to the end.
 
+use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
+use crate::deadline;
 use crate::headers;
 use crate::metrics::KindLabel;
+use crate::pool::{Lease, PooledBody};
 use crate::prewarm::PrewarmOptions;
 use crate::router::{Router, Snapshot};
-use crate::upstream::{Connector, UpstreamState};
+use crate::upstream::{ConnectError, Connector, UpstreamState};
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::uri::{Scheme, Uri};
+use http::header::{self, Entry, HeaderName, HeaderValue};
+use http::uri::Uri;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use microstax_config::table::BASELINE_ID;
 use microstax_config::{LayerId, Readiness, Route, ServiceId};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 
 /// Body sent upstream: the client's streamed body, or nothing.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 /// Body sent to the client: the upstream's streamed body, or a local reply.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
-const ROUTE_HEADER: &str = "x-microstax-route";
+// built at compile time: a name given as `&str` would be parsed on every insert
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
+const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallback");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Per-connection facts computed once when the connection is accepted.
 #[derive(Debug, Clone)]
@@ -96,24 +102,22 @@ pub struct ProxyOptions {
 /// The data plane: routes and forwards requests using the router's current snapshot.
 pub struct Proxy {
     router: Arc<Router>,
-    client: Client<Connector, UpstreamBody>,
+    client: UpstreamClient,
     options: ProxyOptions,
+    /// Runtimes of the per-core workers, when sharded: prewarming opens connections on each,
+    /// since each worker pools its own.
+    workers: OnceLock<Box<[Handle]>>,
 }
 
 impl Proxy {
-    /// A proxy over `router` with a pooled HTTP/1.1 client.
+    /// A proxy over `router` with per-worker pools of HTTP/1.1 upstream connections.
     pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
         let connector = Connector::new(router.connect_timeouts(), Duration::from_secs(1));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .set_host(false)
-            .build(connector);
         Arc::new(Proxy {
             router,
-            client,
+            client: UpstreamClient::new(connector),
             options,
+            workers: OnceLock::new(),
         })
     }
 
@@ -122,9 +126,20 @@ impl Proxy {
         &self.router
     }
 
-    /// The pooled upstream client (shared with prewarming so warmed connections are reused).
-    pub(crate) fn client(&self) -> &Client<Connector, UpstreamBody> {
+    /// The upstream client (shared with prewarming).
+    pub(crate) fn client(&self) -> &UpstreamClient {
         &self.client
+    }
+
+    /// Record the runtimes of the workers serving this proxy (once; later calls are ignored and
+    /// return false).
+    pub fn attach_workers(&self, handles: Vec<Handle>) -> bool {
+        self.workers.set(handles.into_boxed_slice()).is_ok()
+    }
+
+    /// The worker runtimes, if attached.
+    pub(crate) fn workers(&self) -> Option<&[Handle]> {
+        self.workers.get().map(|w| &**w)
     }
 
     /// Prewarm settings.
@@ -146,7 +161,7 @@ impl Proxy {
                 Ok(d) => {
                     let (service, kind, layer) = (d.service, d.kind(), d.layer);
                     (
-                        self.forward(&snap, d, req, conn).await,
+                        self.forward(&snap, d, req, conn, start).await,
                         Some(service),
                         kind,
                         layer,
@@ -167,14 +182,18 @@ impl Proxy {
         d: Decision<'_>,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
+        start: Instant,
     ) -> Response<ResponseBody> {
-        prepare(snap, &d, &mut req, conn);
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
+        prepare(snap, &d, &mut req, conn, upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = d.route.policy.request_timeout;
-        let sent = tokio::time::timeout(timeout, self.client.request(req.map(Either::Left))).await;
-        let mut resp = match sent {
+        let send = self
+            .client
+            .send(d.upstream, req.map(Either::Left), reuse, start);
+        let mut resp = match deadline::within(start + timeout, send).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
             Err(_) => {
@@ -190,7 +209,8 @@ impl Proxy {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            let lease = resp.body_mut().take_lease();
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), switching);
         if d.fallback {
@@ -203,8 +223,6 @@ impl Proxy {
         resp.map(Either::Left)
     }
 }
-
-const FALLBACK_HEADER: &str = "x-microstax-fallback";
 
 /// Phase 2: apply the route's readiness policy when its upstream is not ready (only routes
 /// above the baseline have a parent to fall back to or a reason to wait).
@@ -333,33 +351,34 @@ fn pick(ids: &[u32]) -> Option<u32> {
 }
 
 /// Phase 2: rewrite the request for the upstream.
-fn prepare(snap: &Snapshot, d: &Decision<'_>, req: &mut Request<Incoming>, conn: &ConnInfo) {
+fn prepare(
+    snap: &Snapshot,
+    d: &Decision<'_>,
+    req: &mut Request<Incoming>,
+    conn: &ConnInfo,
+    upgrade: bool,
+) {
     let version = req.version();
-    let upgrade = headers::wants_upgrade(req.headers(), version);
-    // an HTTP/2 request carries its host in :authority; the HTTP/1.1 upstream needs Host
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(a) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, a);
+    if req.uri().authority().is_some() {
+        // HTTP/2 (or an absolute-form HTTP/1.1 target): the host moves to Host and the
+        // upstream gets the origin form; an HTTP/1.1 request is already in origin form
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(a) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, a);
+            }
         }
+        *req.uri_mut() = origin_form(req.uri());
     }
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(d.upstream.authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
     headers::append_forwarded_for(h, &conn.peer_ip);
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
+    h.entry(FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
     let policy = &d.route.policy;
@@ -368,6 +387,14 @@ fn prepare(snap: &Snapshot, d: &Decision<'_>, req: &mut Request<Incoming>, conn:
     }
     for (name, value) in policy.set_headers.iter() {
         h.insert(name.clone(), value.clone());
+    }
+}
+
+/// The origin form (`/path?query`) of a request target.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+        _ => Uri::from_static("/"),
     }
 }
 
@@ -387,65 +414,64 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     if *source == ContextSource::Baggage {
         return; // the baggage already holds this member
     }
-    if !h.contains_key(BAGGAGE) {
-        let member = known
-            .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
-            .or_else(|| {
-                HeaderValue::from_str(&format!("{}={}", snap.rules.baggage_key, name.as_str())).ok()
-            });
-        if let Some(m) = member {
-            h.insert(BAGGAGE, m);
+    match h.entry(BAGGAGE) {
+        Entry::Vacant(e) => {
+            let member = known
+                .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
+                .or_else(|| {
+                    let m = format!("{}={}", snap.rules.baggage_key, name.as_str());
+                    HeaderValue::from_str(&m).ok()
+                });
+            if let Some(m) = member {
+                e.insert(m);
+            }
         }
-        return;
-    }
-    let existing: Vec<&[u8]> = h.get_all(BAGGAGE).iter().map(|v| v.as_bytes()).collect();
-    let merged = crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
-    if let Ok(v) = HeaderValue::from_bytes(&merged) {
-        h.insert(BAGGAGE, v);
+        Entry::Occupied(mut e) => {
+            let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
+            let merged =
+                crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
+            if let Ok(v) = HeaderValue::from_bytes(&merged) {
+                e.insert(v);
+            }
+        }
     }
 }
 
-fn upstream_error(
-    snap: &Snapshot,
-    d: &Decision<'_>,
-    e: &hyper_util::client::legacy::Error,
-) -> LocalReply {
+fn upstream_error(snap: &Snapshot, d: &Decision<'_>, e: &UpstreamError) -> LocalReply {
     let key = &d.upstream.key;
     if e.is_connect() {
         d.upstream.connect_errors.fetch_add(1, Ordering::Relaxed);
         snap.metrics.connect_error(d.service);
-        let io = source_io_error(e);
-        if io.is_some_and(|k| k == std::io::ErrorKind::TimedOut) {
-            return LocalReply::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("connect to upstream {key} timed out"),
-            );
-        }
-        let why = io.map_or_else(|| "connection failed".to_string(), |k| k.to_string());
-        return LocalReply::new(
+    }
+    match e {
+        UpstreamError::Connect(ConnectError::TimedOut { .. }) => LocalReply::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("connect to upstream {key} timed out"),
+        ),
+        UpstreamError::Connect(ConnectError::Io { source, .. }) => LocalReply::new(
             StatusCode::BAD_GATEWAY,
-            format!("cannot connect to upstream {key}: {why}"),
-        );
+            format!("cannot connect to upstream {key}: {}", source.kind()),
+        ),
+        UpstreamError::Handshake(_) => LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot connect to upstream {key}: connection failed"),
+        ),
+        UpstreamError::Exchange(e) => LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            format!("upstream {key} failed: {e}"),
+        ),
     }
-    LocalReply::new(
-        StatusCode::BAD_GATEWAY,
-        format!("upstream {key} failed: {e}"),
-    )
 }
 
-fn source_io_error(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        cur = s.source();
-    }
-    None
-}
-
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Splice client and upstream once both sides have switched protocols. `lease` holds the
+/// upstream connection's request half until then; it is never pooled again.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    lease: Option<Lease>,
+) {
     let (c, u) = tokio::join!(client, upstream);
+    drop(lease);
     let (Ok(c), Ok(u)) = (c, u) else {
         tracing::debug!("upgrade failed on one side");
         return;

@@ -1,7 +1,7 @@
 //! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 7.6.1, including
 //! headers named by `Connection`), `X-Forwarded-For`/`-Proto`, `Via`, and the branch context.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 /// Static hop-by-hop headers, removed in both directions.
@@ -18,37 +18,54 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Remove hop-by-hop headers. `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
 /// protocol upgrade (WebSocket) that is tunnelled through.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if h.contains_key(header::CONNECTION) {
-        // headers named by Connection are hop-by-hop too
-        let mut named: [Option<HeaderName>; 8] = Default::default();
-        let mut n = 0;
-        for v in h.get_all(header::CONNECTION) {
-            for token in v.as_bytes().split(|&b| b == b',') {
-                let t = token.trim_ascii();
-                if t.is_empty()
-                    || t.eq_ignore_ascii_case(b"upgrade")
-                    || t.eq_ignore_ascii_case(b"close")
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                {
-                    continue;
-                }
-                if let (Ok(name), true) = (HeaderName::from_bytes(t), n < named.len()) {
-                    named[n] = Some(name);
-                    n += 1;
-                }
-            }
+    // one pass over the names finds what is present: most messages carry no hop-by-hop header
+    // (or only `Connection`), and a lookup per listed name would hash every one of them
+    let mut seen = 0u8;
+    let mut upgrade = false;
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            seen |= 1 << i;
+        } else if name == header::UPGRADE {
+            upgrade = true;
         }
-        for name in named.iter().flatten() {
+    }
+    if seen & 1 != 0 {
+        remove_connection_named(h);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if seen & (1 << i) != 0 {
             h.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        h.remove(name);
-    }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         h.remove(header::UPGRADE);
+    }
+}
+
+/// Remove the headers that `Connection` names (they are hop-by-hop too).
+fn remove_connection_named(h: &mut HeaderMap) {
+    let mut named: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    for v in h.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let t = token.trim_ascii();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"upgrade")
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let (Ok(name), true) = (HeaderName::from_bytes(t), n < named.len()) {
+                named[n] = Some(name);
+                n += 1;
+            }
+        }
+    }
+    for name in named.iter().flatten() {
+        h.remove(name);
     }
 }
 
@@ -75,18 +92,19 @@ pub fn via(version: Version) -> HeaderValue {
 /// Append the client address to `X-Forwarded-For`. `peer` is the prebuilt value of this
 /// connection's client address (built once per connection).
 pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
-    let name = HeaderName::from_static("x-forwarded-for");
-    match h.get(&name) {
-        None => {
-            h.insert(name, peer.clone());
+    const NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
+    match h.entry(NAME) {
+        Entry::Vacant(e) => {
+            e.insert(peer.clone());
         }
-        Some(prev) => {
+        Entry::Occupied(mut e) => {
+            let prev = e.get();
             let mut v = Vec::with_capacity(prev.len() + peer.len() + 2);
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
             v.extend_from_slice(peer.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                h.insert(name, v);
+                e.insert(v);
             }
         }
     }
@@ -115,6 +133,28 @@ mod tests {
         assert!(h.get(header::TE).is_none());
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn strips_every_listed_header_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        for name in &HOP_BY_HOP {
+            h.append(name, HeaderValue::from_static("x"));
+        }
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-a, X-B"),
+        );
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+        // nothing hop-by-hop: nothing changes
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! atomically loaded snapshot, and forwards with the context propagated.
 
 pub mod baggage;
+pub mod client;
 pub mod context;
 pub mod cookie;
+pub mod deadline;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod pool;
 pub mod prewarm;
 pub mod router;
 pub mod server;
@@ -18,4 +21,4 @@ pub use forward::{ConnInfo, Proxy, ProxyOptions};
 pub use metrics::ProxyMetrics;
 pub use prewarm::{PrewarmOptions, PublishReport};
 pub use router::{Router, Snapshot};
-pub use server::{serve, ServerOptions};
+pub use server::{reuseport_listeners, serve, serve_sharded, ServeError, ServerOptions, Workers};

@@ -1,9 +1,12 @@
 //! Publishing with prewarming, and upstream maintenance. Before a table that names new
 //! upstreams is swapped in, the proxy opens a few pooled connections to each and checks that it
 //! answers, within a bounded time, so the first request to a new branch pays no connect cost.
-//! Upstreams that did not answer are marked not ready (requests then follow the route's
-//! readiness policy) and are probed again in the background until they answer.
+//! Each worker pools its own connections, so with per-core workers the probe runs on every
+//! worker's runtime and the swap waits for all of them. Upstreams that did not answer are
+//! marked not ready (requests then follow the route's readiness policy) and are probed again in
+//! the background until they answer.
 
+use crate::client::{Reuse, UpstreamClient};
 use crate::forward::Proxy;
 use crate::upstream::{Readiness, UpstreamState};
 use bytes::Bytes;
@@ -96,29 +99,26 @@ impl Proxy {
         }
     }
 
-    /// Open `connections` pooled connections to `up` and mark it ready if any request is
-    /// answered within `timeout`.
-    async fn probe(&self, up: &UpstreamState, connections: usize, timeout: Duration) -> bool {
-        let path = &self.options().prewarm.path;
-        let uri = format!("http://{}{}", up.key, path);
-        let one = || async {
-            let req = Request::get(uri.as_str())
-                .header(header::HOST, &*up.key)
-                .header(header::USER_AGENT, "microstax-prewarm")
-                .body(Either::Right(Empty::<Bytes>::new()));
-            let Ok(req) = req else { return false };
-            match self.client().request(req).await {
-                Ok(resp) => {
-                    // drain a small body so the connection returns to the pool
-                    let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
-                    true
-                }
-                Err(_) => false,
-            }
+    /// Open `connections` pooled connections to `up` (on each worker, if sharded) and mark it
+    /// ready if any request is answered within `timeout`.
+    async fn probe(&self, up: &Arc<UpstreamState>, connections: usize, timeout: Duration) -> bool {
+        let path: Arc<str> = self.options().prewarm.path.as_str().into();
+        let run = || {
+            probe_here(
+                self.client().clone(),
+                up.clone(),
+                path.clone(),
+                connections,
+                timeout,
+            )
         };
-        let attempts = join_all((0..connections.max(1)).map(|_| one()));
-        let ok =
-            matches!(tokio::time::timeout(timeout, attempts).await, Ok(v) if v.iter().any(|b| *b));
+        let ok = match self.workers() {
+            None => run().await,
+            Some(workers) => join_all(workers.iter().map(|w| w.spawn(run())))
+                .await
+                .into_iter()
+                .any(|r| matches!(r, Ok(true))),
+        };
         up.set_ready(ok);
         ok
     }
@@ -148,4 +148,33 @@ impl Proxy {
             }
         })
     }
+}
+
+/// Open `connections` new connections to `up` from the current thread, send one request on
+/// each, and read the answers so the connections land in this thread's pool. True if any
+/// request was answered within `timeout`.
+async fn probe_here(
+    client: UpstreamClient,
+    up: Arc<UpstreamState>,
+    path: Arc<str>,
+    connections: usize,
+    timeout: Duration,
+) -> bool {
+    let one = || async {
+        let req = Request::get(&*path)
+            .header(header::HOST, &*up.key)
+            .header(header::USER_AGENT, "microstax-prewarm")
+            .body(Either::Right(Empty::<Bytes>::new()));
+        let Ok(req) = req else { return false };
+        match client.send_new(&up, req, Reuse::Pool).await {
+            Ok(resp) => {
+                // read the (small) body to its end: that returns the connection to the pool
+                let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    let attempts = join_all((0..connections.max(1)).map(|_| one()));
+    matches!(tokio::time::timeout(timeout, attempts).await, Ok(v) if v.iter().any(|b| *b))
 }

@@ -1,18 +1,26 @@
 //! Listeners: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port via hyper-util's auto
 //! builder, with a timer so header-read timeouts work, upgrades enabled, and graceful drain on
-//! shutdown. The server takes an already bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0` and stop it cleanly.
+//! shutdown. [`serve`] runs one listener on the caller's runtime; [`Workers`] (and
+//! [`serve_sharded`]) run one thread per listener, each with its own current-thread runtime,
+//! `SO_REUSEPORT` listener and upstream pools, so a request never leaves the core that accepted
+//! it. Both take already bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and
+//! stop them cleanly.
 
+use crate::deadline::{self, CoarseTimer};
 use crate::forward::{ConnInfo, Proxy};
+use crate::pool;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -42,10 +50,16 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // every request arms a header-read timer: on a worker, the cheap coarse one
+    if deadline::installed() {
+        builder.http1().timer(CoarseTimer);
+        builder.http2().timer(CoarseTimer);
+    } else {
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+    }
     let graceful = GracefulShutdown::new();
     let active = proxy.router().metrics().active_connections.clone();
     tokio::pin!(shutdown);
@@ -62,12 +76,12 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let info = Arc::new(ConnInfo::new(peer));
-                let proxy = proxy.clone();
+                // one refcount per request, on a per-connection value (not on the proxy, whose
+                // count every connection of every worker would share)
+                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer)));
                 let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let info = info.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -89,5 +103,168 @@ pub async fn serve(
         () = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!("drain timeout reached with connections still open");
         }
+    }
+}
+
+/// Why the sharded server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A worker's runtime could not be built.
+    #[error("building worker {worker}'s runtime")]
+    Runtime {
+        /// Worker index.
+        worker: usize,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A listener could not be handed to its worker.
+    #[error("preparing worker {worker}'s listener")]
+    Listener {
+        /// Worker index.
+        worker: usize,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker thread could not be spawned.
+    #[error("spawning worker {worker}'s thread")]
+    Thread {
+        /// Worker index.
+        worker: usize,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The proxy is already served by other workers (their pools are the ones prewarmed).
+    #[error("the proxy already has workers attached")]
+    AlreadyAttached,
+    /// No listener was given.
+    #[error("no listener to serve")]
+    NoListener,
+}
+
+/// Bind `n` listeners on `addr` with `SO_REUSEPORT`, so the kernel spreads connections over
+/// one listener per worker. Port 0 is resolved by the first bind and shared by the rest.
+pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_reuseport(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n.max(1) {
+        all.push(bind_reuseport(addr)?);
+    }
+    Ok(all)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Per-core workers serving a proxy: one thread per listener, each driving a current-thread
+/// runtime with its own accept loop and upstream pools. Dropping this stops them.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    done: Vec<(oneshot::Receiver<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// Start one worker per listener and attach their runtimes to `proxy` (for prewarming).
+    pub fn start(
+        listeners: Vec<std::net::TcpListener>,
+        proxy: Arc<Proxy>,
+        options: ServerOptions,
+    ) -> Result<Workers, ServeError> {
+        if listeners.is_empty() {
+            return Err(ServeError::NoListener);
+        }
+        let (stop, _) = watch::channel(false);
+        let mut handles = Vec::with_capacity(listeners.len());
+        let mut done = Vec::with_capacity(listeners.len());
+        for (worker, listener) in listeners.into_iter().enumerate() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| ServeError::Runtime { worker, source })?;
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| {
+                    let _entered = rt.enter();
+                    TcpListener::from_std(listener)
+                })
+                .map_err(|source| ServeError::Listener { worker, source })?;
+            handles.push(rt.handle().clone());
+            let (finished, finished_rx) = oneshot::channel();
+            let stopped = {
+                let mut rx = stop.subscribe();
+                async move {
+                    // a dropped sender (Workers dropped) stops the worker too
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            let (proxy, options) = (proxy.clone(), options.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("microstax-worker-{worker}"))
+                .spawn(move || {
+                    deadline::install();
+                    rt.block_on(async move {
+                        let ticker = tokio::spawn(deadline::ticker());
+                        let reaper = tokio::spawn(reap_pools());
+                        serve(listener, proxy, options, stopped).await;
+                        reaper.abort();
+                        ticker.abort();
+                    });
+                    // tunnels and upstream connections still open are cancelled here
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    let _ = finished.send(());
+                })
+                .map_err(|source| ServeError::Thread { worker, source })?;
+            done.push((finished_rx, thread));
+        }
+        if !proxy.attach_workers(handles) {
+            return Err(ServeError::AlreadyAttached);
+        }
+        Ok(Workers { stop, done })
+    }
+
+    /// Serve until `shutdown` completes, then let every worker drain and stop.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        let _ = self.stop.send(true);
+        for (finished, thread) in self.done {
+            // waiting asynchronously first keeps this runtime free while workers drain
+            let _ = finished.await;
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serve `listeners` with one worker each until `shutdown` completes, then drain.
+pub async fn serve_sharded(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Workers::start(listeners, proxy, options)?
+        .serve_until(shutdown)
+        .await;
+    Ok(())
+}
+
+/// Close this worker's expired pooled connections even while it serves no request.
+async fn reap_pools() {
+    let mut tick = tokio::time::interval(pool::REAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pool::reap_local();
     }
 }

@@ -1,29 +1,28 @@
-//! Per-upstream state kept outside the immutable table (pools, readiness, counters), the shared
-//! registry that hands the same state to every table naming an upstream, and the TCP connector
-//! that applies each upstream's connect timeout.
+//! Per-upstream state kept outside the immutable table (identity, readiness, counters), the
+//! shared registry that hands the same state to every table naming an upstream, and the TCP
+//! connector that applies each upstream's connect timeout. Idle connections live in the
+//! per-worker pools of `crate::pool`, keyed by the state's `id`.
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
-use hyper::Uri;
-use hyper_util::rt::TokioIo;
 use microstax_config::RoutingTable;
 use rustc_hash::FxHashMap;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+
+/// Source of upstream ids: never reused, so a pool entry can never be mistaken for the entry of
+/// a later upstream that happens to take the same address.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// State of one upstream endpoint, shared by every table that names it.
 #[derive(Debug)]
 pub struct UpstreamState {
+    /// Unique id of this state (the key of its idle connections in each worker's pool).
+    pub id: u64,
     /// `host:port`.
     pub key: Arc<str>,
-    /// Parsed authority, cloned (a refcount) into each upstream request URI.
-    pub authority: Authority,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Failed connection attempts.
@@ -49,11 +48,9 @@ pub enum Readiness {
 
 impl UpstreamState {
     fn new(key: Arc<str>) -> UpstreamState {
-        let authority = Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(key.as_bytes()))
-            .unwrap_or_else(|_| Authority::from_static("invalid.upstream:1"));
         UpstreamState {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
-            authority,
             requests: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -167,7 +164,29 @@ impl Registry {
 /// opened, never per request).
 pub type ConnectTimeouts = Arc<ArcSwap<FxHashMap<Arc<str>, Duration>>>;
 
-/// TCP connector for the pooled client: resolves `host:port`, applies the upstream's connect
+/// Why a connection to an upstream could not be opened. Retrying is safe: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The upstream did not accept within its connect timeout.
+    #[error("connect to {upstream} timed out after {after:?}")]
+    TimedOut {
+        /// `host:port`.
+        upstream: Arc<str>,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The connection failed (refused, unreachable, name not resolved, ...).
+    #[error("connect to {upstream} failed")]
+    Io {
+        /// `host:port`.
+        upstream: Arc<str>,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// TCP connector for upstream connections: resolves `host:port`, applies the upstream's connect
 /// timeout, and sets TCP_NODELAY.
 #[derive(Clone)]
 pub struct Connector {
@@ -180,41 +199,30 @@ impl Connector {
     pub fn new(timeouts: ConnectTimeouts, default: Duration) -> Connector {
         Connector { timeouts, default }
     }
-}
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
+    /// Open a TCP connection to `up` within its connect timeout.
+    pub async fn connect(&self, up: &UpstreamState) -> Result<TcpStream, ConnectError> {
         let timeout = self
             .timeouts
             .load()
-            .get(authority.as_str())
+            .get(&*up.key)
             .copied()
             .unwrap_or(self.default);
-        Box::pin(async move {
-            let connect = TcpStream::connect(authority.as_str());
-            let stream = match tokio::time::timeout(timeout, connect).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {authority} timed out after {timeout:?}"),
-                    ))
-                }
-            };
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        })
+        let io_error = |source| ConnectError::Io {
+            upstream: up.key.clone(),
+            source,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*up.key)).await {
+            Ok(r) => r.map_err(io_error)?,
+            Err(_) => {
+                return Err(ConnectError::TimedOut {
+                    upstream: up.key.clone(),
+                    after: timeout,
+                })
+            }
+        };
+        // requests and small responses go out at once rather than waiting for an ACK
+        stream.set_nodelay(true).map_err(io_error)?;
+        Ok(stream)
     }
 }

@@ -1,0 +1,200 @@
+//! Per-worker pools of idle HTTP/1.1 upstream connections. Each thread keeps its own idle
+//! stacks in a thread-local map keyed by upstream id: a worker is one thread driving one
+//! current-thread runtime, so taking and returning a connection costs no lock and no atomic
+//! operation, and a connection is only ever driven by the runtime of the worker that opened it
+//! (no cross-thread wake-ups). A connection goes back to the pool when the response body it
+//! carried has been read to its end ([`PooledBody`]); one whose body was abandoned, or that
+//! carried a protocol upgrade, is closed instead.
+
+use crate::forward::UpstreamBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The request half of an upstream connection.
+pub type Sender = SendRequest<UpstreamBody>;
+
+/// Idle connections kept per upstream and worker; a surplus connection is closed on return.
+const MAX_IDLE: usize = 256;
+/// Idle connections older than this are closed (upstreams commonly close at 60-75 s; closing
+/// first avoids sending a request on a connection the upstream is about to drop).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// How often a thread sweeps its whole pool for expired and closed connections.
+pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+struct LocalPools {
+    by_upstream: FxHashMap<u64, Vec<Idle>>,
+    last_reap: Instant,
+}
+
+impl LocalPools {
+    fn reap(&mut self, now: Instant) {
+        self.last_reap = now;
+        self.by_upstream.retain(|_, stack| {
+            stack.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+            !stack.is_empty()
+        });
+    }
+}
+
+thread_local! {
+    static POOLS: RefCell<LocalPools> = RefCell::new(LocalPools {
+        by_upstream: FxHashMap::default(),
+        last_reap: Instant::now(),
+    });
+}
+
+/// Take this thread's most recently returned connection to upstream `id`, skipping closed and
+/// expired ones. `now` is the request's start time (no extra clock read). Most recent first, so
+/// a surplus of connections after a burst goes unused and expires.
+pub(crate) fn take(id: u64, now: Instant) -> Option<Sender> {
+    POOLS
+        .try_with(|p| {
+            let mut p = p.try_borrow_mut().ok()?;
+            let stack = p.by_upstream.get_mut(&id)?;
+            while let Some(idle) = stack.pop() {
+                if !idle.sender.is_closed()
+                    && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
+                {
+                    return Some(idle.sender);
+                }
+            }
+            None
+        })
+        .ok()
+        .flatten()
+}
+
+/// Return a connection to this thread's pool for upstream `id`.
+pub(crate) fn put(id: u64, sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    let now = Instant::now();
+    // during thread teardown the pool may be gone: the connection is then simply closed
+    let _ = POOLS.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
+        if now.duration_since(p.last_reap) >= REAP_INTERVAL {
+            p.reap(now);
+        }
+        let stack = p.by_upstream.entry(id).or_default();
+        if stack.len() < MAX_IDLE {
+            stack.push(Idle { sender, since: now });
+        }
+    });
+}
+
+/// Close this thread's expired and closed idle connections (a worker calls this on a timer so
+/// that an idle worker also lets go of them).
+pub fn reap_local() {
+    let now = Instant::now();
+    let _ = POOLS.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.reap(now);
+        }
+    });
+}
+
+/// Idle connections held by this thread for upstream `id` (for tests and diagnostics).
+pub fn idle_local(id: u64) -> usize {
+    POOLS
+        .try_with(|p| {
+            p.try_borrow()
+                .map_or(0, |p| p.by_upstream.get(&id).map_or(0, Vec::len))
+        })
+        .unwrap_or(0)
+}
+
+/// A connection on loan for one exchange.
+pub(crate) struct Lease {
+    upstream: u64,
+    sender: Sender,
+    /// False for a connection that carried an upgrade: it is never reused.
+    reusable: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(upstream: u64, sender: Sender, reusable: bool) -> Lease {
+        Lease {
+            upstream,
+            sender,
+            reusable,
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool once read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    lease: Option<Lease>,
+    /// The body yielded its last frame (a chunked body's end is not visible in
+    /// `is_end_stream`).
+    done: bool,
+}
+
+impl PooledBody {
+    pub(crate) fn new(body: Incoming, lease: Option<Lease>) -> PooledBody {
+        PooledBody {
+            body,
+            lease,
+            done: false,
+        }
+    }
+
+    /// Take the connection out (an upgrade keeps it alive until the tunnel is set up).
+    pub(crate) fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done = true,
+            // trailers are the last frame; a reader may stop without polling again
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => self.done = true,
+            // a failed exchange leaves the connection in an unknown state
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            if l.reusable && (self.done || self.body.is_end_stream()) {
+                put(l.upstream, l.sender);
+            }
+        }
+    }
+}
