@@ -49,12 +49,48 @@ impl Upstream {
 
     /// Start an echo upstream on a given address.
     pub async fn start_on(name: &str, at: SocketAddr) -> Upstream {
+        let name: Arc<str> = Arc::from(name);
+        Upstream::serve(at, move |stream| {
+            let name = name.clone();
+            async move {
+                let svc = service_fn(move |req| echo(name.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// Start a WebSocket echo upstream.
+    pub async fn websocket() -> Upstream {
+        let at = "127.0.0.1:0".parse().expect("addr");
+        Upstream::serve(at, |stream| async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() || futures_util::SinkExt::send(&mut ws, msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Accept connections on `at` until dropped, handling each with `conn` on its own task and
+    /// counting them.
+    async fn serve<F, Fut>(at: SocketAddr, conn: F) -> Upstream
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind(at).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = conns.clone();
         let (tx, mut rx) = oneshot::channel();
-        let name: Arc<str> = Arc::from(name);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -62,14 +98,7 @@ impl Upstream {
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let name = name.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| echo(name.clone(), req));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
-                        });
+                        tokio::spawn(conn(stream));
                     }
                 }
             }
@@ -77,35 +106,6 @@ impl Upstream {
         Upstream {
             addr,
             conns,
-            stop: Some(tx),
-        }
-    }
-
-    /// Start a WebSocket echo upstream.
-    pub async fn websocket() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, mut rx) = oneshot::channel();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    acc = listener.accept() => {
-                        let Ok((stream, _)) = acc else { continue };
-                        tokio::spawn(async move {
-                            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                            while let Some(Ok(msg)) = ws.next().await {
-                                if msg.is_close() { break; }
-                                if futures_util::SinkExt::send(&mut ws, msg).await.is_err() { break; }
-                            }
-                        });
-                    }
-                }
-            }
-        });
-        Upstream {
-            addr,
-            conns: Arc::default(),
             stop: Some(tx),
         }
     }
