@@ -34,6 +34,29 @@ impl ParsedDoc {
 
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
+/// Deepest nesting of collections a document may have. The schema needs six levels
+/// (`services.web.policy.request_headers.set.NAME`); the bound keeps a hostile file or API body
+/// from exhausting the stack of a recursive parser or the memory of the position index.
+pub const MAX_DEPTH: usize = 64;
+
+/// Largest text (one file or one API body, all its documents) accepted, in bytes.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// Refuse a text beyond [`MAX_BYTES`], naming the line where the limit is crossed.
+fn check_size(file: &Arc<str>, text: &str) -> Result<(), ConfigError> {
+    if text.len() <= MAX_BYTES {
+        return Ok(());
+    }
+    let head = text.as_bytes().get(..MAX_BYTES).unwrap_or_default();
+    let line = head.iter().filter(|&&b| b == b'\n').count() + 1;
+    Err(ConfigError::one(
+        file,
+        u32::try_from(line).unwrap_or(u32::MAX),
+        "",
+        format!("document larger than {} MiB", MAX_BYTES >> 20),
+    ))
+}
+
 /// Parse every document of `text`. `default_kind`/`default_name` fill in fields the documents
 /// leave out; with several documents in one text each must say its own kind and name.
 pub fn parse_text(
@@ -43,6 +66,7 @@ pub fn parse_text(
     default_name: Option<&str>,
 ) -> Result<Vec<ParsedDoc>, ConfigError> {
     let file: Arc<str> = Arc::from(file);
+    check_size(&file, text)?;
     // an empty file is never a valid layer: it is also what a reader sees while an editor is
     // rewriting a file in place, and must not be applied as "a layer with no overrides"
     let blank = text
@@ -51,7 +75,17 @@ pub fn parse_text(
     if blank {
         return Err(ConfigError::one(&file, 1, "", "the file holds no document"));
     }
-    let mut spans = spans::index(text).into_iter();
+    // bounded before serde sees the text: its recursion would otherwise be the first to look
+    let mut spans = spans::index(text, MAX_DEPTH)
+        .map_err(|d| {
+            ConfigError::one(
+                &file,
+                d.line,
+                "",
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            )
+        })?
+        .into_iter();
     let mut out = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(text) {
         let doc = Document::deserialize(de).map_err(|e| yaml_error(&file, &e))?;
@@ -131,10 +165,27 @@ fn yaml_error(file: &Arc<str>, e: &serde_yaml_ng::Error) -> ConfigError {
     }
 }
 
+/// Read a config file, at most one byte past [`MAX_BYTES`]: a larger file is kept only far
+/// enough for [`parse_text`] to refuse it by its size, never read whole.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read as _;
+    let failed = |source| ConfigError::Read {
         path: path.display().to_string(),
         source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(failed)?;
+    if bytes.len() > MAX_BYTES {
+        // cut anywhere, maybe inside a character: only the length matters from here on
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.utf8_error(),
+        ))
     })
 }
 

@@ -4,8 +4,7 @@
 //! validation error name its line without a custom deserializer.
 
 use rustc_hash::FxHashMap;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::parser::{Event, Parser};
 
 /// Line positions of the fields of one YAML document.
 #[derive(Debug, Default, Clone)]
@@ -113,9 +112,8 @@ impl Collector {
     }
 }
 
-impl MarkedEventReceiver for Collector {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let line = u32::try_from(mark.line()).unwrap_or(u32::MAX);
+impl Collector {
+    fn on_event(&mut self, ev: Event, line: u32) {
         match ev {
             Event::DocumentStart => {
                 self.docs.push(Spans {
@@ -144,19 +142,45 @@ impl MarkedEventReceiver for Collector {
     }
 }
 
-/// Index every document of `text`. A syntax error yields no spans: the serde parse reports it
-/// with its own position.
-pub fn index(text: &str) -> Vec<Spans> {
+/// A document nests collections deeper than the limit given to [`index`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    /// The line of the collection that crossed the limit.
+    pub line: u32,
+}
+
+/// Index every document of `text`, refusing collections nested more than `max_depth` deep. The
+/// events are pulled one at a time and the depth counted as they come, so a hostile text is
+/// refused after `max_depth` levels, before any recursive parser (yaml-rust2's own `load`,
+/// serde) walks it. A syntax error yields no spans: the serde parse reports it with its own
+/// position.
+pub fn index(text: &str, max_depth: usize) -> Result<Vec<Spans>, TooDeep> {
     let mut c = Collector {
         docs: Vec::new(),
         stack: Vec::new(),
         path: Vec::new(),
     };
     let mut parser = Parser::new_from_str(text);
-    if parser.load(&mut c, true).is_err() {
-        return Vec::new();
+    loop {
+        let (ev, mark) = match parser.next_token() {
+            Ok(v) => v,
+            // the scanner reads ahead while a flow collection might still turn out to be a key,
+            // and gives up at 256 open flow levels: beyond our limit too, so report it as such
+            Err(e) if e.info() == "recursion limit exceeded" => {
+                let line = u32::try_from(e.marker().line()).unwrap_or(u32::MAX);
+                return Err(TooDeep { line });
+            }
+            Err(_) => return Ok(Vec::new()),
+        };
+        let line = u32::try_from(mark.line()).unwrap_or(u32::MAX);
+        match ev {
+            Event::StreamEnd => return Ok(c.docs),
+            Event::MappingStart(..) | Event::SequenceStart(..) if c.stack.len() >= max_depth => {
+                return Err(TooDeep { line });
+            }
+            ev => c.on_event(ev, line),
+        }
     }
-    c.docs
 }
 
 #[cfg(test)]
@@ -166,7 +190,7 @@ mod tests {
     #[test]
     fn nested_paths_have_lines() {
         let text = "kind: branch\nservices:\n  orders:\n    endpoints:\n      - a:1\n      - b:2\n    image: x\n";
-        let docs = index(text);
+        let docs = index(text, 64).expect("shallow");
         assert_eq!(docs.len(), 1);
         let s = &docs[0];
         assert_eq!(s.line("kind"), 1);
@@ -181,7 +205,7 @@ mod tests {
     #[test]
     fn multi_document_and_flow_style() {
         let text = "kind: org\n---\nkind: team\nservices: {payments: {endpoints: [\"x:1\"]}}\n";
-        let docs = index(text);
+        let docs = index(text, 64).expect("shallow");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].line("services.payments.endpoints"), 4);
         assert!(docs[1].has("kind"));

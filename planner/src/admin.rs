@@ -236,7 +236,7 @@ async fn put_branch(control: &ControlPlane, name: &str, req: Request<Incoming>) 
     let mut docs =
         match microstax_config::parse_text(&source, text, Some(LayerKind::Branch), Some(name)) {
             Ok(d) => d,
-            Err(e) => return config_error(StatusCode::BAD_REQUEST, &e),
+            Err(e) => return config_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
         };
     if docs.len() != 1 {
         return error(
