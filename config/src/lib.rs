@@ -2,6 +2,7 @@
 //! line, field and reason, the merge with provenance, and the compiled routing table type that
 //! the planner writes and the proxy reads.
 
+mod catalog;
 pub mod error;
 pub mod load;
 pub mod merge;

@@ -65,6 +65,12 @@ impl Endpoint {
             s
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        // a path cannot be honoured (requests keep their own) and must not be dropped silently
+        if rest.contains(['/', '?', '#']) {
+            return Err(format!(
+                "`{s}` has a path: an endpoint is host:port or http://host:port, and requests keep their own path"
+            ));
+        }
         let (host, port) = rest
             .rsplit_once(':')
             .ok_or_else(|| format!("`{s}` has no port: write host:port"))?;
@@ -269,8 +275,6 @@ impl Config {
         let mut services = Vec::new();
         let mut service_index = BTreeMap::new();
         let label: Arc<str> = Arc::from(BASELINE);
-        let mut hosts_seen: BTreeMap<String, String> = BTreeMap::new();
-        let mut prefixes_seen: BTreeMap<String, String> = BTreeMap::new();
         for (name, s) in &doc.doc.services {
             let base = format!("services.{name}");
             let line = |f: &str| doc.spans.line(&format!("{base}.{f}"));
@@ -307,16 +311,9 @@ impl Config {
             for (i, h) in s.hosts.iter().enumerate() {
                 let h = h.to_ascii_lowercase();
                 let h = h.split(':').next().unwrap_or("").to_string();
-                let field = format!("{base}.hosts.{i}");
                 if h.is_empty() {
+                    let field = format!("{base}.hosts.{i}");
                     report.push(&file, doc.spans.line(&field), &field, "host is empty");
-                } else if let Some(other) = hosts_seen.insert(h.clone(), name.clone()) {
-                    report.push(
-                        &file,
-                        doc.spans.line(&field),
-                        &field,
-                        format!("duplicate host `{h}`: already used by service `{other}`"),
-                    );
                 }
                 hosts.push(h);
             }
@@ -332,16 +329,7 @@ impl Config {
                     );
                     continue;
                 }
-                let norm = p.trim_end_matches('/').to_string();
-                if let Some(other) = prefixes_seen.insert(norm.clone(), name.clone()) {
-                    report.push(
-                        &file,
-                        doc.spans.line(&field),
-                        &field,
-                        format!("duplicate path prefix `{p}`: already used by service `{other}`"),
-                    );
-                }
-                path_prefixes.push(norm);
+                path_prefixes.push(p.trim_end_matches('/').to_string());
             }
             service_index.insert(name.clone(), services.len());
             services.push(Service {
@@ -359,6 +347,7 @@ impl Config {
                 },
             });
         }
+        crate::catalog::check(&doc, report);
         for (name, s) in &doc.doc.services {
             for (i, d) in s.depends_on.iter().enumerate() {
                 if !service_index.contains_key(d) {

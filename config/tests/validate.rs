@@ -118,7 +118,7 @@ fn duplicate_hosts() {
     let errs = errors(&[("org.yaml", org)]);
     assert_has(
         &errs,
-        "org.yaml:7: services.b.hosts.1: duplicate host `x`: already used by service `a`",
+        "org.yaml:7: services.b.hosts.1: duplicate host `x`: already used by service `a` (org.yaml:4)",
     );
 }
 
@@ -275,5 +275,81 @@ fn empty_files_are_rejected() {
         let err = parse_text("branches/x.yaml", text, Some(LayerKind::Branch), Some("x"))
             .expect_err("empty");
         assert!(err.to_string().contains("holds no document"), "{err}");
+    }
+}
+
+#[test]
+fn invalid_path_glob_is_rejected_with_its_line() {
+    // the planner compiles these globs; a bad one used to pass validation and then turn
+    // planned routing off at compile time
+    let org = "kind: org\nrouting: {instance_address: \"{service}-{instance}.svc:80\"}\nservices:\n  web:\n    endpoints: [\"127.0.0.1:1\"]\n    paths:\n      - \"src/web/**\"\n      - \"src/[oops\"\n";
+    let errs = errors(&[("org.yaml", org)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "org.yaml:8: services.web.paths.1: `src/[oops` is not a valid glob: unclosed character class"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn conflicting_store_kinds_are_rejected_at_the_second_declaration() {
+    // `zeta` comes first in the file, `alpha` first in name order: the error belongs to the
+    // line written second
+    let org = "kind: org\nservices:\n  zeta:\n    endpoints: [\"127.0.0.1:1\"]\n    stores: [{name: db, kind: postgres}]\n  alpha:\n    endpoints: [\"127.0.0.1:2\"]\n    stores:\n      - {name: db, kind: redis}\n";
+    let errs = errors(&[("org.yaml", org)]);
+    assert_eq!(
+        errs,
+        ["org.yaml:9: services.alpha.stores.0.kind: store `db` is `redis` here but `postgres` in service `zeta` (org.yaml:5)"]
+    );
+}
+
+#[test]
+fn duplicate_host_and_prefix_point_at_the_second_declaration() {
+    // `web` is written first; `api` sorts first by name but is the second declaration
+    let org = "kind: org\nservices:\n  web:\n    hosts: [shop]\n    path_prefixes: [/shop/]\n    endpoints: [\"127.0.0.1:1\"]\n  api:\n    hosts:\n      - Shop:8080\n    path_prefixes:\n      - /shop\n    endpoints: [\"127.0.0.1:2\"]\n";
+    let errs = errors(&[("org.yaml", org)]);
+    assert_eq!(
+        errs,
+        [
+            "org.yaml:9: services.api.hosts.0: duplicate host `shop`: already used by service `web` (org.yaml:4)",
+            "org.yaml:11: services.api.path_prefixes.0: duplicate path prefix `/shop`: already used by service `web` (org.yaml:5)",
+        ]
+    );
+}
+
+#[test]
+fn endpoint_with_a_path_is_refused_for_its_path() {
+    let br = "services:\n  web:\n    endpoints:\n      - \"http://h:80/path\"\n      - \"h:80/v1/\"\n      - \"http://h:80/\"\n";
+    let errs = errors(&[("org.yaml", ORG), ("branches/a.yaml", br)]);
+    assert_eq!(
+        errs,
+        [
+            "branches/a.yaml:4: services.web.endpoints.0: `http://h:80/path` has a path: an endpoint is host:port or http://host:port, and requests keep their own path",
+            "branches/a.yaml:5: services.web.endpoints.1: `h:80/v1/` has a path: an endpoint is host:port or http://host:port, and requests keep their own path",
+        ]
+    );
+}
+
+#[test]
+fn org_update_with_a_bad_glob_or_store_kind_is_refused() {
+    // "validate, then swap": an org update is validated like a file before it can be applied
+    let cfg = build(&[("org.yaml", ORG)]).expect("valid");
+    for (bad, want) in [
+        (
+            format!("{ORG}    paths: [\"src/{{a\"]\n"),
+            "org.yaml:10: services.orders.paths.0: `src/{a` is not a valid glob",
+        ),
+        (
+            format!("{ORG}  cache:\n    endpoints: [\"127.0.0.1:3\"]\n    stores: [{{name: orders-db, kind: redis}}]\n"),
+            "org.yaml:12: services.cache.stores.0.kind: store `orders-db` is `redis` here but `postgres` in service `orders` (org.yaml:9)",
+        ),
+    ] {
+        let doc = parse_text("org.yaml", &bad, Some(LayerKind::Org), None)
+            .expect("parses")
+            .remove(0);
+        let err = cfg.upsert(doc).expect_err("refused").to_string();
+        assert!(err.starts_with(want), "{err}");
     }
 }

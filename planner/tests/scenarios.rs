@@ -7,7 +7,7 @@ mod common;
 
 use common::config;
 use microstax_planner::{
-    plan_all, plan_branch, Cause, Decision, Isolation, PlanError, Planner, Resources, SourceChanges,
+    plan_all, plan_branch, Cause, Decision, Isolation, Planner, Resources, SourceChanges,
 };
 
 const GRAPH: &str = r#"
@@ -341,22 +341,22 @@ services:
 }
 
 #[test]
-fn catalog_errors_are_reported() {
+fn catalog_errors_are_rejected_by_validation() {
+    // the planner's own checks stay, but a config carrying these never reaches it: validation
+    // refuses them with file:line, so planned routing is never silently turned off
     let org =
         "kind: org\nservices:\n  a:\n    endpoints: [\"127.0.0.1:1\"]\n    paths: [\"svc/[a\"]\n";
-    let c = config(&[("org.yaml", org), ("branches/x.yaml", "services: {}\n")]).unwrap();
-    let e = plan_branch(&c, "x", None).unwrap_err();
-    assert!(matches!(e, PlanError::Glob { .. }), "{e}");
-    assert_eq!(
-        e.to_string(),
-        "service `a` has an invalid path glob `svc/[a`"
+    let e = config(&[("org.yaml", org), ("branches/x.yaml", "services: {}\n")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("org.yaml:5: services.a.paths.0: `svc/[a` is not a valid glob"),
+        "{e}"
     );
     let org = "kind: org\nservices:\n  a:\n    endpoints: [\"127.0.0.1:1\"]\n    stores: [{name: s, kind: redis}]\n  b:\n    endpoints: [\"127.0.0.1:2\"]\n    stores: [{name: s, kind: postgres}]\n";
-    let c = config(&[("org.yaml", org), ("branches/x.yaml", "services: {}\n")]).unwrap();
-    let e = plan_branch(&c, "x", None).unwrap_err();
+    let e = config(&[("org.yaml", org), ("branches/x.yaml", "services: {}\n")]).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "store `s` is declared as `redis` by service `a` and as `postgres` by service `b`"
+        "org.yaml:8: services.b.stores.0.kind: store `s` is `postgres` here but `redis` in service `a` (org.yaml:5)"
     );
 }
 
