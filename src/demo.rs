@@ -19,8 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The demo config files: (path relative to the config dir, text with
-/// `{{service@instance:port}}` endpoint placeholders; `port` is used by `--write-config`).
+/// The demo config files (path relative to the config dir, text), as in the repository's
+/// `demo/`: a valid config with every endpoint on a fixed 127.0.0.1 port, so `demo/` works
+/// as written (`microstax plan --config demo`). The embedded demo moves each endpoint to a
+/// port of its own; the layer that declares an endpoint names its instance.
 const FILES: [(&str, &str); 5] = [
     ("org.yaml", include_str!("../demo/org.yaml")),
     (
@@ -41,65 +43,52 @@ const FILES: [(&str, &str); 5] = [
     ),
 ];
 
-fn placeholders() -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (_, text) in FILES {
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            let Some(end) = rest[start..].find("}}") else {
-                break;
-            };
-            let token = rest[start + 2..start + end].to_string();
-            if !out.contains(&token) {
-                out.push(token);
-            }
-            rest = &rest[start + end + 2..];
-        }
-    }
-    out
+/// What `--write-config` did.
+pub struct Written {
+    /// Files written.
+    pub written: usize,
+    /// Files that already held the demo text.
+    pub unchanged: usize,
 }
 
-fn substitute(text: &str, addrs: &BTreeMap<String, String>) -> String {
-    let mut t = text.to_string();
-    for (token, addr) in addrs {
-        t = t.replace(&format!("{{{{{token}}}}}"), addr);
-    }
-    t
-}
-
-/// Write the demo config into `dir` with each endpoint on the port its placeholder names.
-pub fn write_config(dir: &Path) -> Result<()> {
-    let addrs: BTreeMap<String, String> = placeholders()
-        .into_iter()
-        .map(|t| {
-            let port = t.rsplit(':').next().unwrap_or("0").to_string();
-            (t, format!("127.0.0.1:{port}"))
-        })
-        .collect();
+/// Write the demo config into `dir`. Files already holding the demo text are left alone; a file
+/// holding anything else is a person's edit and is overwritten only with `force`: without it,
+/// nothing at all is written.
+pub fn write_config(dir: &Path, force: bool) -> Result<Written> {
+    let mut plan = Vec::new();
+    let mut edited = Vec::new();
     for (rel, text) in FILES {
         let path = dir.join(rel);
+        match std::fs::read(&path) {
+            Ok(old) if old == text.as_bytes() => continue,
+            Ok(_) => edited.push(path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        plan.push((path, text));
+    }
+    if !edited.is_empty() && !force {
+        anyhow::bail!(
+            "not overwriting files that differ from the demo: {} (pass --force to overwrite them)",
+            edited.join(", ")
+        );
+    }
+    let written = plan.len();
+    for (path, text) in plan {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        std::fs::write(&path, substitute(text, &addrs))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    Ok(Written {
+        written,
+        unchanged: FILES.len() - written,
+    })
 }
 
-/// Bind one loopback listener per demo instance and return the config pointing at them.
-pub async fn embedded() -> Result<(Config, BTreeMap<SocketAddr, TcpListener>)> {
-    let mut addrs = BTreeMap::new();
-    let mut listeners = BTreeMap::new();
-    for token in placeholders() {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a demo upstream")?;
-        let a = l.local_addr()?;
-        addrs.insert(token, a.to_string());
-        listeners.insert(a, l);
-    }
+/// Parse the demo files with `edit` applied to each text.
+fn demo_config(edit: impl Fn(&str) -> String) -> Result<Config> {
     let mut docs: Vec<ParsedDoc> = Vec::new();
     for (rel, text) in FILES {
         let kind = match rel.split('/').next() {
@@ -110,12 +99,34 @@ pub async fn embedded() -> Result<(Config, BTreeMap<SocketAddr, TcpListener>)> {
         let stem = Path::new(rel).file_stem().and_then(|s| s.to_str());
         docs.extend(microstax_config::parse_text(
             &format!("demo/{rel}"),
-            &substitute(text, &addrs),
+            &edit(text),
             Some(kind),
             stem,
         )?);
     }
-    Ok((Config::build(docs)?, listeners))
+    Ok(Config::build(docs)?)
+}
+
+/// Bind one loopback listener per demo instance and return the config pointing at them.
+pub async fn embedded() -> Result<(Config, BTreeMap<SocketAddr, TcpListener>)> {
+    let fixed = demo_config(str::to_string)?;
+    let mut moved: Vec<(String, String)> = Vec::new();
+    let mut listeners = BTreeMap::new();
+    for addr in instances(&fixed).into_keys() {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a demo upstream")?;
+        let a = l.local_addr()?;
+        // endpoints are written quoted: the quotes keep `:9101` from matching inside `:91010`
+        moved.push((format!("\"{addr}\""), format!("\"{a}\"")));
+        listeners.insert(a, l);
+    }
+    let config = demo_config(|text| {
+        moved
+            .iter()
+            .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    })?;
+    Ok((config, listeners))
 }
 
 /// Which (service, instance) each endpoint of `config` stands for: the layer that declares an

@@ -87,8 +87,12 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
         /// Write the embedded demo config into this directory as editable files, then exit.
+        /// Files that differ from the demo (your edits) are not overwritten without --force.
         #[arg(long)]
         write_config: Option<PathBuf>,
+        /// With --write-config: overwrite files that differ from the demo.
+        #[arg(long, requires = "write_config")]
+        force: bool,
         /// Serve demo upstreams for the endpoints of this config instead of the embedded one.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -195,11 +199,17 @@ fn real_main() -> Result<()> {
         Command::Demo {
             net,
             write_config,
+            force,
             config,
         } => {
             if let Some(dir) = write_config {
-                demo::write_config(&dir)?;
-                println!("wrote the demo config to {}", dir.display());
+                let w = demo::write_config(&dir, force)?;
+                println!(
+                    "wrote the demo config to {} ({} files written, {} already up to date)",
+                    dir.display(),
+                    w.written,
+                    w.unchanged
+                );
                 println!("run it with: microstax demo --config {}", dir.display());
                 return Ok(());
             }
@@ -239,14 +249,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Load and validate a config path; also returns the sources read (for the watcher).
 fn load(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceText>)> {
     let invalid = |e| anyhow::anyhow!("invalid config {}:\n{e}", path.display());
-    let sources = microstax_config::read_sources(path).map_err(invalid)?;
-    let docs = microstax_config::parse_sources(&sources).map_err(invalid)?;
+    let read = microstax_config::read_config(path).map_err(invalid)?;
+    for w in &read.warnings {
+        tracing::warn!("{w}");
+    }
+    let docs = microstax_config::parse_sources(&read.files).map_err(invalid)?;
     let cfg = microstax_config::Config::build(docs).map_err(invalid)?;
-    Ok((cfg, sources))
+    Ok((cfg, read.files))
 }
 
 fn check(path: &std::path::Path) -> Result<()> {
-    match microstax_config::load(path) {
+    let built = microstax_config::read_config(path).and_then(|read| {
+        for w in &read.warnings {
+            eprintln!("warning: {w}");
+        }
+        microstax_config::Config::build(microstax_config::parse_sources(&read.files)?)
+    });
+    match built {
         Ok(cfg) => {
             let table = microstax_planner::compile(&cfg, 1);
             let (layers, routes) = table.counts();

@@ -19,14 +19,12 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}:{}: {}", self.file, self.line, self.reason)
-        } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file, self.line, self.field, self.reason
-            )
+        // line 0: not tied to a line (a missing or unread file)
+        match (self.line, self.field.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.file, self.reason),
+            (0, false) => write!(f, "{}: {}: {}", self.file, self.field, self.reason),
+            (line, true) => write!(f, "{}:{line}: {}", self.file, self.reason),
+            (line, false) => write!(f, "{}:{line}: {}: {}", self.file, self.field, self.reason),
         }
     }
 }

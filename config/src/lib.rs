@@ -13,7 +13,9 @@ pub mod spans;
 pub mod table;
 
 pub use error::{ConfigError, Diagnostic};
-pub use load::{load_path, parse_sources, parse_text, read_sources, ParsedDoc, SourceText};
+pub use load::{
+    load_path, parse_sources, parse_text, read_config, read_sources, ParsedDoc, SourceText, Sources,
+};
 pub use merge::{Effective, Field, Readiness, Sourced};
 pub use model::{Config, Endpoint, HostPattern, Layer, LayerIdx, Origin, Service, Settings};
 pub use schema::LayerKind;

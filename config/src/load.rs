@@ -189,31 +189,95 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-fn layer_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// The layer files of `dir` (`teams/` or `branches/`), sorted, and a warning for each entry
+/// that is not read. Hidden entries (editors' temporary files) are skipped without a word.
+fn layer_files(
+    root: &Path,
+    dir: &Path,
+    kind: LayerKind,
+) -> Result<(Vec<PathBuf>, Vec<Diagnostic>), ConfigError> {
     if !dir.is_dir() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    let mut files = Vec::new();
+    let mut warnings = Vec::new();
+    for p in entries(dir)? {
+        if p.is_dir() {
+            let example = match kind {
+                LayerKind::Team => "a team is a file in teams/".to_string(),
+                _ => {
+                    let sub = p.file_name().and_then(|n| n.to_str()).unwrap_or("sub");
+                    format!("a branch named {sub}/x is a file with `name: {sub}/x`")
+                }
+            };
+            warnings.push(not_read(
+                root,
+                &p,
+                format!("subdirectories are not searched ({example})"),
+            ));
+        } else if has_layer_extension(&p) {
+            files.push(p);
+        } else {
+            warnings.push(not_read(
+                root,
+                &p,
+                "layer files end in .yaml, .yml or .json".into(),
+            ));
+        }
+    }
+    Ok((files, warnings))
+}
+
+/// The non-hidden entries of `dir`, sorted.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
         path: dir.display().to_string(),
         source,
     })?;
-    let mut files: Vec<PathBuf> = entries
+    let mut out: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            let hidden = p
-                .file_name()
+            !p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            let ext_ok = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.contains(&e));
-            !hidden && ext_ok && p.is_file()
+                .is_some_and(|n| n.starts_with('.'))
         })
         .collect();
-    files.sort();
-    Ok(files)
+    out.sort();
+    Ok(out)
+}
+
+fn has_layer_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e))
+}
+
+fn not_read(root: &Path, p: &Path, why: String) -> Diagnostic {
+    Diagnostic {
+        file: Arc::from(relative(root, p)),
+        line: 0,
+        field: String::new(),
+        reason: format!("not read: {why}"),
+    }
+}
+
+/// Layer files at the top of a config directory besides the org file: read by nobody.
+fn stray_top_files(root: &Path, org: &Path) -> Result<Vec<Diagnostic>, ConfigError> {
+    let org_name = relative(root, org);
+    Ok(entries(root)?
+        .into_iter()
+        .filter(|p| p.as_path() != org && p.is_file() && has_layer_extension(p))
+        .map(|p| {
+            let is_org = p.file_stem().and_then(|s| s.to_str()) == Some("org");
+            let why = if is_org {
+                format!("{org_name} is the org layer")
+            } else {
+                "team and branch layers belong in teams/ and branches/".into()
+            };
+            not_read(root, &p, why)
+        })
+        .collect())
 }
 
 fn relative(root: &Path, p: &Path) -> String {
@@ -233,15 +297,34 @@ pub struct SourceText {
     pub stem: Option<String>,
 }
 
+/// The config files read from a path, and what was found there but not read.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The files read, org first, then teams, then branches.
+    pub files: Vec<SourceText>,
+    /// One warning per file or directory of the layout that was not read (line 0).
+    pub warnings: Vec<Diagnostic>,
+}
+
 /// Read every config file under `path` (a directory in the standard layout, or one file).
 pub fn read_sources(path: &Path) -> Result<Vec<SourceText>, ConfigError> {
+    read_config(path).map(|s| s.files)
+}
+
+/// Like [`read_sources`], also warning about every entry of the layout that is not read: a
+/// layer file at the top of the directory, a file without a layer extension or a
+/// subdirectory under `teams/` or `branches/`.
+pub fn read_config(path: &Path) -> Result<Sources, ConfigError> {
     if path.is_file() {
-        return Ok(vec![SourceText {
-            rel: path.display().to_string(),
-            text: read(path)?,
-            kind: None,
-            stem: None,
-        }]);
+        return Ok(Sources {
+            files: vec![SourceText {
+                rel: path.display().to_string(),
+                text: read(path)?,
+                kind: None,
+                stem: None,
+            }],
+            warnings: Vec::new(),
+        });
     }
     let org = EXTENSIONS
         .iter()
@@ -256,15 +339,18 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceText>, ConfigError> {
             ),
         });
     };
-    let mut out = vec![SourceText {
+    let mut warnings = stray_top_files(path, &org)?;
+    let mut files = vec![SourceText {
         rel: relative(path, &org),
         text: read(&org)?,
         kind: Some(LayerKind::Org),
         stem: None,
     }];
     for (sub, kind) in [("teams", LayerKind::Team), ("branches", LayerKind::Branch)] {
-        for f in layer_files(&path.join(sub))? {
-            out.push(SourceText {
+        let (found, w) = layer_files(path, &path.join(sub), kind)?;
+        warnings.extend(w);
+        for f in found {
+            files.push(SourceText {
                 rel: relative(path, &f),
                 text: read(&f)?,
                 kind: Some(kind),
@@ -272,7 +358,7 @@ pub fn read_sources(path: &Path) -> Result<Vec<SourceText>, ConfigError> {
             });
         }
     }
-    Ok(out)
+    Ok(Sources { files, warnings })
 }
 
 /// Parse sources read by [`read_sources`]; every file's errors are reported together.

@@ -28,9 +28,10 @@ pub fn config(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::build(docs)
 }
 
-/// The demo config directory (the walk-through in planner/README.md runs on it).
+/// The demo config directory: the repository's `demo/`, which the embedded demo and the
+/// README's walk-through use too.
 pub fn demo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/demo")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo")
 }
 
 /// The loaded demo config.
