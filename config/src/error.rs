@@ -106,13 +106,22 @@ impl Report {
         });
     }
 
-    pub(crate) fn finish(self) -> Result<(), ConfigError> {
+    /// The diagnostics in file order: files as first reported, lines ascending within a file
+    /// (checks run service by service in name order, which is not the order a person reads).
+    pub(crate) fn finish(mut self) -> Result<(), ConfigError> {
         if self.diagnostics.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                diagnostics: self.diagnostics,
-            })
+            return Ok(());
         }
+        let mut files: Vec<Arc<str>> = Vec::new();
+        for d in &self.diagnostics {
+            if !files.contains(&d.file) {
+                files.push(d.file.clone());
+            }
+        }
+        self.diagnostics
+            .sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line));
+        Err(ConfigError::Invalid {
+            diagnostics: self.diagnostics,
+        })
     }
 }

@@ -353,3 +353,17 @@ fn org_update_with_a_bad_glob_or_store_kind_is_refused() {
         assert!(err.starts_with(want), "{err}");
     }
 }
+
+#[test]
+fn diagnostics_come_in_file_order() {
+    // services are checked in name order; the report reads top to bottom
+    let org = "kind: org\nservices:\n  zeta:\n    endpoints: [\"no-port\"]\n  alpha:\n    endpoints: [\"also-no-port\"]\n";
+    let errs = errors(&[("org.yaml", org)]);
+    assert_eq!(
+        errs,
+        [
+            "org.yaml:4: services.zeta.endpoints.0: `no-port` has no port: write host:port",
+            "org.yaml:6: services.alpha.endpoints.0: `also-no-port` has no port: write host:port",
+        ]
+    );
+}
