@@ -1,6 +1,8 @@
 //! The `microstax` binary as a real child process: the embedded demo's request tree, `check`
 //! on bad input, `demo --write-config`, a 200 MB body streamed with flat proxy memory, and an
 //! idle proxy that uses no CPU.
+// Test code: a failed expect is the failure report we want (see .clippy.toml).
+#![allow(clippy::expect_used)]
 
 mod common;
 

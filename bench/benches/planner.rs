@@ -38,7 +38,7 @@ fn service(i: usize) -> ServiceDoc {
         .map(|k| format!("s{}", i - k * 7))
         .collect();
     let mut env = BTreeMap::new();
-    if i >= 7 && i % 2 == 0 {
+    if i >= 7 && i.is_multiple_of(2) {
         env.insert("DEP_URL".to_string(), format!("http://s{}:8080", i - 7));
     }
     ServiceDoc {
@@ -51,7 +51,7 @@ fn service(i: usize) -> ServiceDoc {
         }),
         depends_on: deps,
         env,
-        stores: if i % 4 == 0 {
+        stores: if i.is_multiple_of(4) {
             vec![StoreDoc {
                 name: format!("db{i}"),
                 kind: "postgres".into(),
@@ -60,12 +60,12 @@ fn service(i: usize) -> ServiceDoc {
             vec![]
         },
         topics: Some(TopicsDoc {
-            produces: if i % 10 == 0 {
+            produces: if i.is_multiple_of(10) {
                 vec![format!("t{i}")]
             } else {
                 vec![]
             },
-            consumes: if i % 10 != 0 {
+            consumes: if !i.is_multiple_of(10) {
                 vec![format!("t{}", i / 10 * 10)]
             } else {
                 vec![]
@@ -102,13 +102,13 @@ fn branch(j: usize, version: usize) -> ParsedDoc {
         if k == 0 {
             s.env.insert("FEATURE".into(), format!("b{j}"));
         }
-        if k == 1 && j % 10 == 0 && i % 4 == 0 {
+        if k == 1 && j.is_multiple_of(10) && i % 4 == 0 {
             s.migrations = vec![MigrationDoc {
                 store: format!("db{i}"),
                 name: format!("m{j}"),
             }];
         }
-        if k == 2 && j % 20 == 0 && i % 10 == 0 {
+        if k == 2 && j.is_multiple_of(20) && i % 10 == 0 {
             s.contracts.insert(format!("t{i}"), format!("v{j}"));
         }
         services.insert(format!("s{i}"), s);

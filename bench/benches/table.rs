@@ -4,7 +4,7 @@
 //!
 //! Sizes: 10 / 1k / 10k branches over 50 / 2k services; branches form chains of up to 4
 //! (lineage depth up to 4 plus the baseline); each branch overrides 5 services. Configs come
-//! from `microstax_bench::gen::Spec` as YAML text parsed by the real loader.
+//! from `microstax_bench::synth::Spec` as YAML text parsed by the real loader.
 //!
 //! The binary counts allocations with `stats_alloc` as its global allocator: the memory figure
 //! is the live bytes a table keeps after its config is dropped, and the lookups are checked to
@@ -17,7 +17,7 @@
 //! parsers on realistic headers.
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
-use microstax_bench::gen::Spec;
+use microstax_bench::synth::Spec;
 use microstax_config::{Config, LayerKind, RoutingTable};
 use microstax_planner::{compile, Compiler};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};

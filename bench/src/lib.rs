@@ -2,4 +2,4 @@
 //! harness binary share: the config generator. The harness itself lives in `src/main.rs` and
 //! `src/harness/`.
 
-pub mod gen;
+pub mod synth;

@@ -5,8 +5,8 @@
 
 use crate::model::{Config, Endpoint, LayerIdx, Origin};
 use crate::schema::{MigrationDoc, PolicyDoc, ReadinessDoc, ResourcesDoc, ServiceDoc};
+pub use microstax_table::Readiness;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
 /// Built-in connect timeout when no layer sets one.
@@ -25,44 +25,18 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
-/// What the proxy does while a branch-local upstream is not ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Readiness {
-    /// Wait up to `ms` for it, then answer 503.
-    Hold {
-        /// Longest wait in milliseconds.
-        ms: u64,
-    },
-    /// Use the parent's route and mark the response `x-microstax-fallback: not-ready`.
-    Fallback,
-    /// Answer 503 at once.
-    Fail,
-}
-
-impl Readiness {
-    /// Convert the file form.
-    pub fn from_doc(d: &ReadinessDoc) -> Result<Readiness, String> {
-        match d.policy.as_str() {
-            "hold" => Ok(Readiness::Hold {
-                ms: d.hold_ms.unwrap_or(DEFAULT_HOLD_MS),
-            }),
-            "fallback" if d.hold_ms.is_none() => Ok(Readiness::Fallback),
-            "fail" if d.hold_ms.is_none() => Ok(Readiness::Fail),
-            "fallback" | "fail" => Err("hold_ms applies to the `hold` policy only".into()),
-            other => Err(format!(
-                "unknown readiness policy `{other}`: use hold, fallback or fail"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Readiness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Readiness::Hold { ms } => write!(f, "hold {ms}ms"),
-            Readiness::Fallback => f.write_str("fallback"),
-            Readiness::Fail => f.write_str("fail"),
-        }
+/// Convert the file form of a readiness policy.
+pub fn readiness_from_doc(d: &ReadinessDoc) -> Result<Readiness, String> {
+    match d.policy.as_str() {
+        "hold" => Ok(Readiness::Hold {
+            ms: d.hold_ms.unwrap_or(DEFAULT_HOLD_MS),
+        }),
+        "fallback" if d.hold_ms.is_none() => Ok(Readiness::Fallback),
+        "fail" if d.hold_ms.is_none() => Ok(Readiness::Fail),
+        "fallback" | "fail" => Err("hold_ms applies to the `hold` policy only".into()),
+        other => Err(format!(
+            "unknown readiness policy `{other}`: use hold, fallback or fail"
+        )),
     }
 }
 
@@ -212,7 +186,7 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
         };
     }
     if let Some(r) = &p.readiness {
-        if let Ok(v) = Readiness::from_doc(r) {
+        if let Ok(v) = readiness_from_doc(r) {
             e.readiness = Sourced {
                 value: v,
                 origin: at(&format!("{base}.readiness")),

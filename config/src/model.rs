@@ -7,6 +7,7 @@ use crate::error::{ConfigError, Report};
 use crate::load::ParsedDoc;
 use crate::names::{self, BASELINE};
 use crate::schema::{LayerKind, ServiceDoc, StoreDoc, TopicsDoc};
+pub use microstax_table::{ContextSettings, HostPattern, Settings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -101,65 +102,6 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A compiled host pattern: the host must be `prefix` + branch + `suffix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern {
-    /// Text before `{branch}` (lower case).
-    pub prefix: String,
-    /// Text after `{branch}` (lower case).
-    pub suffix: String,
-}
-
-impl HostPattern {
-    /// Parse a pattern holding exactly one `{branch}`.
-    pub fn parse(s: &str) -> Result<HostPattern, String> {
-        let lower = s.to_ascii_lowercase();
-        let (prefix, suffix) = lower
-            .split_once("{branch}")
-            .ok_or_else(|| format!("`{s}` has no {{branch}} placeholder"))?;
-        if suffix.contains("{branch}") {
-            return Err(format!("`{s}` has more than one {{branch}} placeholder"));
-        }
-        if prefix.is_empty() && suffix.is_empty() {
-            return Err("a pattern of only {branch} would match every host".into());
-        }
-        Ok(HostPattern {
-            prefix: prefix.to_string(),
-            suffix: suffix.to_string(),
-        })
-    }
-}
-
-/// How the proxy finds the branch context.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContextSettings {
-    /// Header name, lower case.
-    pub header: String,
-    /// Baggage member key.
-    pub baggage_key: String,
-    /// Cookie name.
-    pub cookie: String,
-    /// Host patterns, tried in order.
-    pub host_patterns: Vec<HostPattern>,
-    /// Unknown branch: 404 when true, baseline when false.
-    pub strict: bool,
-}
-
-/// Org-wide proxy settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Context sources.
-    pub context: ContextSettings,
-    /// Service used when no Host or path prefix matches.
-    pub default_service: Option<String>,
-    /// Whether responses carry `x-microstax-route`.
-    pub debug_header: bool,
-    /// Branches whose names may appear as metric labels.
-    pub label_branches: Vec<String>,
-    /// Address template of planned branch-local instances (see the schema).
-    pub instance_address: Option<String>,
 }
 
 /// Fill an instance address template. `branch` has `/` replaced by `-` (a host label).
@@ -826,7 +768,7 @@ pub(crate) fn check_policy(
     }
     if let Some(r) = &p.readiness {
         let field = format!("{base}.readiness.policy");
-        if let Err(why) = crate::merge::Readiness::from_doc(r) {
+        if let Err(why) = crate::merge::readiness_from_doc(r) {
             report.push(file, doc.spans.line(&field), &field, why);
         }
     }

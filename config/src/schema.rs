@@ -6,28 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Which kind of layer a document is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerKind {
-    /// The shared baseline: the service catalog and the defaults.
-    Org,
-    /// A team layer: overrides shared by a team's branches.
-    Team,
-    /// A branch layer: one developer or feature branch.
-    Branch,
-}
-
-impl LayerKind {
-    /// The prefix used in layer names such as `branch/feature-a`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LayerKind::Org => "org",
-            LayerKind::Team => "team",
-            LayerKind::Branch => "branch",
-        }
-    }
-}
+pub use microstax_table::LayerKind;
 
 /// One document of any kind; `kind` decides which fields are allowed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

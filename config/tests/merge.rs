@@ -1,5 +1,7 @@
 //! Layer merge laws: nearest layer wins field by field, maps merge key by key, and every value
 //! names the layer, file and line that set it. Checked on generated lineages with proptest.
+// Test code: a failed expect is the failure report we want (see .clippy.toml).
+#![allow(clippy::expect_used)]
 
 use microstax_config::{parse_text, Config, LayerKind};
 use proptest::prelude::*;

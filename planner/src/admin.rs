@@ -114,7 +114,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             json(status, &serde_json::json!({"ready": ready}))
         }
         (Method::GET, "/metrics") => metrics(&state.registry),
-        (Method::GET, "/routes") => json(StatusCode::OK, &state.control.table().await.to_json()),
+        (Method::GET, "/routes") => json(
+            StatusCode::OK,
+            &crate::routes_json::routes_json(&*state.control.table().await),
+        ),
         (Method::GET, "/branches") => list_branches(&state.control),
         (Method::GET, p) if p.starts_with("/branches/") => {
             get_branch(&state.control, &p["/branches/".len()..])

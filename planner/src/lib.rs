@@ -19,6 +19,7 @@ mod graph;
 pub mod instance;
 pub mod plan;
 mod render;
+pub mod routes_json;
 pub mod watch;
 
 pub use compile::{compile, Compiler};

@@ -1,4 +1,4 @@
-//! W3C Baggage (https://www.w3.org/TR/baggage/) parsing, allocation-free. A request may carry
+//! W3C Baggage (<https://www.w3.org/TR/baggage/>) parsing, allocation-free. A request may carry
 //! several `baggage` headers; together they form one comma-separated list of members
 //! `key = value *(; property)`, with optional whitespace around every part and percent-encoded
 //! values. Malformed members are skipped, not fatal: one bad member must not hide the others.

@@ -5,10 +5,10 @@
 
 use crate::{baggage, cookie};
 use http::header::{HeaderMap, HeaderName, COOKIE};
-use microstax_config::names::is_branch_name;
-use microstax_config::{HostPattern, Settings};
+use microstax_table::names::is_branch_name;
+use microstax_table::{HostPattern, Settings};
 
-/// Longest branch name (see `microstax_config::names`).
+/// Longest branch name (see `microstax_table::names`).
 const MAX_NAME: usize = 63;
 
 /// The W3C `baggage` header.

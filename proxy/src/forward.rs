@@ -19,8 +19,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use microstax_config::table::BASELINE_ID;
-use microstax_config::{LayerId, Readiness, Route, ServiceId};
+use microstax_table::table::BASELINE_ID;
+use microstax_table::{LayerId, Readiness, Route, ServiceId};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -230,7 +230,7 @@ async fn admit<'s>(
     snap: &'s Snapshot,
     mut d: Decision<'s>,
 ) -> Result<Decision<'s>, (LocalReply, Decision<'s>)> {
-    if d.upstream.is_ready() || d.route.kind == microstax_config::RouteKind::Baseline {
+    if d.upstream.is_ready() || d.route.kind == microstax_table::RouteKind::Baseline {
         return Ok(d);
     }
     let key = &d.upstream.key;

@@ -4,8 +4,8 @@
 //! as `other`). Counter handles are resolved when a table is published, so the request path
 //! only increments atomics: no label hashing and no lock per request.
 
-use microstax_config::table::BASELINE_ID;
-use microstax_config::{LayerId, RouteKind, RoutingTable, ServiceId};
+use microstax_table::table::BASELINE_ID;
+use microstax_table::{LayerId, RouteKind, RoutingTable, ServiceId};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -245,8 +245,8 @@ impl ProxyMetrics {
 /// Handles for one table; indexed by service id (the last index is "no service").
 #[derive(Clone)]
 pub struct BoundMetrics {
-    services: Arc<microstax_config::table::ServiceIndex>,
-    settings: Arc<microstax_config::Settings>,
+    services: Arc<microstax_table::table::ServiceIndex>,
+    settings: Arc<microstax_table::Settings>,
     slots: usize,
     requests: Arc<[[IntCounter; 5]]>,
     duration: [Histogram; KINDS],

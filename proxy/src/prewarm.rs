@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{header, Request};
 use http_body_util::{BodyExt, Either, Empty};
-use microstax_config::RoutingTable;
+use microstax_table::RoutingTable;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ use crate::metrics::{BoundMetrics, ProxyMetrics};
 use crate::upstream::{ConnectTimeouts, Registry, UpstreamState};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use microstax_config::{LayerKind, RoutingTable};
+use microstax_table::{LayerKind, RoutingTable};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! per-worker pools of `crate::pool`, keyed by the state's `id`.
 
 use arc_swap::ArcSwap;
-use microstax_config::RoutingTable;
+use microstax_table::RoutingTable;
 use rustc_hash::FxHashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -2,6 +2,8 @@
 //! process, or the `microstax` binary as a child process), and real HTTP clients. Everything a
 //! test starts is stopped by the test (drop or explicit shutdown); nothing sleeps to
 //! synchronise: waits poll with a deadline.
+// Test code: a failed expect is the failure report we want (see .clippy.toml).
+#![allow(clippy::expect_used)]
 #![allow(dead_code)]
 
 use bytes::Bytes;

@@ -6,7 +6,7 @@
 use super::procs::{free_port, pinned, wait_port, Proc};
 use super::tools::Tools;
 use anyhow::{bail, Context as _};
-use microstax_bench::gen;
+use microstax_bench::synth;
 use serde::Serialize;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -157,7 +157,7 @@ fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Run
         bail!("no microstax binary")
     };
     let u = &ctx.upstreams;
-    let layers = gen::header_routing(
+    let layers = synth::header_routing(
         &u.baseline.to_string(),
         &[("b1", &u.b1.to_string()), ("b2", &u.b2.to_string())],
     );

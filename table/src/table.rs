@@ -1,4 +1,4 @@
-//! The compiled routing table: the contract between planner (writer) and proxy (reader). Plain,
+//! The routing table itself: the contract between planner (writer) and proxy (reader). Plain,
 //! immutable data with interned ids; lookups are allocation-free and lock-free.
 //!
 //! Sparse by construction: a layer holds routes only for the services it overrides, and a lookup
@@ -6,13 +6,11 @@
 //! for the service. Memory grows with overrides, not branches x services. Each route carries the
 //! values already merged along its lineage, so the request path never merges.
 
-use crate::merge::Readiness;
-use crate::model::Settings;
-use crate::schema::LayerKind;
-use http::{HeaderName, HeaderValue};
+pub use crate::kind::{LayerKind, RouteKind};
+pub use crate::policy::{Readiness, RoutePolicy};
+use crate::settings::Settings;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Interned layer id (index into [`RoutingTable::layers`]); the baseline is 0.
 pub type LayerId = u32;
@@ -23,46 +21,6 @@ pub type UpstreamId = u32;
 
 /// The baseline layer id.
 pub const BASELINE_ID: LayerId = 0;
-
-/// Which kind of layer supplied a route (a bounded metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteKind {
-    /// The org baseline.
-    Baseline,
-    /// A team layer.
-    Team,
-    /// A branch layer.
-    Branch,
-    /// A developer endpoint declared by a branch.
-    Local,
-}
-
-impl RouteKind {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteKind::Baseline => "baseline",
-            RouteKind::Team => "team",
-            RouteKind::Branch => "branch",
-            RouteKind::Local => "local",
-        }
-    }
-}
-
-/// How requests on a route are forwarded.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RoutePolicy {
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response headers arrive.
-    pub request_timeout: Duration,
-    /// Headers set on the upstream request.
-    pub set_headers: Box<[(HeaderName, HeaderValue)]>,
-    /// Headers removed from the upstream request.
-    pub remove_headers: Box<[HeaderName]>,
-    /// Behaviour while the upstream is not ready.
-    pub readiness: Readiness,
-}
 
 /// One route: where (layer, service) requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,50 +250,6 @@ impl RoutingTable {
             }
         }
         Ok(())
-    }
-
-    /// The table as JSON for the admin API: generation, layers with lineage and overrides.
-    pub fn to_json(&self) -> serde_json::Value {
-        let layer_label = |id: LayerId| self.layer(id).map_or("?", |l| &*l.label).to_string();
-        let layers: Vec<serde_json::Value> = self
-            .layers
-            .iter()
-            .flatten()
-            .map(|l| {
-                let routes: Vec<serde_json::Value> = l
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        let ups: Vec<&str> = r
-                            .upstreams
-                            .iter()
-                            .filter_map(|u| self.upstream(*u))
-                            .map(|u| &*u.authority)
-                            .collect();
-                        serde_json::json!({
-                            "service": self.service_name(r.service),
-                            "kind": r.kind.as_str(),
-                            "upstreams": ups,
-                            "connect_timeout_ms": r.policy.connect_timeout.as_millis() as u64,
-                            "request_timeout_ms": r.policy.request_timeout.as_millis() as u64,
-                            "readiness": r.policy.readiness.to_string(),
-                        })
-                    })
-                    .collect();
-                serde_json::json!({
-                    "name": &*l.name,
-                    "label": &*l.label,
-                    "kind": l.kind.as_str(),
-                    "lineage": l.lineage.iter().map(|&i| layer_label(i)).collect::<Vec<_>>(),
-                    "overrides": routes,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "generation": self.generation,
-            "services": self.services.names.iter().map(|s| &**s).collect::<Vec<_>>(),
-            "layers": layers,
-        })
     }
 }
 

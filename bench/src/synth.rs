@@ -81,7 +81,7 @@ impl Spec {
     /// The parent branch of branch `i`, or `None` for the baseline.
     pub fn parent_of(&self, i: usize) -> Option<usize> {
         let depth = self.max_depth.max(1);
-        (i % depth != 0).then(|| i - 1)
+        (!i.is_multiple_of(depth)).then(|| i - 1)
     }
 
     /// Depth of branch `i` in its chain (1 for a child of the baseline).

@@ -1,0 +1,34 @@
+//! The executor interface: start, stop and observe instances named by their content address.
+//! Methods return at once; the work (spawning, probing, stopping with a grace) runs on the
+//! executor's own tasks, and every change of observed state is pushed on [`Executor::changes`], so
+//! the reconciler and the proxy wait on a signal rather than poll (as Knative's activator does).
+
+use crate::error::ExecError;
+use crate::spec::{InstanceId, InstanceSpec, Observed};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, for the dyn-compatible async parts of the interfaces.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs instances.
+pub trait Executor: Send + Sync {
+    /// `process` or `kubernetes` (a bounded metric label).
+    fn name(&self) -> &'static str;
+
+    /// Make sure the instance runs. Idempotent: an instance already known with this id is left
+    /// as it is (starting, ready or restarting).
+    fn ensure(&self, spec: &InstanceSpec) -> Result<(), ExecError>;
+
+    /// Stop the instance. Idempotent: an unknown id is not an error.
+    fn stop(&self, id: &InstanceId) -> Result<(), ExecError>;
+
+    /// Every instance the executor knows, in id order.
+    fn observe(&self) -> Vec<Observed>;
+
+    /// A counter bumped on every change of observed state.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Stop everything and wait until it is gone (used when the proxy exits).
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
