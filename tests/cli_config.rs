@@ -172,12 +172,18 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A temporary directory holding the demo config in `cfg/`, written by the binary.
+async fn demo_in_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = microstax(dir.path(), &["demo", "--write-config", "cfg"]).await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_config_refuses_to_overwrite_edited_files_unless_forced() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = demo_in_tempdir().await;
     let cwd = dir.path();
-    let r = microstax(cwd, &["demo", "--write-config", "cfg"]).await;
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let file = cwd.join("cfg/branches/feature-a.yaml");
     let original = std::fs::read_to_string(&file).expect("read");
 
@@ -210,10 +216,8 @@ async fn write_config_refuses_to_overwrite_edited_files_unless_forced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_warns_about_files_it_does_not_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = demo_in_tempdir().await;
     let cwd = dir.path();
-    let r = microstax(cwd, &["demo", "--write-config", "cfg"]).await;
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
     std::fs::write(cwd.join("cfg/branches/notes.txt"), "todo").expect("write");
     std::fs::copy(
         cwd.join("cfg/branches/feature-b.yaml"),

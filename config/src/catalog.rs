@@ -4,8 +4,8 @@
 //! routing off later). A repeat is reported at the declaration written second, in file order,
 //! naming where the first one is.
 
-use crate::error::Report;
 use crate::load::ParsedDoc;
+use crate::report::Report;
 use globset::{GlobBuilder, GlobSetBuilder};
 use std::collections::BTreeMap;
 
@@ -53,20 +53,22 @@ pub(crate) fn check(doc: &ParsedDoc, report: &mut Report) {
         }
     }
     let file = doc.file.as_ref();
-    unique(hosts, report, doc, |c, first| {
+    let always = |_: &Claim, _: &Claim| true;
+    repeats(hosts, report, doc, always, |c, first| {
         format!(
             "duplicate host `{}`: already used by service `{}` ({file}:{})",
             c.key, first.service, first.line
         )
     });
-    unique(prefixes, report, doc, |c, first| {
+    repeats(prefixes, report, doc, always, |c, first| {
         let shown = if c.key.is_empty() { "/" } else { &c.key };
         format!(
             "duplicate path prefix `{shown}`: already used by service `{}` ({file}:{})",
             first.service, first.line
         )
     });
-    agree(stores, report, doc, |c, first| {
+    let differ = |c: &Claim, first: &Claim| c.value != first.value;
+    repeats(stores, report, doc, differ, |c, first| {
         format!(
             "store `{}` is `{}` here but `{}` in service `{}` ({file}:{})",
             c.key, c.value, first.value, first.service, first.line
@@ -81,35 +83,18 @@ fn in_file_order(mut claims: Vec<Claim>) -> Vec<Claim> {
     claims
 }
 
-/// Report every claim on a key that an earlier claim already holds.
-fn unique(
+/// Report every claim on a key an earlier claim holds, when `conflicts(claim, first)`.
+fn repeats(
     claims: Vec<Claim>,
     report: &mut Report,
     doc: &ParsedDoc,
+    conflicts: impl Fn(&Claim, &Claim) -> bool,
     reason: impl Fn(&Claim, &Claim) -> String,
 ) {
     let mut first: BTreeMap<String, Claim> = BTreeMap::new();
     for c in in_file_order(claims) {
         match first.get(&c.key) {
-            Some(f) => report.push(&doc.file, c.line, &c.field, reason(&c, f)),
-            None => {
-                first.insert(c.key.clone(), c);
-            }
-        }
-    }
-}
-
-/// Report every claim on a key whose value differs from the first claim's.
-fn agree(
-    claims: Vec<Claim>,
-    report: &mut Report,
-    doc: &ParsedDoc,
-    reason: impl Fn(&Claim, &Claim) -> String,
-) {
-    let mut first: BTreeMap<String, Claim> = BTreeMap::new();
-    for c in in_file_order(claims) {
-        match first.get(&c.key) {
-            Some(f) if f.value != c.value => {
+            Some(f) if conflicts(&c, f) => {
                 report.push(&doc.file, c.line, &c.field, reason(&c, f));
             }
             Some(_) => {}
@@ -135,7 +120,7 @@ fn check_globs(doc: &ParsedDoc, report: &mut Report) {
                 Err(e) => {
                     let field = format!("services.{name}.paths.{i}");
                     let why = format!("`{g}` is not a valid glob: {}", e.kind());
-                    report.push(&doc.file, doc.spans.line(&field), &field, why);
+                    report.at(doc, &field, why);
                 }
             }
         }
@@ -143,7 +128,7 @@ fn check_globs(doc: &ParsedDoc, report: &mut Report) {
     if any {
         if let Err(e) = set.build() {
             let why = format!("the path globs cannot be combined: {}", e.kind());
-            report.push(&doc.file, doc.spans.line("services"), "services", why);
+            report.at(doc, "services", why);
         }
     }
 }

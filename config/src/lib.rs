@@ -5,11 +5,17 @@
 
 mod catalog;
 pub mod error;
+mod lineage;
 pub mod load;
 pub mod merge;
 pub mod model;
+mod report;
 pub mod schema;
 pub mod spans;
+mod update;
+mod validate_layer;
+mod validate_org;
+pub mod values;
 
 pub use microstax_table::{names, table};
 

@@ -3,42 +3,16 @@
 //! wins, field by field (maps key by key). Every value records the layer, file and line that set
 //! it, which is what `explain` prints and what the planner diffs.
 
-use crate::model::{Config, Endpoint, LayerIdx, Origin};
-use crate::schema::{MigrationDoc, PolicyDoc, ReadinessDoc, ResourcesDoc, ServiceDoc};
+use crate::model::Config;
+use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, ServiceDoc};
+pub use crate::values::{
+    readiness_from_doc, Sourced, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HOLD_MS,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+};
+use crate::values::{Endpoint, LayerIdx, Origin};
 pub use microstax_table::Readiness;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Built-in connect timeout when no layer sets one.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
-/// Built-in response-header timeout when no layer sets one.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Built-in hold time of the `hold` readiness policy.
-pub const DEFAULT_HOLD_MS: u64 = 1_000;
-
-/// A value with the place that set it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced<T> {
-    /// The value.
-    pub value: T,
-    /// Who set it.
-    pub origin: Origin,
-}
-
-/// Convert the file form of a readiness policy.
-pub fn readiness_from_doc(d: &ReadinessDoc) -> Result<Readiness, String> {
-    match d.policy.as_str() {
-        "hold" => Ok(Readiness::Hold {
-            ms: d.hold_ms.unwrap_or(DEFAULT_HOLD_MS),
-        }),
-        "fallback" if d.hold_ms.is_none() => Ok(Readiness::Fallback),
-        "fail" if d.hold_ms.is_none() => Ok(Readiness::Fail),
-        "fallback" | "fail" => Err("hold_ms applies to the `hold` policy only".into()),
-        other => Err(format!(
-            "unknown readiness policy `{other}`: use hold, fallback or fail"
-        )),
-    }
-}
 
 /// The effective config of one service as seen from one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]

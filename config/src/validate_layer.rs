@@ -1,0 +1,187 @@
+//! Validation of one team or branch layer against the org catalog, and the value checks every
+//! layer shares (endpoints, route policy). Parents are resolved afterwards, in `lineage`.
+
+use crate::load::ParsedDoc;
+use crate::model::{Config, Layer};
+use crate::names::{self, BASELINE};
+use crate::report::Report;
+use crate::schema::{LayerKind, PolicyDoc, ServiceDoc};
+use crate::values::{readiness_from_doc, Endpoint, LayerIdx};
+use std::sync::Arc;
+
+/// Service fields only the org layer sets.
+const ORG_ONLY: [&str; 6] = [
+    "hosts",
+    "path_prefixes",
+    "depends_on",
+    "stores",
+    "topics",
+    "paths",
+];
+
+impl Config {
+    /// Checks of one layer that need only the catalog; parents are resolved afterwards.
+    pub(crate) fn add_layer_unchecked(
+        &mut self,
+        doc: ParsedDoc,
+        report: &mut Report,
+    ) -> Option<LayerIdx> {
+        let kind = doc.kind();
+        let name = doc.name().to_string();
+        let why = match kind {
+            LayerKind::Branch => names::branch_name_error(&name),
+            _ => names::plain_name_error(&name),
+        };
+        if let Some(why) = why {
+            report.at(&doc, "name", format!("`{name}`: {why}"));
+            return None;
+        }
+        if name == BASELINE {
+            report.at(&doc, "name", "`baseline` is reserved for the org layer");
+            return None;
+        }
+        if let Some(&other) = self.layer_index.get(&name) {
+            let other_file = self
+                .layer(other)
+                .map_or_else(|| Arc::from("?"), |l| l.doc.file.clone());
+            report.at(
+                &doc,
+                "name",
+                format!("duplicate layer name `{name}`: also defined in {other_file}"),
+            );
+            return None;
+        }
+        let misplaced = [
+            ("context", doc.doc.context.is_some()),
+            ("routing", doc.doc.routing.is_some()),
+            ("defaults", doc.doc.defaults.is_some()),
+        ];
+        for (f, set) in misplaced {
+            if set {
+                report.at(&doc, f, "belongs in the org layer only");
+            }
+        }
+        if kind == LayerKind::Team && doc.doc.source.is_some() {
+            report.at(&doc, "source", "only branch layers have a source branch");
+        }
+        for (svc, s) in &doc.doc.services {
+            let base = format!("services.{svc}");
+            let Some(cat) = self.service_index.get(svc).map(|&i| &self.services[i]) else {
+                report.at(
+                    &doc,
+                    &base,
+                    format!("service `{svc}` is not declared in the org layer"),
+                );
+                continue;
+            };
+            for f in ORG_ONLY {
+                if doc.spans.has(&format!("{base}.{f}")) {
+                    report.at(&doc, &format!("{base}.{f}"), "is set in the org layer only");
+                }
+            }
+            if kind == LayerKind::Team {
+                for f in ["local", "migrations", "contracts"] {
+                    if doc.spans.has(&format!("{base}.{f}")) {
+                        report.at(&doc, &format!("{base}.{f}"), "belongs in a branch layer");
+                    }
+                }
+            }
+            if matches!(&s.endpoints, Some(e) if e.is_empty()) {
+                report.at(
+                    &doc,
+                    &format!("{base}.endpoints"),
+                    "is empty: omit it to keep the parent's endpoints",
+                );
+            }
+            check_service_values(&doc, &base, s, report);
+            for (i, m) in s.migrations.iter().enumerate() {
+                if !cat.stores.iter().any(|st| st.name == m.store) {
+                    let field = format!("{base}.migrations.{i}.store");
+                    report.at(
+                        &doc,
+                        &field,
+                        format!("service `{svc}` does not use a store named `{}`", m.store),
+                    );
+                }
+            }
+            for topic in s.contracts.keys() {
+                if !cat.topics.produces.iter().any(|t| t == topic) {
+                    let field = format!("{base}.contracts.{topic}");
+                    report.at(
+                        &doc,
+                        &field,
+                        format!("service `{svc}` does not produce topic `{topic}`"),
+                    );
+                }
+            }
+        }
+        let label: Arc<str> = Arc::from(format!("{}/{name}", kind.as_str()));
+        let idx = self.layers.len();
+        self.layers.push(Some(Arc::new(Layer {
+            kind,
+            name: name.clone(),
+            label,
+            parent: None,
+            doc: Arc::new(doc),
+        })));
+        self.layer_index.insert(name, idx);
+        Some(idx)
+    }
+}
+
+pub(crate) fn check_service_values(
+    doc: &ParsedDoc,
+    base: &str,
+    s: &ServiceDoc,
+    report: &mut Report,
+) {
+    for (i, e) in s.endpoints.iter().flatten().enumerate() {
+        let field = format!("{base}.endpoints.{i}");
+        if let Err(why) = Endpoint::parse(e) {
+            report.at(doc, &field, why);
+        }
+    }
+    if let Some(l) = &s.local {
+        let field = format!("{base}.local");
+        if let Err(why) = Endpoint::parse(l) {
+            report.at(doc, &field, why);
+        }
+    }
+    if let Some(p) = &s.policy {
+        check_policy(doc, &format!("{base}.policy"), p, report);
+    }
+}
+
+pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &mut Report) {
+    for (f, v) in [
+        ("connect_timeout_ms", p.connect_timeout_ms),
+        ("request_timeout_ms", p.request_timeout_ms),
+    ] {
+        if v == Some(0) {
+            let field = format!("{base}.{f}");
+            report.at(doc, &field, "must be greater than 0");
+        }
+    }
+    if let Some(r) = &p.readiness {
+        let field = format!("{base}.readiness.policy");
+        if let Err(why) = readiness_from_doc(r) {
+            report.at(doc, &field, why);
+        }
+    }
+    if let Some(h) = &p.request_headers {
+        for (k, v) in &h.set {
+            let field = format!("{base}.request_headers.set.{k}");
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                report.at(doc, &field, format!("`{k}` is not a valid header name"));
+            } else if http::HeaderValue::from_str(v).is_err() {
+                report.at(doc, &field, "is not a valid header value");
+            }
+        }
+        for (i, k) in h.remove.iter().enumerate() {
+            let field = format!("{base}.request_headers.remove.{i}");
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                report.at(doc, &field, format!("`{k}` is not a valid header name"));
+            }
+        }
+    }
+}
