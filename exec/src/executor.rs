@@ -16,9 +16,12 @@ pub trait Executor: Send + Sync {
     /// `process` or `kubernetes` (a bounded metric label).
     fn name(&self) -> &'static str;
 
-    /// Make sure the instance runs. Idempotent: an instance already known with this id is left
-    /// as it is (starting, ready or restarting).
-    fn ensure(&self, spec: &InstanceSpec) -> Result<(), ExecError>;
+    /// Make sure the instance runs, and say where it answers (`host:port`). Idempotent: an
+    /// instance already known with this id is left as it is (starting, ready or restarting) and
+    /// its address is returned again. The address is fixed when the instance is first ensured
+    /// and kept across restarts, so a route can name it before the instance is ready; readiness
+    /// is then pushed on [`Executor::changes`].
+    fn ensure(&self, spec: &InstanceSpec) -> Result<std::sync::Arc<str>, ExecError>;
 
     /// Stop the instance. Idempotent: an unknown id is not an error.
     fn stop(&self, id: &InstanceId) -> Result<(), ExecError>;

@@ -7,11 +7,16 @@
 
 pub mod error;
 pub mod executor;
+pub mod reconcile;
+mod records;
 pub mod spec;
 pub mod store;
 
 pub use error::{ExecError, StoreError};
 pub use executor::{BoxFuture, Executor};
+pub use reconcile::{
+    Desired, DesiredInstance, Failure, Pass, ReconcileOptions, Reconciler, StoreKey,
+};
 pub use spec::{
     InstanceId, InstanceSpec, InstanceState, Observed, RunSpec, StoreMode, StoreRequest,
 };

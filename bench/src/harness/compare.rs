@@ -8,7 +8,7 @@ use super::load::{self, GenCtx, Load, Proto};
 use super::procfs;
 use super::procs::{pinned, Proc};
 use super::report::{self, Metric, Sample};
-use super::svg;
+use super::results::{write_results, Meta};
 use super::systems::{self, Running, StartCtx, System, Upstreams};
 use super::tools::{self, Tools};
 use anyhow::{bail, Context as _};
@@ -125,13 +125,13 @@ pub fn arrangements() -> Vec<Arrangement> {
 }
 
 /// Settings of one run after defaults.
-struct Plan {
+pub(super) struct Plan {
     quiet_wait: u64,
-    rounds: usize,
-    duration_s: u64,
+    pub(super) rounds: usize,
+    pub(super) duration_s: u64,
     systems: Vec<System>,
-    arrangements: Vec<Arrangement>,
-    out: PathBuf,
+    pub(super) arrangements: Vec<Arrangement>,
+    pub(super) out: PathBuf,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -493,138 +493,4 @@ fn drive(
         }
     }
     Ok(out)
-}
-
-/// What the report says about the run besides the figures.
-#[derive(serde::Serialize)]
-struct Meta {
-    date_utc: String,
-    kernel: String,
-    cpu: String,
-    cores: usize,
-    rounds: usize,
-    duration_s: u64,
-    /// `/proc/loadavg` when the run started: other work on this shared machine shows here.
-    loadavg_at_start: String,
-    tools: Vec<(String, String)>,
-    arrangements: Vec<(String, String)>,
-}
-
-impl Meta {
-    fn collect(plan: &Plan, tools: &Tools, dir: &Path) -> Meta {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_default();
-        let mut versions = vec![
-            (
-                "wrk".to_string(),
-                tools::version(&tools.wrk, "--version", dir),
-            ),
-            (
-                "h2load".to_string(),
-                tools::version(&tools.h2load, "--version", dir),
-            ),
-        ];
-        if let Some(n) = &tools.nginx {
-            versions.push(("nginx".into(), tools::version(n, "-v", dir)));
-        }
-        if let Some(h) = &tools.haproxy {
-            versions.push(("haproxy".into(), tools::version(h, "-v", dir)));
-        }
-        Meta {
-            date_utc: utc_now(),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            cpu,
-            cores: std::thread::available_parallelism().map_or(0, usize::from),
-            rounds: plan.rounds,
-            duration_s: plan.duration_s,
-            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            tools: versions,
-            arrangements: plan
-                .arrangements
-                .iter()
-                .map(|a| (a.name.to_string(), a.what.to_string()))
-                .collect(),
-        }
-    }
-}
-
-fn write_results(
-    plan: &Plan,
-    meta: &Meta,
-    samples: &[Sample],
-    rows: &[report::Row],
-    notes: &[String],
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&plan.out)
-        .with_context(|| format!("creating {}", plan.out.display()))?;
-    let mut md = format!(
-        "# MicroStax compare: {}\n\n{} rounds, {} s per load, medians with (min-max) over rounds. \
-         Machine: {} ({} cores), kernel {}; load average at start: {}.\n\n",
-        meta.date_utc,
-        meta.rounds,
-        meta.duration_s,
-        meta.cpu,
-        meta.cores,
-        meta.kernel,
-        meta.loadavg_at_start
-    );
-    for (name, what) in &meta.arrangements {
-        md.push_str(&format!("- `{name}`: {what}\n"));
-    }
-    md.push_str("\nTools: ");
-    md.push_str(
-        &meta
-            .tools
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    md.push_str("\n\n");
-    md.push_str(&report::markdown_table(rows));
-    for n in notes {
-        md.push_str(&format!("\nNote: {n}\n"));
-    }
-    let md_path = plan.out.join("compare.md");
-    std::fs::write(&md_path, md)?;
-    let json =
-        serde_json::json!({ "meta": meta, "rows": rows, "samples": samples, "notes": notes });
-    std::fs::write(
-        plan.out.join("compare.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    if let Some(svg) = svg::latency_svg(
-        rows,
-        &format!(
-            "Fixed-rate latency, {} (median, min-max whiskers)",
-            meta.date_utc
-        ),
-    ) {
-        std::fs::write(plan.out.join("latency.svg"), svg)?;
-    }
-    eprintln!(
-        "wrote {} (and compare.json, latency.svg)",
-        md_path.display()
-    );
-    Ok(())
-}
-
-/// Current UTC time as `YYYY-MM-DD HH:MM`.
-fn utc_now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%d %H:%M")
-        .to_string()
 }

@@ -6,6 +6,7 @@ pub mod load;
 pub mod procfs;
 pub mod procs;
 pub mod report;
+mod results;
 pub mod svg;
 pub mod systems;
 pub mod tools;
