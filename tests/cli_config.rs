@@ -1,6 +1,6 @@
 //! The config-facing commands as a user runs them: the README's walk-through command lines run
 //! verbatim from the repository root, `demo --write-config` refuses to overwrite edited files
-//! unless `--force`, and `check` warns about files it does not read.
+//! unless `--force`, and `check` warns about (and `run` logs) files it does not read.
 // Test code: a failed expect is the failure report we want (see .clippy.toml).
 #![allow(clippy::expect_used)]
 
@@ -238,4 +238,35 @@ async fn check_warns_about_files_it_does_not_read() {
             "warning: branches/notes.txt: not read: layer files end in .yaml, .yml or .json",
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_the_files_it_does_not_read() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = demo_in_tempdir().await;
+    std::fs::write(dir.path().join("cfg/branches/notes.txt"), "todo").expect("write");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", "cfg", "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--workers", "1"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("branches/notes.txt: not read: layer files end in") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a warning within 20 s");
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let line = found.expect("the warning");
+    assert!(line.contains("WARN"), "{line}");
 }
