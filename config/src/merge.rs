@@ -4,7 +4,7 @@
 //! it, which is what `explain` prints and what the planner diffs.
 
 use crate::model::Config;
-use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, ServiceDoc};
+use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, RunDoc, ServiceDoc};
 pub use crate::values::{
     readiness_from_doc, Sourced, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HOLD_MS,
     DEFAULT_REQUEST_TIMEOUT_MS,
@@ -29,6 +29,10 @@ pub struct Effective {
     pub image: Option<Sourced<String>>,
     /// Resource requests.
     pub resources: Option<Sourced<ResourcesDoc>>,
+    /// How to run it on this machine (replaced whole along the lineage).
+    pub run: Option<Sourced<RunDoc>>,
+    /// Scale to zero after this many idle seconds.
+    pub idle_after_s: Option<Sourced<u64>>,
     /// Environment and config values.
     pub env: BTreeMap<String, Sourced<String>>,
     /// Connect timeout.
@@ -91,6 +95,14 @@ impl Effective {
                 format!("cpu_m={} memory_mi={}", r.value.cpu_m, r.value.memory_mi),
                 &r.origin,
             );
+        }
+        if let Some(r) = &self.run {
+            let mut cmd = vec![r.value.command.clone()];
+            cmd.extend(r.value.args.iter().cloned());
+            push("run".into(), cmd.join(" "), &r.origin);
+        }
+        if let Some(i) = &self.idle_after_s {
+            push("idle_after_s".into(), i.value.to_string(), &i.origin);
         }
         for (k, v) in &self.env {
             push(format!("env.{k}"), v.value.clone(), &v.origin);
@@ -217,6 +229,18 @@ fn apply_service(e: &mut Effective, s: &ServiceDoc, at: &dyn Fn(&str) -> Origin,
             origin: at(&format!("{base}.resources")),
         });
     }
+    if let Some(r) = &s.run {
+        e.run = Some(Sourced {
+            value: r.clone(),
+            origin: at(&format!("{base}.run")),
+        });
+    }
+    if let Some(v) = s.idle_after_s {
+        e.idle_after_s = Some(Sourced {
+            value: v,
+            origin: at(&format!("{base}.idle_after_s")),
+        });
+    }
     for (k, v) in &s.env {
         e.env.insert(
             k.clone(),
@@ -264,6 +288,8 @@ impl Config {
             local: None,
             image: None,
             resources: None,
+            run: None,
+            idle_after_s: None,
             env: BTreeMap::new(),
             connect_timeout_ms: Sourced {
                 value: DEFAULT_CONNECT_TIMEOUT_MS,

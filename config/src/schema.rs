@@ -29,6 +29,70 @@ pub struct Document {
     pub services: BTreeMap<String, ServiceDoc>,
     /// Branch only: a source branch to diff against a base in a repository.
     pub source: Option<SourceDoc>,
+    /// Environment lifecycle: org defaults (TTL, grace, the cold-start queue); a team or branch
+    /// may set its own `ttl_s`.
+    pub lifecycle: Option<LifecycleDoc>,
+    /// Org only: how branch copies of the catalog's stores are made, by store name.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreSettingsDoc>,
+}
+
+/// Lifecycle of branch environments.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleDoc {
+    /// A branch with no request for this long is expired (seconds; 0 or absent: never). An
+    /// API-created branch is deleted; a file-backed one keeps its file and gives back its
+    /// instances and stores until it is used again. A parent with live children is never expired.
+    pub ttl_s: Option<u64>,
+    /// Org only: how long ahead an expiry is announced (log, metric, `expires_at`), seconds.
+    pub expiry_notice_s: Option<u64>,
+    /// Org only: how long an instance or store stays after nothing needs it, milliseconds.
+    pub grace_ms: Option<u64>,
+    /// Org only: requests held per instance while it starts from zero.
+    pub hold_max_requests: Option<u32>,
+}
+
+/// How branch copies of one store are made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettingsDoc {
+    /// `postgres` or `command` (default: `postgres` for postgres stores, else `command`).
+    pub plugin: Option<String>,
+    /// The baseline's connection string (for postgres, a libpq URL).
+    pub url: Option<String>,
+    /// `schema`, `database` or `database-from-template` (postgres; default `schema`).
+    pub mode: Option<String>,
+    /// The env variable of each using service that receives the branch's connection string
+    /// (default `DATABASE_URL`).
+    pub env: Option<String>,
+    /// Command plugin: the create command (program, then arguments); its last line of output
+    /// is the connection string. Placeholders `{store}`, `{branch}`, `{kind}`, `{name}`,
+    /// `{baseline}`.
+    #[serde(default)]
+    pub create: Vec<String>,
+    /// Command plugin: the delete command, with the same placeholders.
+    #[serde(default)]
+    pub delete: Vec<String>,
+}
+
+/// How to run a service on this machine (the process executor).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct RunDoc {
+    /// Program to start (looked up on PATH when it has no `/`).
+    pub command: String,
+    /// Its arguments. Placeholders: `{port}`, `{instance}`, `{service}`, `{branch}`,
+    /// `{env.NAME}`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment (placeholders as in `args`), on top of the service's `env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// HTTP path answered once the instance is ready (default `/`).
+    pub probe: Option<String>,
+    /// Longest start, from spawn to a ready probe, in milliseconds (default 10000).
+    pub start_timeout_ms: Option<u64>,
 }
 
 /// Where the branch context comes from. Precedence is fixed: header, baggage, cookie, host.
@@ -130,6 +194,11 @@ pub struct ServiceDoc {
     pub resources: Option<ResourcesDoc>,
     /// The image (or build) the service runs from.
     pub image: Option<String>,
+    /// How to run it on this machine (the process executor); replaced whole along the lineage.
+    pub run: Option<RunDoc>,
+    /// Scale to zero: stop a branch-local instance after this many seconds without a request
+    /// (absent: keep it running). The next request waits while it starts again.
+    pub idle_after_s: Option<u64>,
     /// Environment and config values; merged key by key along the lineage.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -55,11 +55,15 @@ impl Config {
             ("context", doc.doc.context.is_some()),
             ("routing", doc.doc.routing.is_some()),
             ("defaults", doc.doc.defaults.is_some()),
+            ("stores", !doc.doc.stores.is_empty()),
         ];
         for (f, set) in misplaced {
             if set {
                 report.at(&doc, f, "belongs in the org layer only");
             }
+        }
+        if let Some(l) = &doc.doc.lifecycle {
+            crate::environments::check_lifecycle(&doc, kind, l, report);
         }
         if kind == LayerKind::Team && doc.doc.source.is_some() {
             report.at(&doc, "source", "only branch layers have a source branch");
@@ -149,6 +153,16 @@ pub(crate) fn check_service_values(
     }
     if let Some(p) = &s.policy {
         check_policy(doc, &format!("{base}.policy"), p, report);
+    }
+    if let Some(r) = &s.run {
+        crate::environments::check_run(doc, &format!("{base}.run"), r, report);
+    }
+    if s.idle_after_s == Some(0) {
+        report.at(
+            doc,
+            &format!("{base}.idle_after_s"),
+            "must be greater than 0: omit it to keep instances running",
+        );
     }
 }
 

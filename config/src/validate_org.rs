@@ -88,6 +88,10 @@ impl Config {
             });
         }
         crate::catalog::check(&doc, report);
+        crate::environments::check_stores(&doc, report);
+        if let Some(l) = &doc.doc.lifecycle {
+            crate::environments::check_lifecycle(&doc, LayerKind::Org, l, report);
+        }
         for (name, s) in &doc.doc.services {
             for (i, d) in s.depends_on.iter().enumerate() {
                 if !service_index.contains_key(d) {
