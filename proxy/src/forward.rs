@@ -1,22 +1,23 @@
 //! The request path, as named phases: `decide` (context, service, route, upstream), `prepare`
 //! (rewrite the request for the upstream), `send` (this worker's pooled connections, timeouts,
 //! upgrades) and `finish` (response headers). Errors become short plain-text local replies;
-//! nothing here panics or locks, and the snapshot loaded at the start is used to the end.
+//! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
+//! route's connect timeout included).
 
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
 use crate::headers;
 use crate::metrics::KindLabel;
-use crate::pool::{Lease, PooledBody};
-use crate::prewarm::PrewarmOptions;
+use crate::options::ProxyOptions;
+use crate::pool::Lease;
+use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
-use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_config::table::BASELINE_ID;
@@ -29,13 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-/// Body sent upstream: the client's streamed body, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-/// Body sent to the client: the upstream's streamed body, or a local reply.
-pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
-
 // built at compile time: a name given as `&str` would be parsed on every insert
-const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallback");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -77,28 +72,6 @@ impl Decision<'_> {
     }
 }
 
-/// A reply the proxy makes itself.
-struct LocalReply {
-    status: StatusCode,
-    reason: String,
-}
-
-impl LocalReply {
-    fn new(status: StatusCode, reason: impl Into<String>) -> LocalReply {
-        LocalReply {
-            status,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Data-plane settings that do not come from the routing table.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyOptions {
-    /// How new upstreams are prewarmed before a table naming them is published.
-    pub prewarm: PrewarmOptions,
-}
-
 /// The data plane: routes and forwards requests using the router's current snapshot.
 pub struct Proxy {
     router: Arc<Router>,
@@ -112,10 +85,9 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy over `router` with per-worker pools of HTTP/1.1 upstream connections.
     pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
-        let connector = Connector::new(router.connect_timeouts(), Duration::from_secs(1));
         Arc::new(Proxy {
             router,
-            client: UpstreamClient::new(connector),
+            client: UpstreamClient::new(Connector),
             options,
             workers: OnceLock::new(),
         })
@@ -189,10 +161,15 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = d.route.policy.request_timeout;
-        let send = self
-            .client
-            .send(d.upstream, req.map(Either::Left), reuse, start);
+        let policy = &d.route.policy;
+        let timeout = policy.request_timeout;
+        let send = self.client.send(
+            d.upstream,
+            req.map(Either::Left),
+            reuse,
+            start,
+            policy.connect_timeout,
+        );
         let mut resp = match deadline::within(start + timeout, send).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
@@ -511,21 +488,4 @@ fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) 
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(ROUTE_HEADER, v);
     }
-}
-
-fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody> {
-    let body = format!("microstax: {}\n", reply.reason);
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = reply.status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if snap.table.settings.debug_header {
-        if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
-        {
-            resp.headers_mut().insert(ROUTE_HEADER, v);
-        }
-    }
-    resp
 }
