@@ -13,6 +13,7 @@ pub mod headers;
 pub mod metrics;
 pub mod options;
 pub mod pool;
+pub mod preface;
 pub mod prewarm;
 pub mod publish;
 pub mod reply;

@@ -9,6 +9,7 @@
 use crate::deadline::{self, CoarseTimer};
 use crate::forward::{ConnInfo, Proxy};
 use crate::pool;
+use crate::preface::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,14 +19,15 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Time allowed for a client to send a request's headers (HTTP/1.1).
+    /// Time allowed for a client to send a request's headers (HTTP/1.1), and for a new
+    /// connection to show its protocol (its first bytes, or the whole HTTP/2 preface).
     pub header_read_timeout: Duration,
     /// Time allowed for open connections to finish after shutdown begins.
     pub drain_timeout: Duration,
@@ -83,7 +85,8 @@ pub async fn serve(
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let active = active.clone();
                 active.inc();
