@@ -1,11 +1,14 @@
 //! Data-plane defects of issue 8, each over real sockets: silent connections and half HTTP/2
-//! prefaces are closed at the header-read timeout.
+//! prefaces are closed at the header-read timeout; `Connection` cannot remove what the proxy
+//! keeps and removes every name it lists; `X-Forwarded-For` keeps every line; an upstream
+//! answer framed twice is a 502.
 
 mod common;
 
 use common::*;
 use microstax_proxy::ServerOptions;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,6 +18,34 @@ fn one_service(base: SocketAddr, dev: SocketAddr) -> microstax_config::Config {
         format!("kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{base}\"]\n");
     let br = format!("parent: baseline\nservices:\n  api: {{endpoints: [\"{dev}\"]}}\n");
     config(&[("org.yaml", &org), ("branches/dev.yaml", &br)])
+}
+
+struct Setup {
+    base: Upstream,
+    _dev: Upstream,
+    proxy: ProxyUnderTest,
+}
+
+async fn setup() -> Setup {
+    let base = Upstream::start("base").await;
+    let dev = Upstream::start("dev").await;
+    let proxy = ProxyUnderTest::start(&one_service(base.addr, dev.addr)).await;
+    Setup {
+        base,
+        _dev: dev,
+        proxy,
+    }
+}
+
+/// A raw HTTP/1.1 GET of `/` with `lines` as header lines, closing after the answer.
+async fn raw_get(addr: SocketAddr, lines: &[&str]) -> RawReply {
+    let mut req = String::from("GET / HTTP/1.1\r\n");
+    for l in lines {
+        req.push_str(l);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    raw_request(addr, req.as_bytes()).await
 }
 
 /// Whether the peer closes `s` (EOF or reset) before `within` passes.
@@ -67,6 +98,142 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_read_timeo
     let r = get(&h1_client(), p.addr, "/", &[("host", "api")]).await;
     assert_eq!(r.status, 200);
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_remove_what_the_proxy_keeps_or_sets() {
+    let s = setup().await;
+    let r = raw_get(
+        s.proxy.addr,
+        &[
+            "host: api",
+            "x-microstax-branch: dev",
+            "baggage: a=1",
+            "x-forwarded-for: 203.0.113.9",
+            "x-forwarded-proto: https",
+            "via: 1.1 edge",
+            "cookie: session=s1",
+            "connection: close, host, baggage, x-microstax-branch, cookie, x-forwarded-for, \
+             x-forwarded-proto, via, content-length",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let j = r.json();
+    assert_eq!(j["upstream"], "dev", "routed by the branch header");
+    assert_eq!(r.seen_all("host"), ["api"], "Host is kept");
+    assert_eq!(r.seen_all("x-microstax-branch"), ["dev"]);
+    assert_eq!(r.seen_all("baggage"), ["a=1,microstax-branch=dev"]);
+    assert_eq!(r.seen_all("cookie"), ["session=s1"]);
+    assert_eq!(r.seen_all("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(r.seen_all("x-forwarded-proto"), ["https"]);
+    assert_eq!(r.seen_all("via"), ["1.1 edge", "1.1 microstax"]);
+    assert!(r.seen_all("connection").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_header_named_by_connection_is_removed() {
+    let s = setup().await;
+    let names: Vec<String> = (1..=12).map(|i| format!("x-hop-{i}")).collect();
+    let mut lines = vec!["host: api".to_string()];
+    // over two Connection lines, mixed case
+    lines.push(format!("connection: close, {}", names[..6].join(", ")));
+    lines.push(format!(
+        "Connection: {}",
+        names[6..].join(",").to_uppercase()
+    ));
+    lines.extend(names.iter().map(|n| format!("{n}: secret")));
+    lines.push("x-keep: 1".into());
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let r = raw_get(s.proxy.addr, &lines).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    for n in &names {
+        assert!(r.seen_all(n).is_empty(), "{n} reached the upstream");
+    }
+    assert_eq!(r.seen_all("x-keep"), ["1"]);
+
+    // more than 64 connection options: refused, and nothing reaches the upstream
+    let before = s.base.conns.load(Ordering::SeqCst);
+    let many: Vec<String> = (0..65).map(|i| format!("x-o{i}")).collect();
+    let line = format!("connection: close, {}", many.join(","));
+    let r = raw_get(s.proxy.addr, &["host: api", &line]).await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("connection options"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(s.base.conns.load(Ordering::SeqCst), before);
+    // exactly 64 is fine
+    let line = format!("connection: close, {}", many[..63].join(","));
+    let r = raw_get(s.proxy.addr, &["host: api", &line]).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_keeps_every_line() {
+    let s = setup().await;
+    let r = raw_get(
+        s.proxy.addr,
+        &[
+            "host: api",
+            "x-forwarded-for: 203.0.113.1",
+            "x-forwarded-for: 203.0.113.2, 203.0.113.3",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(
+        r.seen_all("x-forwarded-for"),
+        ["203.0.113.1, 203.0.113.2, 203.0.113.3, 127.0.0.1"]
+    );
+}
+
+/// An upstream on 127.0.0.1:0 that answers every connection with `answer`, written by hand.
+async fn raw_upstream(answer: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // read the request head, then answer
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                let mut rest = [0u8; 1024];
+                while let Ok(k) = s.read(&mut rest).await {
+                    if k == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_framed_by_both_length_and_chunking_is_502() {
+    let (up, task) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = ProxyUnderTest::start(&one_service(up, up)).await;
+    let r = get(&h1_client(), p.addr, "/", &[("host", "api")]).await;
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.text());
+    assert!(r.text().contains("content-length"), "{}", r.text());
+    p.shutdown().await;
+    task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
-use crate::headers;
+use crate::headers::{self, HeaderError};
 use crate::metrics::KindLabel;
 use crate::options::ProxyOptions;
 use crate::pool::Lease;
@@ -32,7 +32,6 @@ use tokio::runtime::Handle;
 
 // built at compile time: a name given as `&str` would be parsed on every insert
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallback");
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Per-connection facts computed once when the connection is accepted.
 #[derive(Debug, Clone)]
@@ -157,7 +156,12 @@ impl Proxy {
         start: Instant,
     ) -> Response<ResponseBody> {
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
-        prepare(snap, &d, &mut req, conn, upgrade);
+        if let Err(e) = prepare(snap, &d, &mut req, conn, upgrade) {
+            return local(
+                snap,
+                LocalReply::bad_request(format!("the request names {e}")),
+            );
+        }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
@@ -184,12 +188,16 @@ impl Proxy {
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
+            // dropping the response unread closes its connection: its framing is unknown
+            let reason = format!("upstream {} answered with {e}", d.upstream.key);
+            return local(snap, LocalReply::new(StatusCode::BAD_GATEWAY, reason));
+        }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let lease = resp.body_mut().take_lease();
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
         }
-        headers::strip_hop_by_hop(resp.headers_mut(), switching);
         if d.fallback {
             resp.headers_mut()
                 .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
@@ -334,7 +342,7 @@ fn prepare(
     req: &mut Request<Incoming>,
     conn: &ConnInfo,
     upgrade: bool,
-) {
+) -> Result<(), HeaderError> {
     let version = req.version();
     if req.uri().authority().is_some() {
         // HTTP/2 (or an absolute-form HTTP/1.1 target): the host moves to Host and the
@@ -352,9 +360,9 @@ fn prepare(
     }
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
-    headers::strip_hop_by_hop(h, upgrade);
+    headers::strip_request(h, upgrade, &snap.rules.header)?;
     headers::append_forwarded_for(h, &conn.peer_ip);
-    h.entry(FORWARDED_PROTO)
+    h.entry(headers::X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static("http"));
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
@@ -365,6 +373,7 @@ fn prepare(
     for (name, value) in policy.set_headers.iter() {
         h.insert(name.clone(), value.clone());
     }
+    Ok(())
 }
 
 /// The origin form (`/path?query`) of a request target.

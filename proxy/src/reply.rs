@@ -1,5 +1,5 @@
 //! What the proxy sends a client: the body type of every response, and the short plain-text
-//! replies the proxy makes itself (routing failures, upstream failures).
+//! replies the proxy makes itself (routing failures, refused requests, upstream failures).
 
 use crate::pool::PooledBody;
 use crate::router::Snapshot;
@@ -26,6 +26,11 @@ impl LocalReply {
             status,
             reason: reason.into(),
         }
+    }
+
+    /// `400` with a reason.
+    pub(crate) fn bad_request(reason: impl Into<String>) -> LocalReply {
+        LocalReply::new(StatusCode::BAD_REQUEST, reason)
     }
 }
 
