@@ -1,11 +1,16 @@
 //! Data-plane defects of issue 8, each over real sockets: silent connections and half HTTP/2
 //! prefaces are closed at the header-read timeout; `Connection` cannot remove what the proxy
-//! keeps and removes every name it lists; `X-Forwarded-For` keeps every line; an upstream
-//! answer framed twice is a 502.
+//! keeps and removes every name it lists; conflicting hosts are refused and an absolute-form
+//! target's authority wins; `X-Forwarded-For` keeps every line; an upstream answer framed
+//! twice is a 502; oversized heads never reach the upstream, even under concurrency; CONNECT
+//! is refused.
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use microstax_proxy::ServerOptions;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -67,6 +72,7 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_read_timeo
     let options = ServerOptions {
         header_read_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
     };
     let p = ProxyUnderTest::start_with(&one_service(base.addr, base.addr), options).await;
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -170,6 +176,68 @@ async fn every_header_named_by_connection_is_removed() {
     assert_eq!(r.status, 200, "{}", r.head);
 }
 
+/// Send `req` over a new HTTP/2 (prior knowledge) connection to `addr`.
+async fn h2_send(addr: SocketAddr, req: http::Request<Empty<Bytes>>) -> (u16, Bytes) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("h2 request timed out")
+        .expect("h2 request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    driver.abort();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_hosts_are_refused_and_the_target_authority_wins() {
+    let s = setup().await;
+    let before = s.base.conns.load(Ordering::SeqCst);
+    // two Host lines: 400, whichever comes first
+    let r = raw_get(
+        s.proxy.addr,
+        &["host: api", "host: other", "connection: close"],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    let r = raw_get(
+        s.proxy.addr,
+        &["host: other", "host: api", "connection: close"],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    // HTTP/2: `:authority` and `host` that disagree: 400
+    let req = http::Request::get("http://api/")
+        .header("host", "other")
+        .body(Empty::new())
+        .expect("req");
+    let (status, body) = h2_send(s.proxy.addr, req).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(s.base.conns.load(Ordering::SeqCst), before);
+    // ... and that agree (case aside): served
+    let req = http::Request::get("http://api/")
+        .header("host", "API")
+        .body(Empty::new())
+        .expect("req");
+    let (status, body) = h2_send(s.proxy.addr, req).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // absolute form (RFC 9112 3.2.2): the target's authority wins over Host
+    let r = raw_request(
+        s.proxy.addr,
+        b"GET http://api/x HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.json()["upstream"], "base");
+    assert_eq!(r.json()["path"], "/x");
+    assert_eq!(r.seen_all("host"), ["api"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_keeps_every_line() {
     let s = setup().await;
@@ -237,6 +305,71 @@ async fn upstream_framed_by_both_length_and_chunking_is_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_never_reach_the_upstream_even_concurrently() {
+    let s = setup().await;
+    let addr = s.proxy.addr;
+    let mut head = String::from("GET / HTTP/1.1\r\nhost: api\r\n");
+    // 500 KiB over 50 header lines
+    for i in 0..50 {
+        head.push_str(&format!("x-big-{i}: {}\r\n", "a".repeat(10 * 1024)));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let head = bytes::Bytes::from(head);
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let head = head.clone();
+            tokio::spawn(async move {
+                let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (mut r, mut w) = s.into_split();
+                let writer = tokio::spawn(async move {
+                    // the proxy may close before it has read everything
+                    let _ = w.write_all(&head).await;
+                    w
+                });
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut buf))
+                    .await
+                    .expect("no answer within 20 s");
+                let _ = writer.await;
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                text.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join"));
+    }
+    let passed = statuses.iter().filter(|s| **s == Some(200)).count();
+    assert_eq!(passed, 0, "statuses: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s.is_none() || *s == Some(431)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        s.base.conns.load(Ordering::SeqCst),
+        0,
+        "an oversized head reached the upstream"
+    );
+    // a normal request still works
+    let r = raw_get(addr, &["host: api", "connection: close"]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_405() {
+    let s = setup().await;
+    let r = raw_request(
+        s.proxy.addr,
+        b"CONNECT api:443 HTTP/1.1\r\nhost: api:443\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 405, "{}", r.head);
+    assert!(r.head.to_ascii_lowercase().contains("allow:"), "{}", r.head);
+    assert_eq!(s.base.conns.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_closes_silent_connections_on_its_coarse_timer() {
     let base = Upstream::start("base").await;
     let router = microstax_proxy::Router::new(microstax_planner::compile(
@@ -250,6 +383,7 @@ async fn a_worker_closes_silent_connections_on_its_coarse_timer() {
     let options = ServerOptions {
         header_read_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
     };
     let workers = microstax_proxy::Workers::start(listeners, proxy, options).expect("workers");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -16,7 +16,7 @@ use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -38,14 +38,18 @@ const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallbac
 pub struct ConnInfo {
     /// The client's IP as an `X-Forwarded-For` element.
     pub peer_ip: HeaderValue,
+    /// The listener's request-head limit, in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl ConnInfo {
-    /// Facts of a connection from `peer`.
-    pub fn new(peer: SocketAddr) -> ConnInfo {
+    /// Facts of a connection from `peer` to a listener accepting heads up to
+    /// `max_header_bytes`.
+    pub fn new(peer: SocketAddr, max_header_bytes: usize) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            max_header_bytes,
         }
     }
 }
@@ -122,7 +126,7 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.router.load();
-        let (resp, service, kind, layer) = match decide(&snap, &req) {
+        let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
             Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
             Ok(d) => match admit(&snap, d).await {
                 Err((reply, d)) => {
@@ -259,9 +263,27 @@ async fn admit<'s>(
 }
 
 /// Phase 1: resolve the branch context, the service, the route and the upstream.
-fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s>, LocalReply> {
+fn decide<'s>(
+    snap: &'s Snapshot,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Decision<'s>, LocalReply> {
+    if headers::head_len(req) > conn.max_header_bytes {
+        return Err(LocalReply::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head over {} bytes", conn.max_header_bytes),
+        ));
+    }
+    if req.method() == Method::CONNECT {
+        // tunnels to arbitrary targets are not a branch-routing proxy's job; RFC 9110 9.3.6
+        // lets a proxy refuse them
+        return Err(LocalReply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
+    }
     let table = &snap.table;
-    let host = request_host(req);
+    let host = request_host(req)?;
     let branch = snap.rules.extract(req.headers(), host);
     let layer = match &branch {
         None => BASELINE_ID,
@@ -307,11 +329,34 @@ fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s
     })
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+/// The host a request is for. The target's authority wins: an HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target, whose Host a proxy must ignore (RFC 9112 3.2.2). Two Host
+/// lines, or an HTTP/2 `host` that names another host than `:authority` (RFC 9113 8.3.1), are
+/// refused: a hop behind us could pick the other one.
+fn request_host(req: &Request<Incoming>) -> Result<Option<&str>, LocalReply> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(LocalReply::bad_request("more than one Host header"));
+    }
+    match (target_authority(req.uri()), host) {
+        (Some(a), Some(h))
+            if req.version() == http::Version::HTTP_2
+                && !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()) =>
+        {
+            Err(LocalReply::bad_request(
+                "the host header and :authority name different hosts",
+            ))
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, h) => Ok(h.and_then(|v| v.to_str().ok())),
+    }
+}
+
+/// A request target's `host[:port]`, without any user information.
+fn target_authority(uri: &Uri) -> Option<&str> {
+    let a = uri.authority()?.as_str();
+    Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
 }
 
 thread_local! {
@@ -344,16 +389,16 @@ fn prepare(
     upgrade: bool,
 ) -> Result<(), HeaderError> {
     let version = req.version();
-    if req.uri().authority().is_some() {
-        // HTTP/2 (or an absolute-form HTTP/1.1 target): the host moves to Host and the
-        // upstream gets the origin form; an HTTP/1.1 request is already in origin form
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(a) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, a);
+    if let Some(a) = target_authority(req.uri()) {
+        // HTTP/2 (or an absolute-form HTTP/1.1 target): the target's host goes to Host (an
+        // HTTP/2 `host` that agrees is kept as is) and the upstream gets the origin form
+        let same = req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(a.as_bytes()));
+        if !same {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                req.headers_mut().insert(header::HOST, v);
             }
         }
         *req.uri_mut() = origin_form(req.uri());

@@ -158,6 +158,19 @@ fn remove_connection_named(
     Ok(())
 }
 
+/// The size of a request's head as HTTP/1.1 sends it: the request line and one
+/// `name: value\r\n` line per header.
+pub fn head_len<B>(req: &http::Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
 pub fn wants_upgrade(h: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11

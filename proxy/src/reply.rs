@@ -14,6 +14,10 @@ pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 // built at compile time: a name given as `&str` would be parsed on every insert
 pub(crate) const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
 
+/// The methods a `405` names: everything is forwarded except CONNECT.
+const ALLOW: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
+
 /// A reply the proxy makes itself.
 pub(crate) struct LocalReply {
     pub(crate) status: StatusCode,
@@ -44,6 +48,9 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, ALLOW);
+    }
     if snap.table.settings.debug_header {
         if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
         {

@@ -31,13 +31,22 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Time allowed for open connections to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Largest request head accepted (request line and header lines, as sent over HTTP/1.1;
+    /// for HTTP/2 also the header list limit): a larger one gets `431`. Checked on every
+    /// parsed head: hyper's read-buffer limit alone (~408 KiB) let a head that arrived in large
+    /// reads through.
+    pub max_header_bytes: usize,
 }
+
+/// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -54,6 +63,9 @@ pub async fn serve(
         .http1()
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     // every request arms a header-read timer: on a worker, the cheap coarse one
     if deadline::installed() {
         builder.http1().timer(CoarseTimer);
@@ -80,7 +92,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
-                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer)));
+                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes)));
                 let svc = service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
