@@ -1,9 +1,9 @@
 //! Data-plane defects of issue 8, each over real sockets: silent connections and half HTTP/2
 //! prefaces are closed at the header-read timeout; `Connection` cannot remove what the proxy
 //! keeps and removes every name it lists; conflicting hosts are refused and an absolute-form
-//! target's authority wins; `X-Forwarded-For` keeps every line; an upstream answer framed
-//! twice is a 502; oversized heads never reach the upstream, even under concurrency; CONNECT
-//! is refused.
+//! target's authority wins; `X-Forwarded-For` keeps every line; only the carrier value used is
+//! forwarded; an upstream answer framed twice is a 502; oversized heads never reach the
+//! upstream, even under concurrency; CONNECT is refused.
 
 mod common;
 
@@ -256,6 +256,105 @@ async fn forwarded_for_keeps_every_line() {
         r.seen_all("x-forwarded-for"),
         ["203.0.113.1, 203.0.113.2, 203.0.113.3, 127.0.0.1"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_carrier_value_used_is_forwarded() {
+    let s = setup().await;
+    let addr = s.proxy.addr;
+    // malformed branch headers route to the baseline and are not forwarded
+    for bad in ["Bad!", "FEAT", ""] {
+        let line = format!("x-microstax-branch: {bad}");
+        let r = raw_get(addr, &["host: api", &line, "connection: close"]).await;
+        assert_eq!(r.json()["upstream"], "base", "{bad}");
+        assert!(
+            r.seen_all("x-microstax-branch").is_empty(),
+            "{bad} forwarded"
+        );
+    }
+    // a malformed header with a valid cookie: the cookie's branch, carried canonically
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "x-microstax-branch: Bad!",
+            "cookie: microstax-branch=dev",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "dev");
+    assert_eq!(r.seen_all("x-microstax-branch"), ["dev"]);
+    // two branch headers: the first is used, and only it is forwarded
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "x-microstax-branch: dev",
+            "x-microstax-branch: other",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "dev");
+    assert_eq!(r.seen_all("x-microstax-branch"), ["dev"]);
+    // a duplicated baggage member is forwarded once; other members are kept
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "baggage: a=1, microstax-branch=dev",
+            "baggage: microstax-branch=dev;p=1, b=2",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "dev");
+    assert_eq!(r.seen_all("baggage"), ["a=1,b=2,microstax-branch=dev"]);
+    // a malformed member before the one used: dropped
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "baggage: microstax-branch=%zz",
+            "baggage: microstax-branch=dev",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "dev");
+    assert_eq!(r.seen_all("baggage"), ["microstax-branch=dev"]);
+    // a malformed member and no context: the member is removed, the others kept
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "baggage: a=1, microstax-branch=Bad!",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "base");
+    assert_eq!(r.seen_all("baggage"), ["a=1"]);
+    assert!(r.seen_all("x-microstax-branch").is_empty());
+    // only a malformed member: no baggage at all
+    let r = raw_get(
+        addr,
+        &[
+            "host: api",
+            "baggage: microstax-branch=FEAT",
+            "connection: close",
+        ],
+    )
+    .await;
+    assert!(r.seen_all("baggage").is_empty());
+    // untouched when there is nothing to fix
+    let r = raw_get(
+        addr,
+        &["host: api", "baggage: a=1;p, b=2", "connection: close"],
+    )
+    .await;
+    assert_eq!(r.seen_all("baggage"), ["a=1;p, b=2"]);
 }
 
 /// An upstream on 127.0.0.1:0 that answers every connection with `answer`, written by hand.

@@ -14,6 +14,7 @@ use crate::pool::Lease;
 use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode};
@@ -429,10 +430,28 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// Set the canonical branch header and make sure the baggage carries the branch member,
-/// keeping every other baggage member.
+/// Carry the context on as exactly the value used: the canonical branch header, and one
+/// baggage member with the branch (every other member kept). With no context, a branch header
+/// or baggage member the request carried was malformed: it is removed, so the next hop cannot
+/// read what this one ignored.
 fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) {
-    let Some((name, source)) = &d.branch else {
+    let key = &*snap.rules.baggage_key;
+    let Some((name, _)) = &d.branch else {
+        h.remove(&snap.rules.header);
+        if let Entry::Occupied(mut e) = h.entry(BAGGAGE) {
+            if crate::baggage::has_member(e.iter().map(|v| v.as_bytes()), key) {
+                let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
+                let rest = crate::baggage::without_member(&existing, key);
+                match HeaderValue::from_maybe_shared(Bytes::from(rest)) {
+                    Ok(v) if !v.is_empty() => {
+                        e.insert(v);
+                    }
+                    _ => {
+                        e.remove();
+                    }
+                }
+            }
+        }
         return;
     };
     let known = (d.layer != BASELINE_ID).then_some(d.layer as usize);
@@ -442,15 +461,12 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     if let Some(v) = branch_value {
         h.insert(snap.rules.header.clone(), v);
     }
-    if *source == ContextSource::Baggage {
-        return; // the baggage already holds this member
-    }
     match h.entry(BAGGAGE) {
         Entry::Vacant(e) => {
             let member = known
                 .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
                 .or_else(|| {
-                    let m = format!("{}={}", snap.rules.baggage_key, name.as_str());
+                    let m = format!("{key}={}", name.as_str());
                     HeaderValue::from_str(&m).ok()
                 });
             if let Some(m) = member {
@@ -458,10 +474,13 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
             }
         }
         Entry::Occupied(mut e) => {
+            let values = e.iter().map(|v| v.as_bytes());
+            if crate::baggage::only_member_is(values, key, name.as_str()) {
+                return; // the common case: the baggage already carries the branch, once
+            }
             let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
-            let merged =
-                crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
-            if let Ok(v) = HeaderValue::from_bytes(&merged) {
+            let merged = crate::baggage::with_member(&existing, key, name.as_str());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(merged)) {
                 e.insert(v);
             }
         }
