@@ -79,6 +79,7 @@ async fn header_read_timeout_closes_a_slow_client() {
     let options = ServerOptions {
         header_read_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
     };
     let p = Sharded::start(&one_service(base.addr, ""), options).await;
     let mut s = tokio::net::TcpStream::connect(p.addr)

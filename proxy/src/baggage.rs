@@ -68,24 +68,53 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Rebuild one baggage value with `key` set to `value` (already a valid branch name, which
-/// needs no percent-encoding), keeping every other member and its properties in order.
-pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        existing.iter().map(|h| h.len() + 1).sum::<usize>() + key.len() + value.len() + 2,
-    );
+/// The key of one member (before `=`, trimmed), if it has one.
+fn member_key(member: &[u8]) -> Option<&[u8]> {
+    let kv = member.split(|&b| b == b';').next().unwrap_or(member);
+    kv.iter()
+        .position(|&b| b == b'=')
+        .map(|eq| kv[..eq].trim_ascii())
+}
+
+/// Whether the baggage headers hold exactly one member with `key`, and its raw value is
+/// `value` (then the context is carried as is and nothing needs rebuilding).
+pub fn only_member_is<'a>(headers: impl Iterator<Item = &'a [u8]>, key: &str, value: &str) -> bool {
+    let mut found = false;
+    for h in headers {
+        for member in h.split(|&b| b == b',') {
+            if member_key(member) != Some(key.as_bytes()) {
+                continue;
+            }
+            if found || find_raw(member, key) != Some(value.as_bytes()) {
+                return false;
+            }
+            found = true;
+        }
+    }
+    found
+}
+
+/// Whether any baggage header holds a member with `key` (well formed or not).
+pub fn has_member<'a>(mut headers: impl Iterator<Item = &'a [u8]>, key: &str) -> bool {
+    headers.any(|h| {
+        h.split(|&b| b == b',')
+            .any(|m| member_key(m) == Some(key.as_bytes()))
+    })
+}
+
+/// Every member of `existing` except those with `key`, in order, with their properties, as
+/// one value.
+pub fn without_member(existing: &[&[u8]], key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(existing.iter().map(|h| h.len() + 1).sum::<usize>());
+    others(existing, key, &mut out);
+    out
+}
+
+fn others(existing: &[&[u8]], key: &str, out: &mut Vec<u8>) {
     for h in existing {
         for member in h.split(|&b| b == b',') {
             let m = member.trim_ascii();
-            if m.is_empty() {
-                continue;
-            }
-            let kv = m.split(|&b| b == b';').next().unwrap_or(m);
-            let k = kv
-                .iter()
-                .position(|&b| b == b'=')
-                .map(|eq| kv[..eq].trim_ascii());
-            if k == Some(key.as_bytes()) {
+            if m.is_empty() || member_key(m) == Some(key.as_bytes()) {
                 continue;
             }
             if !out.is_empty() {
@@ -94,6 +123,16 @@ pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
             out.extend_from_slice(m);
         }
     }
+}
+
+/// Rebuild one baggage value with `key` set to `value` (already a valid branch name, which
+/// needs no percent-encoding): every other member is kept, with its properties, in order, and
+/// every member with `key` (duplicated or malformed) gives way to the one appended.
+pub fn with_member(existing: &[&[u8]], key: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        existing.iter().map(|h| h.len() + 1).sum::<usize>() + key.len() + value.len() + 2,
+    );
+    others(existing, key, &mut out);
     if !out.is_empty() {
         out.push(b',');
     }
@@ -150,6 +189,25 @@ mod tests {
         );
         let out = with_member(&[], "k", "v");
         assert_eq!(out, b"k=v");
+        // duplicated and malformed members with the key give way to the one set
+        let a: &[u8] = b"k=v, a=1, k=%zz;p";
+        assert_eq!(with_member(&[a], "k", "v"), b"a=1,k=v");
+        assert_eq!(without_member(&[a, b"b=2"], "k"), b"a=1,b=2");
+        assert!(without_member(&[b"k=Bad!"], "k").is_empty());
+    }
+
+    #[test]
+    fn only_member_and_has_member() {
+        let one: [&[u8]; 2] = [b"a=1", b" k = v ;p"];
+        assert!(only_member_is(one.iter().copied(), "k", "v"));
+        assert!(!only_member_is(one.iter().copied(), "k", "w"));
+        let two: [&[u8]; 2] = [b"k=v", b"k=v"];
+        assert!(!only_member_is(two.iter().copied(), "k", "v"));
+        let bad: [&[u8]; 1] = [b"k=%zz, k=v"];
+        assert!(!only_member_is(bad.iter().copied(), "k", "v"));
+        assert!(!only_member_is([&b"a=1"[..]].into_iter(), "k", "v"));
+        assert!(has_member(bad.iter().copied(), "k"));
+        assert!(!has_member([&b"a=1,kk=2"[..]].into_iter(), "k"));
     }
 
     proptest! {

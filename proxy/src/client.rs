@@ -4,13 +4,13 @@
 //! request that a pooled connection closed before writing is retried on another connection:
 //! nothing reached the upstream, so this is safe even for non-idempotent requests.
 
-use crate::forward::UpstreamBody;
+use crate::body::UpstreamBody;
 use crate::pool::{self, Lease, PooledBody, Sender};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +61,15 @@ impl UpstreamClient {
         }
     }
 
-    /// Send `req` to `up` over a pooled connection if this worker has one, else a new one.
-    /// `now` is the request's start time.
+    /// Send `req` to `up` over a pooled connection if this worker has one, else a new one
+    /// opened within `connect_timeout`. `now` is the request's start time.
     pub async fn send(
         &self,
         up: &UpstreamState,
         mut req: Request<UpstreamBody>,
         reuse: Reuse,
         now: Instant,
+        connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         while let Some(mut sender) = pool::take(up.id, now) {
             // an idle connection may still be finishing the previous exchange, or be closing
@@ -83,17 +84,19 @@ impl UpstreamClient {
                 },
             }
         }
-        self.send_new(up, req, reuse).await
+        self.send_new(up, req, reuse, connect_timeout).await
     }
 
-    /// Send `req` to `up` over a new connection (prewarming opens connections this way).
+    /// Send `req` to `up` over a new connection opened within `connect_timeout` (prewarming
+    /// opens connections this way).
     pub async fn send_new(
         &self,
         up: &UpstreamState,
         req: Request<UpstreamBody>,
         reuse: Reuse,
+        connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut sender = self.open(up).await?;
+        let mut sender = self.open(up, connect_timeout).await?;
         let resp = sender
             .send_request(req)
             .await
@@ -101,8 +104,12 @@ impl UpstreamClient {
         Ok(leased(up, sender, resp, reuse))
     }
 
-    async fn open(&self, up: &UpstreamState) -> Result<Sender, UpstreamError> {
-        let stream = self.connector.connect(up).await?;
+    async fn open(
+        &self,
+        up: &UpstreamState,
+        connect_timeout: Duration,
+    ) -> Result<Sender, UpstreamError> {
+        let stream = self.connector.connect(up, connect_timeout).await?;
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))

@@ -2,9 +2,12 @@
 //! hyper's header-read timeout). A tokio timer costs a lock on the time driver and a wheel
 //! insert and removal per request; measured, the two per-request timers were ~6% of the
 //! proxy's instructions. Here a worker keeps its pending deadlines in a thread-local slab
-//! (insert and remove are a free-list push and pop) and one ticker task per worker, running only
-//! while deadlines are pending, fires the expired ones every [`TICK`]: deadlines fire up to one
-//! tick late, which is fine for timeouts measured in hundreds of milliseconds or more.
+//! (insert and remove are a free-list push and pop) and one ticker task per worker sleeps until
+//! the earliest of them, fires the expired ones, and sleeps again; it runs at most once per
+//! [`TICK`], so deadlines fire up to one tick late, which is fine for timeouts measured in
+//! hundreds of milliseconds or more. An idle keep-alive client (whose header-read deadline is
+//! seconds away) costs no wake-up until then; a cancelled deadline is not searched for, it
+//! costs at most one early wake-up.
 //!
 //! The slab exists only on worker threads ([`install`]); elsewhere (a caller's multi-thread
 //! runtime, where a future may move between threads) the same calls fall back to tokio's timer.
@@ -38,7 +41,10 @@ struct Wheel {
     slots: Vec<Slot>,
     free: Vec<u32>,
     pending: usize,
-    /// The ticker, parked while nothing is pending.
+    /// When the ticker next looks (no earlier than the earliest deadline armed since it last
+    /// looked); `None` while nothing is pending.
+    target: Option<Instant>,
+    /// The ticker's waker, to wake it when a deadline earlier than `target` is armed.
     ticker: Option<Waker>,
 }
 
@@ -55,6 +61,7 @@ pub fn install() {
             slots: Vec::new(),
             free: Vec::new(),
             pending: 0,
+            target: None,
             ticker: None,
         });
     });
@@ -65,50 +72,88 @@ pub fn installed() -> bool {
     WHEEL.try_with(|w| w.borrow().is_some()).unwrap_or(false)
 }
 
-/// Fire this thread's expired deadlines every [`TICK`] while any is pending. Runs forever.
+/// Fire this thread's expired deadlines, sleeping until the earliest pending one (at most one
+/// pass per [`TICK`]). Runs forever.
 pub async fn ticker() {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let mut set_for: Option<Instant> = None;
+    let mut last = Instant::now();
     let mut wake = Vec::new();
     loop {
-        std::future::poll_fn(park_while_idle).await;
-        tick.tick().await;
+        std::future::poll_fn(|cx| until_target(cx, sleep.as_mut(), &mut set_for, last)).await;
         let now = Instant::now();
-        let _ = WHEEL.try_with(|w| {
-            let Ok(mut w) = w.try_borrow_mut() else {
-                return;
-            };
-            let Some(w) = w.as_mut() else { return };
-            for e in w.slots.iter_mut().filter_map(|s| s.entry.as_mut()) {
-                if !e.fired && e.deadline <= now {
-                    e.fired = true;
-                    wake.extend(e.waker.take());
-                }
-            }
-        });
+        last = now;
+        fire_expired(now, &mut wake);
         // woken outside the borrow: a waker may run code that touches the wheel
         wake.drain(..).for_each(Waker::wake);
+        WAKES.with(|w| w.set(w.get() + 1));
     }
 }
 
-fn park_while_idle(cx: &mut Context<'_>) -> Poll<()> {
-    let idle = WHEEL
+thread_local! {
+    /// Passes of this thread's ticker (for tests).
+    static WAKES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Ready when the wheel's target time has come (no sooner than one [`TICK`] after the last
+/// pass); pending with no target.
+fn until_target(
+    cx: &mut Context<'_>,
+    mut sleep: Pin<&mut tokio::time::Sleep>,
+    set_for: &mut Option<Instant>,
+    last: Instant,
+) -> Poll<()> {
+    let target = WHEEL
         .try_with(|w| {
             let mut w = w.try_borrow_mut().ok()?;
             let w = w.as_mut()?;
-            if w.pending > 0 {
-                return Some(false);
+            if !w.ticker.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                w.ticker = Some(cx.waker().clone());
             }
-            w.ticker = Some(cx.waker().clone());
-            Some(true)
+            w.target
         })
         .ok()
         .flatten();
-    match idle {
-        // no wheel on this thread: nothing will ever need this ticker
-        None | Some(true) => Poll::Pending,
-        Some(false) => Poll::Ready(()),
+    // no wheel on this thread, or nothing pending: an arm wakes this task
+    let Some(target) = target else {
+        return Poll::Pending;
+    };
+    let at = target.max(last + TICK);
+    if *set_for != Some(at) {
+        sleep.as_mut().reset(at.into());
+        *set_for = Some(at);
     }
+    sleep.poll(cx)
+}
+
+/// Fire the deadlines due by `now` (their wakers go to `wake`) and aim the ticker at the
+/// earliest one left.
+fn fire_expired(now: Instant, wake: &mut Vec<Waker>) {
+    let _ = WHEEL.try_with(|w| {
+        let Ok(mut w) = w.try_borrow_mut() else {
+            return;
+        };
+        let Some(w) = w.as_mut() else { return };
+        let mut next: Option<Instant> = None;
+        for e in w.slots.iter_mut().filter_map(|s| s.entry.as_mut()) {
+            if e.fired {
+                continue;
+            }
+            if e.deadline <= now {
+                e.fired = true;
+                wake.extend(e.waker.take());
+            } else if next.is_none_or(|n| e.deadline < n) {
+                next = Some(e.deadline);
+            }
+        }
+        w.target = next;
+    });
+}
+
+/// Passes the ticker of this thread has made (for tests).
+pub fn wakes() -> u64 {
+    WAKES.try_with(|w| w.get()).unwrap_or(0)
 }
 
 /// Where an armed deadline lives in its thread's slab.
@@ -147,7 +192,12 @@ fn arm(deadline: Instant, waker: &Waker) -> Option<Key> {
                 generation: slot.generation,
             };
             w.pending += 1;
-            Some((key, w.ticker.take()))
+            // the ticker only needs waking when this deadline comes before the one it awaits
+            let earlier = w.target.is_none_or(|t| deadline < t);
+            if earlier {
+                w.target = Some(deadline);
+            }
+            Some((key, if earlier { w.ticker.take() } else { None }))
         })
         .ok()
         .flatten()?;
@@ -410,6 +460,28 @@ mod tests {
                 std::future::pending::<()>(),
             );
             assert_eq!(r.await, Err(Elapsed));
+        });
+    }
+
+    #[test]
+    fn the_ticker_sleeps_until_the_earliest_deadline() {
+        worker_runtime().block_on(async {
+            install();
+            tokio::spawn(ticker());
+            let far = Instant::now() + Duration::from_secs(60);
+            let mut idle = Box::pin(CoarseSleep::until(far));
+            let first = std::future::poll_fn(|cx| Poll::Ready(idle.as_mut().poll(cx))).await;
+            assert!(first.is_pending());
+            let before = wakes();
+            // a nearer deadline armed later is still met
+            let start = Instant::now();
+            CoarseSleep::until(start + Duration::from_millis(200)).await;
+            let took = start.elapsed();
+            assert!(took < Duration::from_millis(200) + 5 * TICK, "{took:?}");
+            // one pass fires it; a 20 ms ticker would have made ten
+            let passes = wakes() - before;
+            assert!(passes <= 2, "{passes} passes");
+            drop(idle);
         });
     }
 

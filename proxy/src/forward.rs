@@ -1,22 +1,24 @@
 //! The request path, as named phases: `decide` (context, service, route, upstream), `prepare`
 //! (rewrite the request for the upstream), `send` (this worker's pooled connections, timeouts,
 //! upgrades) and `finish` (response headers). Errors become short plain-text local replies;
-//! nothing here panics or locks, and the snapshot loaded at the start is used to the end.
+//! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
+//! route's connect timeout included).
 
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
-use crate::headers;
+use crate::headers::{self, HeaderError};
 use crate::metrics::KindLabel;
-use crate::pool::{Lease, PooledBody};
-use crate::prewarm::PrewarmOptions;
+use crate::options::ProxyOptions;
+use crate::pool::Lease;
+use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Empty, Full};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_table::table::BASELINE_ID;
@@ -29,29 +31,26 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-/// Body sent upstream: the client's streamed body, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-/// Body sent to the client: the upstream's streamed body, or a local reply.
-pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
-
 // built at compile time: a name given as `&str` would be parsed on every insert
-const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallback");
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Per-connection facts computed once when the connection is accepted.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's IP as an `X-Forwarded-For` element.
     pub peer_ip: HeaderValue,
+    /// The listener's request-head limit, in bytes.
+    pub max_header_bytes: usize,
 }
 
 impl ConnInfo {
-    /// Facts of a connection from `peer`.
-    pub fn new(peer: SocketAddr) -> ConnInfo {
+    /// Facts of a connection from `peer` to a listener accepting heads up to
+    /// `max_header_bytes`.
+    pub fn new(peer: SocketAddr, max_header_bytes: usize) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            max_header_bytes,
         }
     }
 }
@@ -77,28 +76,6 @@ impl Decision<'_> {
     }
 }
 
-/// A reply the proxy makes itself.
-struct LocalReply {
-    status: StatusCode,
-    reason: String,
-}
-
-impl LocalReply {
-    fn new(status: StatusCode, reason: impl Into<String>) -> LocalReply {
-        LocalReply {
-            status,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Data-plane settings that do not come from the routing table.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyOptions {
-    /// How new upstreams are prewarmed before a table naming them is published.
-    pub prewarm: PrewarmOptions,
-}
-
 /// The data plane: routes and forwards requests using the router's current snapshot.
 pub struct Proxy {
     router: Arc<Router>,
@@ -112,10 +89,9 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy over `router` with per-worker pools of HTTP/1.1 upstream connections.
     pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
-        let connector = Connector::new(router.connect_timeouts(), Duration::from_secs(1));
         Arc::new(Proxy {
             router,
-            client: UpstreamClient::new(connector),
+            client: UpstreamClient::new(Connector),
             options,
             workers: OnceLock::new(),
         })
@@ -151,7 +127,7 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.router.load();
-        let (resp, service, kind, layer) = match decide(&snap, &req) {
+        let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
             Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
             Ok(d) => match admit(&snap, d).await {
                 Err((reply, d)) => {
@@ -185,14 +161,24 @@ impl Proxy {
         start: Instant,
     ) -> Response<ResponseBody> {
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
-        prepare(snap, &d, &mut req, conn, upgrade);
+        if let Err(e) = prepare(snap, &d, &mut req, conn, upgrade) {
+            return local(
+                snap,
+                LocalReply::bad_request(format!("the request names {e}")),
+            );
+        }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = d.route.policy.request_timeout;
-        let send = self
-            .client
-            .send(d.upstream, req.map(Either::Left), reuse, start);
+        let policy = &d.route.policy;
+        let timeout = policy.request_timeout;
+        let send = self.client.send(
+            d.upstream,
+            req.map(Either::Left),
+            reuse,
+            start,
+            policy.connect_timeout,
+        );
         let mut resp = match deadline::within(start + timeout, send).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
@@ -207,12 +193,16 @@ impl Proxy {
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
+            // dropping the response unread closes its connection: its framing is unknown
+            let reason = format!("upstream {} answered with {e}", d.upstream.key);
+            return local(snap, LocalReply::new(StatusCode::BAD_GATEWAY, reason));
+        }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let lease = resp.body_mut().take_lease();
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
         }
-        headers::strip_hop_by_hop(resp.headers_mut(), switching);
         if d.fallback {
             resp.headers_mut()
                 .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
@@ -274,9 +264,27 @@ async fn admit<'s>(
 }
 
 /// Phase 1: resolve the branch context, the service, the route and the upstream.
-fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s>, LocalReply> {
+fn decide<'s>(
+    snap: &'s Snapshot,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Decision<'s>, LocalReply> {
+    if headers::head_len(req) > conn.max_header_bytes {
+        return Err(LocalReply::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head over {} bytes", conn.max_header_bytes),
+        ));
+    }
+    if req.method() == Method::CONNECT {
+        // tunnels to arbitrary targets are not a branch-routing proxy's job; RFC 9110 9.3.6
+        // lets a proxy refuse them
+        return Err(LocalReply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+        ));
+    }
     let table = &snap.table;
-    let host = request_host(req);
+    let host = request_host(req)?;
     let branch = snap.rules.extract(req.headers(), host);
     let layer = match &branch {
         None => BASELINE_ID,
@@ -322,11 +330,34 @@ fn decide<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<Decision<'s
     })
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+/// The host a request is for. The target's authority wins: an HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target, whose Host a proxy must ignore (RFC 9112 3.2.2). Two Host
+/// lines, or an HTTP/2 `host` that names another host than `:authority` (RFC 9113 8.3.1), are
+/// refused: a hop behind us could pick the other one.
+fn request_host(req: &Request<Incoming>) -> Result<Option<&str>, LocalReply> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(LocalReply::bad_request("more than one Host header"));
+    }
+    match (target_authority(req.uri()), host) {
+        (Some(a), Some(h))
+            if req.version() == http::Version::HTTP_2
+                && !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()) =>
+        {
+            Err(LocalReply::bad_request(
+                "the host header and :authority name different hosts",
+            ))
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, h) => Ok(h.and_then(|v| v.to_str().ok())),
+    }
+}
+
+/// A request target's `host[:port]`, without any user information.
+fn target_authority(uri: &Uri) -> Option<&str> {
+    let a = uri.authority()?.as_str();
+    Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
 }
 
 thread_local! {
@@ -357,27 +388,27 @@ fn prepare(
     req: &mut Request<Incoming>,
     conn: &ConnInfo,
     upgrade: bool,
-) {
+) -> Result<(), HeaderError> {
     let version = req.version();
-    if req.uri().authority().is_some() {
-        // HTTP/2 (or an absolute-form HTTP/1.1 target): the host moves to Host and the
-        // upstream gets the origin form; an HTTP/1.1 request is already in origin form
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(a) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, a);
+    if let Some(a) = target_authority(req.uri()) {
+        // HTTP/2 (or an absolute-form HTTP/1.1 target): the target's host goes to Host (an
+        // HTTP/2 `host` that agrees is kept as is) and the upstream gets the origin form
+        let same = req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(a.as_bytes()));
+        if !same {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                req.headers_mut().insert(header::HOST, v);
             }
         }
         *req.uri_mut() = origin_form(req.uri());
     }
     *req.version_mut() = http::Version::HTTP_11;
     let h = req.headers_mut();
-    headers::strip_hop_by_hop(h, upgrade);
+    headers::strip_request(h, upgrade, &snap.rules.header)?;
     headers::append_forwarded_for(h, &conn.peer_ip);
-    h.entry(FORWARDED_PROTO)
+    h.entry(headers::X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static("http"));
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
@@ -388,6 +419,7 @@ fn prepare(
     for (name, value) in policy.set_headers.iter() {
         h.insert(name.clone(), value.clone());
     }
+    Ok(())
 }
 
 /// The origin form (`/path?query`) of a request target.
@@ -398,10 +430,28 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// Set the canonical branch header and make sure the baggage carries the branch member,
-/// keeping every other baggage member.
+/// Carry the context on as exactly the value used: the canonical branch header, and one
+/// baggage member with the branch (every other member kept). With no context, a branch header
+/// or baggage member the request carried was malformed: it is removed, so the next hop cannot
+/// read what this one ignored.
 fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) {
-    let Some((name, source)) = &d.branch else {
+    let key = &*snap.rules.baggage_key;
+    let Some((name, _)) = &d.branch else {
+        h.remove(&snap.rules.header);
+        if let Entry::Occupied(mut e) = h.entry(BAGGAGE) {
+            if crate::baggage::has_member(e.iter().map(|v| v.as_bytes()), key) {
+                let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
+                let rest = crate::baggage::without_member(&existing, key);
+                match HeaderValue::from_maybe_shared(Bytes::from(rest)) {
+                    Ok(v) if !v.is_empty() => {
+                        e.insert(v);
+                    }
+                    _ => {
+                        e.remove();
+                    }
+                }
+            }
+        }
         return;
     };
     let known = (d.layer != BASELINE_ID).then_some(d.layer as usize);
@@ -411,15 +461,12 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     if let Some(v) = branch_value {
         h.insert(snap.rules.header.clone(), v);
     }
-    if *source == ContextSource::Baggage {
-        return; // the baggage already holds this member
-    }
     match h.entry(BAGGAGE) {
         Entry::Vacant(e) => {
             let member = known
                 .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
                 .or_else(|| {
-                    let m = format!("{}={}", snap.rules.baggage_key, name.as_str());
+                    let m = format!("{key}={}", name.as_str());
                     HeaderValue::from_str(&m).ok()
                 });
             if let Some(m) = member {
@@ -427,10 +474,13 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
             }
         }
         Entry::Occupied(mut e) => {
+            let values = e.iter().map(|v| v.as_bytes());
+            if crate::baggage::only_member_is(values, key, name.as_str()) {
+                return; // the common case: the baggage already carries the branch, once
+            }
             let existing: Vec<&[u8]> = e.iter().map(|v| v.as_bytes()).collect();
-            let merged =
-                crate::baggage::with_member(&existing, &snap.rules.baggage_key, name.as_str());
-            if let Ok(v) = HeaderValue::from_bytes(&merged) {
+            let merged = crate::baggage::with_member(&existing, key, name.as_str());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(merged)) {
                 e.insert(v);
             }
         }
@@ -511,21 +561,4 @@ fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) 
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(ROUTE_HEADER, v);
     }
-}
-
-fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody> {
-    let body = format!("microstax: {}\n", reply.reason);
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = reply.status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if snap.table.settings.debug_header {
-        if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
-        {
-            resp.headers_mut().insert(ROUTE_HEADER, v);
-        }
-    }
-    resp
 }

@@ -1,6 +1,9 @@
 //! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 7.6.1, including
-//! headers named by `Connection`), `X-Forwarded-For`/`-Proto`, `Via`, and the branch context.
+//! every header named by `Connection`, except those the proxy itself keeps or sets), the
+//! framing check of responses, `X-Forwarded-For` and `Via`.
 
+use crate::context::BAGGAGE;
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
@@ -14,23 +17,92 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+/// Bit of `Connection` and of `Transfer-Encoding` in the set of hop-by-hop headers seen.
+const CONNECTION_BIT: u8 = 1;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 6;
 
-/// Remove hop-by-hop headers. `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
-/// protocol upgrade (WebSocket) that is tunnelled through.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+/// Most options one message's `Connection` headers may list (all lines together); a message
+/// naming more is refused rather than searched name by name.
+pub const MAX_CONNECTION_OPTIONS: usize = 64;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers a client's `Connection` may not remove: the proxy keeps them (Host, the framing,
+/// the context carriers) or sets or appends to them itself (the forwarding headers). The
+/// configured branch header is kept too.
+const KEPT: [HeaderName; 7] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::COOKIE,
+    BAGGAGE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    header::VIA,
+];
+
+/// Why a message's headers cannot be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// `Connection` lists more than [`MAX_CONNECTION_OPTIONS`] options.
+    #[error("more than {MAX_CONNECTION_OPTIONS} connection options")]
+    TooManyConnectionOptions,
+    /// A response is framed both by `Content-Length` and `Transfer-Encoding` (RFC 9112 6.3:
+    /// a sign of response splitting; its length is unknowable).
+    #[error("both content-length and transfer-encoding")]
+    AmbiguousLength,
+}
+
+/// Remove a request's hop-by-hop headers (see [`strip`]); what `Connection` names is removed
+/// unless the proxy keeps it ([`KEPT`], and `branch_header`).
+pub fn strip_request(
+    h: &mut HeaderMap,
+    keep_upgrade: bool,
+    branch_header: &HeaderName,
+) -> Result<(), HeaderError> {
+    strip(h, keep_upgrade, Some(branch_header)).map(|_| ())
+}
+
+/// Remove a response's hop-by-hop headers (see [`strip`]). A response carrying both
+/// `Content-Length` and `Transfer-Encoding` is refused.
+pub fn strip_response(h: &mut HeaderMap, keep_upgrade: bool) -> Result<(), HeaderError> {
+    let seen = strip(h, keep_upgrade, None)?;
+    if seen.transfer_encoding && seen.content_length {
+        return Err(HeaderError::AmbiguousLength);
+    }
+    Ok(())
+}
+
+/// What the name scan of [`strip`] found.
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+/// Remove hop-by-hop headers, including those `Connection` names (except the kept ones, when
+/// `kept` is given: a request's). `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for
+/// a protocol upgrade (WebSocket) that is tunnelled through.
+fn strip(
+    h: &mut HeaderMap,
+    keep_upgrade: bool,
+    kept: Option<&HeaderName>,
+) -> Result<Seen, HeaderError> {
     // one pass over the names finds what is present: most messages carry no hop-by-hop header
     // (or only `Connection`), and a lookup per listed name would hash every one of them
     let mut seen = 0u8;
     let mut upgrade = false;
+    let mut content_length = false;
     for name in h.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
             seen |= 1 << i;
         } else if name == header::UPGRADE {
             upgrade = true;
+        } else if name == header::CONTENT_LENGTH {
+            content_length = true;
         }
     }
-    if seen & 1 != 0 {
-        remove_connection_named(h);
+    if seen & CONNECTION_BIT != 0 {
+        remove_connection_named(h, kept)?;
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if seen & (1 << i) != 0 {
@@ -42,31 +114,61 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     } else if upgrade {
         h.remove(header::UPGRADE);
     }
+    Ok(Seen {
+        transfer_encoding: seen & TRANSFER_ENCODING_BIT != 0,
+        content_length,
+    })
 }
 
-/// Remove the headers that `Connection` names (they are hop-by-hop too).
-fn remove_connection_named(h: &mut HeaderMap) {
-    let mut named: [Option<HeaderName>; 8] = Default::default();
-    let mut n = 0;
-    for v in h.get_all(header::CONNECTION) {
+/// Remove the headers that `Connection` names (they are hop-by-hop too), every one of them,
+/// unless kept. Tokens are matched against the map as `&str` keys, so no name is built.
+fn remove_connection_named(
+    h: &mut HeaderMap,
+    kept: Option<&HeaderName>,
+) -> Result<(), HeaderError> {
+    let mut options = 0usize;
+    let mut line = 0;
+    // a clone of a line (a reference count, not a copy) lets the map change while its tokens
+    // are read; `Connection` itself is removed by the caller
+    while let Some(v) = h.get_all(header::CONNECTION).iter().nth(line).cloned() {
+        line += 1;
         for token in v.as_bytes().split(|&b| b == b',') {
             let t = token.trim_ascii();
-            if t.is_empty()
-                || t.eq_ignore_ascii_case(b"upgrade")
+            if t.is_empty() {
+                continue;
+            }
+            options += 1;
+            if options > MAX_CONNECTION_OPTIONS {
+                return Err(HeaderError::TooManyConnectionOptions);
+            }
+            let is = |n: &HeaderName| t.eq_ignore_ascii_case(n.as_str().as_bytes());
+            let keep = kept.is_some_and(|b| is(b) || KEPT.iter().any(is));
+            if keep
+                || is(&header::CONNECTION)
+                || is(&header::UPGRADE)
                 || t.eq_ignore_ascii_case(b"close")
-                || t.eq_ignore_ascii_case(b"keep-alive")
             {
                 continue;
             }
-            if let (Ok(name), true) = (HeaderName::from_bytes(t), n < named.len()) {
-                named[n] = Some(name);
-                n += 1;
+            if let Ok(name) = std::str::from_utf8(t) {
+                h.remove(name);
             }
         }
     }
-    for name in named.iter().flatten() {
-        h.remove(name);
-    }
+    Ok(())
+}
+
+/// The size of a request's head as HTTP/1.1 sends it: the request line and one
+/// `name: value\r\n` line per header.
+pub fn head_len<B>(req: &http::Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
@@ -89,21 +191,27 @@ pub fn via(version: Version) -> HeaderValue {
     })
 }
 
-/// Append the client address to `X-Forwarded-For`. `peer` is the prebuilt value of this
-/// connection's client address (built once per connection).
+/// Append the client address to `X-Forwarded-For`, keeping every line the client sent: they
+/// are joined into one (`a, b, peer`), as nginx's `$proxy_add_x_forwarded_for` does, so an
+/// upstream reading only the first line still sees the whole chain. `peer` is the prebuilt
+/// value of this connection's client address (built once per connection).
 pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
-    const NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
-    match h.entry(NAME) {
+    match h.entry(X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
             e.insert(peer.clone());
         }
         Entry::Occupied(mut e) => {
-            let prev = e.get();
-            let mut v = Vec::with_capacity(prev.len() + peer.len() + 2);
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
+            let len = e.iter().map(|v| v.len() + 2).sum::<usize>() + peer.len();
+            let mut v = Vec::with_capacity(len);
+            for prev in e.iter() {
+                let prev = prev.as_bytes().trim_ascii();
+                if !prev.is_empty() {
+                    v.extend_from_slice(prev);
+                    v.extend_from_slice(b", ");
+                }
+            }
             v.extend_from_slice(peer.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
                 e.insert(v);
             }
         }
@@ -126,7 +234,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_response(&mut h, false).unwrap();
         assert!(h.get("x-secret").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get(header::UPGRADE).is_none());
@@ -148,12 +256,13 @@ mod tests {
         );
         h.insert("x-a", HeaderValue::from_static("1"));
         h.insert("x-b", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        let branch = HeaderName::from_static("x-microstax-branch");
+        strip_request(&mut h, false, &branch).unwrap();
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h.get("x-keep").unwrap(), "1");
         // nothing hop-by-hop: nothing changes
         let before = h.clone();
-        strip_hop_by_hop(&mut h, false);
+        strip_request(&mut h, false, &branch).unwrap();
         assert_eq!(h, before);
     }
 
@@ -163,7 +272,7 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h, Version::HTTP_11));
-        strip_hop_by_hop(&mut h, true);
+        strip_response(&mut h, true).unwrap();
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
     }
@@ -176,5 +285,74 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         append_forwarded_for(&mut h, &HeaderValue::from_static("10.0.0.1"));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1, 10.0.0.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        append_forwarded_for(&mut h, &peer);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["127.0.0.1, 10.0.0.1, 10.0.0.2, 127.0.0.1"]);
+    }
+
+    #[test]
+    fn connection_removes_every_name_but_not_what_is_kept() {
+        let branch = HeaderName::from_static("x-microstax-branch");
+        let mut h = HeaderMap::new();
+        let names: Vec<String> = (0..20).map(|i| format!("x-n{i}")).collect();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(&names.join(", ").to_uppercase()).unwrap(),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("host, baggage, x-microstax-branch, via, cookie"),
+        );
+        for n in &names {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        for n in ["host", "baggage", "x-microstax-branch", "via", "cookie"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        strip_request(&mut h, false, &branch).unwrap();
+        assert_eq!(h.len(), 5, "{h:?}");
+        // a response keeps nothing `Connection` names
+        let mut r = HeaderMap::new();
+        r.insert(header::CONNECTION, HeaderValue::from_static("via"));
+        r.insert(header::VIA, HeaderValue::from_static("1.1 x"));
+        strip_response(&mut r, false).unwrap();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn too_many_options_and_double_framing_are_refused() {
+        let branch = HeaderName::from_static("x-microstax-branch");
+        let many: Vec<String> = (0..=MAX_CONNECTION_OPTIONS)
+            .map(|i| format!("o{i}"))
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(&many.join(",")).unwrap(),
+        );
+        assert_eq!(
+            strip_request(&mut h, false, &branch),
+            Err(HeaderError::TooManyConnectionOptions)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(&many[1..].join(",")).unwrap(),
+        );
+        assert_eq!(strip_request(&mut h, false, &branch), Ok(()));
+        let mut r = HeaderMap::new();
+        r.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        r.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(
+            strip_response(&mut r, false),
+            Err(HeaderError::AmbiguousLength)
+        );
     }
 }

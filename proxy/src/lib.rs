@@ -3,6 +3,7 @@
 //! atomically loaded snapshot, and forwards with the context propagated.
 
 pub mod baggage;
+pub mod body;
 pub mod client;
 pub mod context;
 pub mod cookie;
@@ -10,15 +11,22 @@ pub mod deadline;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod options;
 pub mod pool;
+pub mod preface;
 pub mod prewarm;
+pub mod publish;
+pub mod reply;
 pub mod router;
 pub mod server;
 pub mod upstream;
 
+pub use body::UpstreamBody;
 pub use context::{BranchName, ContextRules, ContextSource};
-pub use forward::{ConnInfo, Proxy, ProxyOptions};
+pub use forward::{ConnInfo, Proxy};
 pub use metrics::ProxyMetrics;
-pub use prewarm::{PrewarmOptions, PublishReport};
+pub use options::{PrewarmOptions, ProxyOptions};
+pub use publish::PublishReport;
+pub use reply::ResponseBody;
 pub use router::{Router, Snapshot};
 pub use server::{reuseport_listeners, serve, serve_sharded, ServeError, ServerOptions, Workers};

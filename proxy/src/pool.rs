@@ -6,7 +6,7 @@
 //! carried has been read to its end ([`PooledBody`]); one whose body was abandoned, or that
 //! carried a protocol upgrade, is closed instead.
 
-use crate::forward::UpstreamBody;
+use crate::body::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;

@@ -1,5 +1,5 @@
-//! Publishing with prewarming, and upstream maintenance. Before a table that names new
-//! upstreams is swapped in, the proxy opens a few pooled connections to each and checks that it
+//! Prewarming and upstream maintenance. Before a table that names new upstreams is swapped in
+//! (`crate::publish`), the proxy opens a few pooled connections to each and checks that it
 //! answers, within a bounded time, so the first request to a new branch pays no connect cost.
 //! Each worker pools its own connections, so with per-core workers the probe runs on every
 //! worker's runtime and the swap waits for all of them. Upstreams that did not answer are
@@ -13,95 +13,18 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{header, Request};
 use http_body_util::{BodyExt, Either, Empty};
-use microstax_table::RoutingTable;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Prewarm and maintenance settings.
-#[derive(Debug, Clone)]
-pub struct PrewarmOptions {
-    /// Connections opened to each new upstream.
-    pub connections: usize,
-    /// Time allowed for a new upstream to answer.
-    pub timeout: Duration,
-    /// Path requested (GET) to check an upstream answers; any HTTP status counts as an answer.
-    pub path: String,
-    /// Most new upstreams prewarmed per publish; the rest are treated as ready.
-    pub max_upstreams: usize,
-    /// How often not-ready upstreams are probed again.
-    pub reprobe_interval: Duration,
-    /// How long the state of an upstream no table names is kept.
-    pub sweep_grace: Duration,
-}
-
-impl Default for PrewarmOptions {
-    fn default() -> Self {
-        PrewarmOptions {
-            connections: 2,
-            timeout: Duration::from_secs(1),
-            path: "/".into(),
-            max_upstreams: 256,
-            reprobe_interval: Duration::from_millis(250),
-            sweep_grace: Duration::from_secs(60),
-        }
-    }
-}
-
-/// What a publish did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishReport {
-    /// Generation now served.
-    pub generation: u64,
-    /// Upstreams no earlier table named.
-    pub new_upstreams: usize,
-    /// New upstreams that answered their prewarm.
-    pub ready: usize,
-    /// New upstreams that did not answer in time.
-    pub not_ready: usize,
-    /// Time from the call to the swap.
-    pub elapsed: Duration,
-}
+use std::time::Duration;
 
 impl Proxy {
-    /// Bind `table`, prewarm its new upstreams, then swap it in. The caller has validated it.
-    pub async fn publish(&self, table: Arc<RoutingTable>) -> PublishReport {
-        let start = Instant::now();
-        let generation = table.generation;
-        let staged = self.router().stage(table);
-        let opts = &self.options().prewarm;
-        let targets: Vec<Arc<UpstreamState>> = staged
-            .new_upstreams
-            .iter()
-            .take(opts.max_upstreams)
-            .cloned()
-            .collect();
-        let outcomes = join_all(
-            targets
-                .iter()
-                .map(|u| self.probe(u, opts.connections, opts.timeout)),
-        )
-        .await;
-        let ready = outcomes.iter().filter(|ok| **ok).count();
-        let not_ready = outcomes.len() - ready;
-        let metrics = self.router().metrics();
-        metrics.prewarm("ok", ready as u64);
-        metrics.prewarm("failed", not_ready as u64);
-        let new_upstreams = staged.new_upstreams.len();
-        self.router().commit(staged);
-        let elapsed = start.elapsed();
-        metrics.swap_duration.observe(elapsed.as_secs_f64());
-        PublishReport {
-            generation,
-            new_upstreams,
-            ready,
-            not_ready,
-            elapsed,
-        }
-    }
-
     /// Open `connections` pooled connections to `up` (on each worker, if sharded) and mark it
     /// ready if any request is answered within `timeout`.
-    async fn probe(&self, up: &Arc<UpstreamState>, connections: usize, timeout: Duration) -> bool {
+    pub(crate) async fn probe(
+        &self,
+        up: &Arc<UpstreamState>,
+        connections: usize,
+        timeout: Duration,
+    ) -> bool {
         let path: Arc<str> = self.options().prewarm.path.as_str().into();
         let run = || {
             probe_here(
@@ -166,7 +89,7 @@ async fn probe_here(
             .header(header::USER_AGENT, "microstax-prewarm")
             .body(Either::Right(Empty::<Bytes>::new()));
         let Ok(req) = req else { return false };
-        match client.send_new(&up, req, Reuse::Pool).await {
+        match client.send_new(&up, req, Reuse::Pool, timeout).await {
             Ok(resp) => {
                 // read the (small) body to its end: that returns the connection to the pool
                 let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;

@@ -5,13 +5,11 @@
 
 use crate::context::ContextRules;
 use crate::metrics::{BoundMetrics, ProxyMetrics};
-use crate::upstream::{ConnectTimeouts, Registry, UpstreamState};
+use crate::upstream::{Registry, UpstreamState};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use microstax_table::{LayerKind, RoutingTable};
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Everything a request needs, immutable once published.
 #[derive(Debug)]
@@ -81,7 +79,6 @@ impl Snapshot {
 pub struct Router {
     current: ArcSwap<Snapshot>,
     registry: Registry,
-    connect_timeouts: ConnectTimeouts,
     metrics: ProxyMetrics,
 }
 
@@ -99,12 +96,10 @@ impl Router {
     /// A router serving `table` that reports to `metrics`.
     pub fn with_metrics(table: Arc<RoutingTable>, metrics: ProxyMetrics) -> Arc<Router> {
         let registry = Registry::default();
-        let timeouts = connect_timeouts(&table);
         let staged = Snapshot::build(table, &registry, &metrics, None);
         let router = Router {
             current: ArcSwap::from_pointee(staged.snapshot),
             registry,
-            connect_timeouts: Arc::new(ArcSwap::from_pointee(timeouts)),
             metrics,
         };
         router.record_table(&router.load());
@@ -124,8 +119,6 @@ impl Router {
 
     /// Swap a staged table in (atomically: one store of one snapshot).
     pub fn commit(&self, staged: Staged) {
-        self.connect_timeouts
-            .store(Arc::new(connect_timeouts(&staged.snapshot.table)));
         let snap = Arc::new(staged.snapshot);
         self.current.store(snap.clone());
         self.metrics.swaps.inc();
@@ -153,11 +146,6 @@ impl Router {
         self.commit(staged);
     }
 
-    /// The connect-timeout map shared with the connector.
-    pub fn connect_timeouts(&self) -> ConnectTimeouts {
-        self.connect_timeouts.clone()
-    }
-
     /// The upstream registry (for the grace-period sweep and metrics).
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -167,22 +155,4 @@ impl Router {
 #[allow(clippy::panic)]
 fn unreachable_metrics() -> ! {
     panic!("registering metrics on a new, empty registry cannot fail")
-}
-
-/// The shortest connect timeout of any route naming each upstream.
-fn connect_timeouts(table: &RoutingTable) -> FxHashMap<Arc<str>, Duration> {
-    let mut out: FxHashMap<Arc<str>, Duration> = FxHashMap::default();
-    for l in table.layers.iter().flatten() {
-        for r in l.routes.iter() {
-            for &u in r.upstreams.iter() {
-                if let Some(up) = table.upstream(u) {
-                    let t = r.policy.connect_timeout;
-                    out.entry(up.authority.clone())
-                        .and_modify(|d| *d = (*d).min(t))
-                        .or_insert(t);
-                }
-            }
-        }
-    }
-    out
 }

@@ -9,6 +9,7 @@
 use crate::deadline::{self, CoarseTimer};
 use crate::forward::{ConnInfo, Proxy};
 use crate::pool;
+use crate::preface::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,24 +19,34 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Time allowed for a client to send a request's headers (HTTP/1.1).
+    /// Time allowed for a client to send a request's headers (HTTP/1.1), and for a new
+    /// connection to show its protocol (its first bytes, or the whole HTTP/2 preface).
     pub header_read_timeout: Duration,
     /// Time allowed for open connections to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// Largest request head accepted (request line and header lines, as sent over HTTP/1.1;
+    /// for HTTP/2 also the header list limit): a larger one gets `431`. Checked on every
+    /// parsed head: hyper's read-buffer limit alone (~408 KiB) let a head that arrived in large
+    /// reads through.
+    pub max_header_bytes: usize,
 }
+
+/// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -52,6 +63,9 @@ pub async fn serve(
         .http1()
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     // every request arms a header-read timer: on a worker, the cheap coarse one
     if deadline::installed() {
         builder.http1().timer(CoarseTimer);
@@ -78,12 +92,13 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
-                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer)));
+                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes)));
                 let svc = service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let active = active.clone();
                 active.inc();

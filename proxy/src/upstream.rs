@@ -1,9 +1,8 @@
 //! Per-upstream state kept outside the immutable table (identity, readiness, counters), the
 //! shared registry that hands the same state to every table naming an upstream, and the TCP
-//! connector that applies each upstream's connect timeout. Idle connections live in the
+//! connector that applies the route's connect timeout. Idle connections live in the
 //! per-worker pools of `crate::pool`, keyed by the state's `id`.
 
-use arc_swap::ArcSwap;
 use microstax_table::RoutingTable;
 use rustc_hash::FxHashMap;
 use std::io;
@@ -160,10 +159,6 @@ impl Registry {
     }
 }
 
-/// Connect timeouts by upstream, published with each table (read only when a new connection is
-/// opened, never per request).
-pub type ConnectTimeouts = Arc<ArcSwap<FxHashMap<Arc<str>, Duration>>>;
-
 /// Why a connection to an upstream could not be opened. Retrying is safe: nothing was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -186,28 +181,19 @@ pub enum ConnectError {
     },
 }
 
-/// TCP connector for upstream connections: resolves `host:port`, applies the upstream's connect
-/// timeout, and sets TCP_NODELAY.
-#[derive(Clone)]
-pub struct Connector {
-    timeouts: ConnectTimeouts,
-    default: Duration,
-}
+/// TCP connector for upstream connections: resolves `host:port`, applies the connect timeout
+/// the caller's route gives, and sets TCP_NODELAY.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connector;
 
 impl Connector {
-    /// A connector reading timeouts from `timeouts`, else `default`.
-    pub fn new(timeouts: ConnectTimeouts, default: Duration) -> Connector {
-        Connector { timeouts, default }
-    }
-
-    /// Open a TCP connection to `up` within its connect timeout.
-    pub async fn connect(&self, up: &UpstreamState) -> Result<TcpStream, ConnectError> {
-        let timeout = self
-            .timeouts
-            .load()
-            .get(&*up.key)
-            .copied()
-            .unwrap_or(self.default);
+    /// Open a TCP connection to `up` within `timeout` (the route's `connect_timeout`, taken from
+    /// the request's own snapshot).
+    pub async fn connect(
+        &self,
+        up: &UpstreamState,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let io_error = |source| ConnectError::Io {
             upstream: up.key.clone(),
             source,

@@ -202,15 +202,20 @@ pub struct ProxyUnderTest {
 
 impl ProxyUnderTest {
     pub async fn start(config: &Config) -> ProxyUnderTest {
+        let opts = ServerOptions {
+            drain_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        };
+        ProxyUnderTest::start_with(config, opts).await
+    }
+
+    /// The proxy with the given listener settings.
+    pub async fn start_with(config: &Config, opts: ServerOptions) -> ProxyUnderTest {
         let router = Router::new(microstax_planner::compile(config, 1));
         let proxy = Proxy::new(router.clone(), microstax_proxy::ProxyOptions::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let opts = ServerOptions {
-            drain_timeout: Duration::from_secs(2),
-            ..ServerOptions::default()
-        };
         let done = tokio::spawn(microstax_proxy::serve(listener, proxy, opts, async move {
             let _ = rx.await;
         }));
@@ -331,6 +336,66 @@ pub async fn send(
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// A response read from a raw socket: status, head text (lower-cased names as sent) and body.
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {} {}",
+                self.head,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Every value the echo upstream saw for header `name`.
+    pub fn seen_all(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Write `request` (whole, by hand) to `addr` and read until the proxy closes the connection
+/// (send `connection: close`); bounded by 10 s. The body is returned as sent (no chunked
+/// decoding: the echo upstream's answers carry a length).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("no answer within 10 s")
+        .expect("read answer");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    RawReply {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
     }
 }
 

@@ -1,0 +1,61 @@
+//! What the proxy sends a client: the body type of every response, and the short plain-text
+//! replies the proxy makes itself (routing failures, refused requests, upstream failures).
+
+use crate::pool::PooledBody;
+use crate::router::Snapshot;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+
+/// Body sent to the client: the upstream's streamed body, or a local reply.
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+// built at compile time: a name given as `&str` would be parsed on every insert
+pub(crate) const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
+
+/// The methods a `405` names: everything is forwarded except CONNECT.
+const ALLOW: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
+
+/// A reply the proxy makes itself.
+pub(crate) struct LocalReply {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+}
+
+impl LocalReply {
+    pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> LocalReply {
+        LocalReply {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// `400` with a reason.
+    pub(crate) fn bad_request(reason: impl Into<String>) -> LocalReply {
+        LocalReply::new(StatusCode::BAD_REQUEST, reason)
+    }
+}
+
+/// The response for `reply`, with the debug header when the table asks for it.
+pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody> {
+    let body = format!("microstax: {}\n", reply.reason);
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, ALLOW);
+    }
+    if snap.table.settings.debug_header {
+        if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
+        {
+            h.insert(ROUTE_HEADER, v);
+        }
+    }
+    resp
+}
