@@ -2,6 +2,8 @@
 //! it when the branch goes. Nothing half-made is left behind: a create that fails part-way undoes
 //! what it did before returning the error.
 
+pub mod name;
+
 use crate::error::StoreError;
 use crate::executor::BoxFuture;
 use crate::spec::StoreRequest;
