@@ -3,6 +3,7 @@
 //! what it did before returning the error.
 
 pub mod name;
+pub mod postgres;
 
 use crate::error::StoreError;
 use crate::executor::BoxFuture;
