@@ -15,5 +15,5 @@ pub use executor::{BoxFuture, Executor};
 pub use spec::{
     InstanceId, InstanceSpec, InstanceState, Observed, RunSpec, StoreMode, StoreRequest,
 };
-pub use store::postgres::PostgresStores;
+pub use store::{command::CommandStores, postgres::PostgresStores};
 pub use store::{StoreHandle, StorePlugin};

@@ -2,6 +2,7 @@
 //! it when the branch goes. Nothing half-made is left behind: a create that fails part-way undoes
 //! what it did before returning the error.
 
+pub mod command;
 pub mod name;
 pub mod postgres;
 
