@@ -94,7 +94,7 @@ async fn postgres_plugin_against_a_real_server() {
         pg,
         plugin: PostgresStores::new(PostgresOptions::default()),
     });
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("schema_mode", |c| Box::pin(schema_mode(c))),
         ("database_from_template", |c| {
             Box::pin(database_from_template(c))
@@ -104,6 +104,9 @@ async fn postgres_plugin_against_a_real_server() {
             Box::pin(two_branches_two_names(c))
         }),
         ("template_in_use", |c| Box::pin(template_in_use(c))),
+        ("concurrent_creates_share_one", |c| {
+            Box::pin(concurrent_creates_share_one(c))
+        }),
         ("failed_check_undoes_create", |c| {
             Box::pin(failed_check_undoes_create(c))
         }),
@@ -299,11 +302,30 @@ async fn template_in_use(ctx: Arc<Ctx>) {
     ctx.plugin.drop_store(&handle).await.unwrap();
 }
 
+async fn concurrent_creates_share_one(ctx: Arc<Ctx>) {
+    let baseline = ctx.baseline("base_race", 1).await;
+    for mode in [StoreMode::Schema, StoreMode::Database] {
+        let req = request("orders", "feature_race", mode, baseline.clone());
+        let (a, b, c, d) = tokio::join!(
+            ctx.plugin.create(&req),
+            ctx.plugin.create(&req),
+            ctx.plugin.create(&req),
+            ctx.plugin.create(&req),
+        );
+        let a = a.unwrap();
+        assert_eq!(a, b.unwrap());
+        assert_eq!(a, c.unwrap());
+        assert_eq!(a, d.unwrap());
+        ctx.plugin.drop_store(&a).await.unwrap();
+    }
+}
+
 async fn failed_check_undoes_create(ctx: Arc<Ctx>) {
     let (store, branch) = REJECTED;
     let req = request(store, branch, StoreMode::Database, ctx.pg.url("postgres"));
     let err = ctx.plugin.create(&req).await.unwrap_err();
     let text = err.to_string();
+    eprintln!("{text}");
     assert!(text.contains("pg_hba.conf rejects"), "{text}");
     assert!(text.contains("dropped again"), "{text}");
     assert!(!err.retryable(), "{err}");
@@ -328,6 +350,7 @@ async fn refused_connection_is_retryable() {
         format!("postgres://postgres@127.0.0.1:{port}/base"),
     );
     let err = plugin.create(&req).await.unwrap_err();
+    eprintln!("{err}");
     assert!(err.retryable(), "{err}");
     assert!(err.to_string().contains("connecting to database"), "{err}");
 }
@@ -350,6 +373,7 @@ async fn silent_server_times_out_retryably() {
     let started = Instant::now();
     let err = plugin.create(&req).await.unwrap_err();
     let took = started.elapsed();
+    eprintln!("{err} ({took:?})");
     assert!(err.retryable(), "{err}");
     assert!(err.to_string().contains("no answer within"), "{err}");
     assert!(took < Duration::from_secs(3), "took {took:?}");

@@ -206,14 +206,19 @@ impl PostgresStores {
             )
             .await?;
         let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&t.name));
-        if let Err(e) = self.run(t.req, &client, &sql, "creating the schema").await {
-            // A client-side timeout leaves the outcome unknown: undo what may have been made.
-            return Err(match existed {
-                false if e.retryable() => self.undo(t, true, e).await,
-                _ => e,
-            });
+        let what = "creating the schema";
+        match self.bounded(t.req, client.batch_execute(&sql), what).await {
+            Ok(()) => Ok((connection, !existed)),
+            // A concurrent create of the same schema got there first (IF NOT EXISTS does not
+            // cover the race): reuse it.
+            Err(Failure::Pg(e)) if matches!(sqlstate(&e), Some("42P06" | "23505")) => {
+                Ok((connection, false))
+            }
+            Err(Failure::Pg(e)) => Err(pg_error(t.req, what, &e)),
+            // The outcome is unknown: undo what may have been made.
+            Err(Failure::Timeout(e)) if !existed => Err(self.undo(t, true, e).await),
+            Err(Failure::Timeout(e)) => Err(e),
         }
-        Ok((connection, !existed))
     }
 
     /// Creates the database; returns the connection string and whether this call made it.
@@ -245,11 +250,13 @@ impl PostgresStores {
         let fut = client.batch_execute(&sql);
         match self.bounded(t.req, fut, "creating the database").await {
             Ok(()) => Ok((connection, true)),
-            // Another create of the same branch store won the race: reuse it.
-            Err(Failure::Pg(e)) if e.code().map(|c| c.code()) == Some("42P04") => {
+            // Another create of the same branch store won the race: reuse it. PostgreSQL says
+            // so as a duplicate database, or, when both passed its own check, as a unique
+            // violation on pg_database.
+            Err(Failure::Pg(e)) if matches!(sqlstate(&e), Some("42P04" | "23505")) => {
                 Ok((connection, false))
             }
-            Err(Failure::Pg(e)) if e.code().map(|c| c.code()) == Some("55006") => Err(backend(
+            Err(Failure::Pg(e)) if sqlstate(&e) == Some("55006") => Err(backend(
                 t.req,
                 format!(
                     "template database {template:?} is being accessed by other sessions, and \
@@ -274,13 +281,31 @@ impl PostgresStores {
             )
         })?;
         config.connect_timeout(self.opts.connect_timeout);
-        let client = self.connect(t.req, &config, &t.name).await?;
-        let fut = client.query_one("SELECT current_schema()::text", &[]);
+        let expected_db = match t.req.mode {
+            StoreMode::Schema => &t.baseline_db,
+            StoreMode::DatabaseFromTemplate | StoreMode::Database => &t.name,
+        };
+        let client = self.connect(t.req, &config, expected_db).await?;
+        let what = "checking the handed-out connection string";
+        let fut = client.query_one(
+            "SELECT current_database()::text, current_schema()::text",
+            &[],
+        );
         let row = self
-            .bounded(t.req, fut, "checking the handed-out connection string")
+            .bounded(t.req, fut, what)
             .await
-            .map_err(|f| f.into_store(t.req, "checking the handed-out connection string"))?;
-        let schema: Option<String> = row.get(0);
+            .map_err(|f| f.into_store(t.req, what))?;
+        let db: String = row.get(0);
+        let schema: Option<String> = row.get(1);
+        if &db != expected_db {
+            return Err(backend(
+                t.req,
+                format!(
+                    "the handed-out connection string reaches database {db:?}, not {expected_db:?}"
+                ),
+                false,
+            ));
+        }
         if t.req.mode == StoreMode::Schema && schema.as_deref() != Some(&*t.name) {
             return Err(backend(
                 t.req,
@@ -464,6 +489,10 @@ fn backend(req: &StoreRequest, reason: String, retryable: bool) -> StoreError {
     }
 }
 
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
 /// Maps a driver error: what the server said (with its SQLSTATE) and whether a retry may help.
 fn pg_error(req: &StoreRequest, what: &str, e: &tokio_postgres::Error) -> StoreError {
     let Some(db) = e.as_db_error() else {
@@ -520,12 +549,19 @@ impl<'a> BaselineUrl<'a> {
         Some(BaselineUrl { head, path, query })
     }
 
-    /// The same URL on another database.
+    /// The same URL on another database (a `dbname` parameter, which would win over the path,
+    /// is left out).
     fn with_db(&self, db: &str) -> String {
         let mut out = format!("{}/{}", self.head, percent_encode(db));
-        if let Some(q) = self.query {
+        let params: Vec<&str> = self
+            .query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty() && !p.starts_with("dbname="))
+            .collect();
+        if !params.is_empty() {
             out.push('?');
-            out.push_str(q);
+            out.push_str(&params.join("&"));
         }
         out
     }
@@ -588,6 +624,8 @@ mod tests {
             q.with_db("n"),
             "postgresql://h/n?sslmode=disable&options=-cwork_mem%3D4MB"
         );
+        let param = BaselineUrl::parse("postgres://h/?dbname=base&user=u").unwrap();
+        assert_eq!(param.with_db("n"), "postgres://h/n?user=u");
         let bare = BaselineUrl::parse("postgres://h:1").unwrap();
         assert_eq!(bare.with_db("n"), "postgres://h:1/n");
         assert!(BaselineUrl::parse("host=h dbname=d").is_none());
