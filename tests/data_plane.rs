@@ -4,6 +4,8 @@
 //! target's authority wins; `X-Forwarded-For` keeps every line; only the carrier value used is
 //! forwarded; an upstream answer framed twice is a 502; oversized heads never reach the
 //! upstream, even under concurrency; CONNECT is refused.
+// Test code: a failed expect is the failure report we want (see .clippy.toml).
+#![allow(clippy::expect_used)]
 
 mod common;
 

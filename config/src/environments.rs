@@ -234,8 +234,10 @@ fn settings_of(
         }
     };
     let url = s.url.clone().unwrap_or_default();
-    if plugin == StorePluginKind::Postgres {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if plugin == StorePluginKind::Postgres
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        {
             return Err((
                 "url",
                 "the postgres plugin needs the baseline's `postgres://` URL".into(),

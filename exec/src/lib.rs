@@ -20,4 +20,5 @@ pub use reconcile::{
 pub use spec::{
     InstanceId, InstanceSpec, InstanceState, Observed, RunSpec, StoreMode, StoreRequest,
 };
+pub use store::{command::CommandStores, postgres::PostgresStores};
 pub use store::{StoreHandle, StorePlugin};

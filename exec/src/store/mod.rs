@@ -2,6 +2,10 @@
 //! it when the branch goes. Nothing half-made is left behind: a create that fails part-way undoes
 //! what it did before returning the error.
 
+pub mod command;
+pub mod name;
+pub mod postgres;
+
 use crate::error::StoreError;
 use crate::executor::BoxFuture;
 use crate::spec::StoreRequest;
