@@ -7,11 +7,13 @@
 
 pub mod error;
 pub mod executor;
+pub mod process;
 pub mod spec;
 pub mod store;
 
 pub use error::{ExecError, StoreError};
 pub use executor::{BoxFuture, Executor};
+pub use process::{Backoff, Ports, ProcessExecutor, ProcessOptions};
 pub use spec::{
     InstanceId, InstanceSpec, InstanceState, Observed, RunSpec, StoreMode, StoreRequest,
 };
