@@ -7,12 +7,14 @@
 
 pub mod error;
 pub mod executor;
+pub mod kubernetes;
 pub mod process;
 pub mod spec;
 pub mod store;
 
 pub use error::{ExecError, StoreError};
 pub use executor::{BoxFuture, Executor};
+pub use kubernetes::{KubernetesExecutor, KubernetesOptions, RenderTarget};
 pub use process::{Backoff, Ports, ProcessExecutor, ProcessOptions};
 pub use spec::{
     InstanceId, InstanceSpec, InstanceState, Observed, RunSpec, StoreMode, StoreRequest,
