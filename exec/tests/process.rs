@@ -135,6 +135,7 @@ fn records(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir.join("state"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect()
 }
 
@@ -399,35 +400,54 @@ fn dropping_the_runtime_kills_the_children() {
     drop(exec);
 }
 
-/// A run that never cleaned up (its runtime is never driven again and nothing is dropped) leaves
-/// a running child and its record; the next executor on the same state directory reaps it.
-#[test]
-fn a_new_executor_reaps_what_a_previous_run_left() {
+/// A second executor on the same state directory would reap the first one's instances: it is
+/// refused while the first lives, and accepted once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_executor_at_a_time_per_state_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let old_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let old = old_rt
-        .block_on(ProcessExecutor::new(options(dir.path())))
-        .unwrap();
-    old.ensure(&spec(ID_A, "serve")).unwrap();
-    let (_, pid, _) = old_rt.block_on(ready(&old, ID_A));
-    std::mem::forget(old);
-    std::mem::forget(old_rt);
-    assert!(running(pid));
-    assert_eq!(records(dir.path()).len(), 1);
+    let first = ProcessExecutor::new(options(dir.path())).await.unwrap();
+    first.ensure(&spec(ID_A, "serve")).unwrap();
+    let (_, pid, _) = ready(&first, ID_A).await;
+    let err = ProcessExecutor::new(options(dir.path())).await.unwrap_err();
+    assert!(
+        err.to_string().contains("lock the state directory"),
+        "{err}"
+    );
+    assert!(running(pid), "the refused executor reaped nothing");
+    first.shutdown().await;
+    drop(first);
+    let second = ProcessExecutor::new(options(dir.path())).await.unwrap();
+    second.shutdown().await;
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let new = ProcessExecutor::new(options(dir.path())).await.unwrap();
-        assert!(!running(pid), "reaped during construction");
-        assert!(records(dir.path()).is_empty());
-        new.shutdown().await;
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_rotated_past_its_bound_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.log_max_bytes = 1;
+    let exec = ProcessExecutor::new(opts).await.unwrap();
+    exec.ensure(&spec(ID_A, "serve")).unwrap();
+    let (_, pid, o) = ready(&exec, ID_A).await;
+    let victim = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(victim, rustix::process::Signal::KILL).unwrap();
+    wait_until(&exec, "restarted", |o| {
+        o[0].restarts == 1 && matches!(o[0].state, InstanceState::Ready { .. })
+    })
+    .await;
+    let log = o.log.clone().unwrap();
+    let mut old = log.clone().into_os_string();
+    old.push(".1");
+    let old = std::fs::read_to_string(old).unwrap();
+    assert!(
+        old.contains("--- microstax: start 0 ") && !old.contains("start 1 "),
+        "{old}"
+    );
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        new.contains("--- microstax: start 1 ") && !new.contains("start 0 "),
+        "{new}"
+    );
+    exec.shutdown().await;
 }
 
 /// A record whose pid now names another process (its start time differs) is deleted, and that
@@ -441,7 +461,7 @@ async fn reaping_checks_the_start_time_before_it_signals() {
     let spawn = || {
         use std::os::unix::process::CommandExt;
         std::process::Command::new("python3")
-            .args(["-c", "import time; time.sleep(600)"])
+            .args(["-c", "import time; time.sleep(120)"])
             .process_group(0)
             .spawn()
             .unwrap()
@@ -472,10 +492,10 @@ async fn reaping_checks_the_start_time_before_it_signals() {
     exec.shutdown().await;
 }
 
-/// Run by `a_crash_of_the_executor_kills_its_children` as a separate process: start an instance,
-/// print its pid, and abort without any cleanup.
+/// Run by `crash` as a separate process: start an instance (with the parent-death signal when
+/// `MICROSTAX_CRASH_PDEATHSIG` is set), print its pid, and abort without any cleanup.
 #[test]
-#[ignore = "a helper: runs only as a child of a_crash_of_the_executor_kills_its_children"]
+#[ignore = "a helper: runs only as a child of the crash tests"]
 fn crash_helper() {
     let Some(dir) = std::env::var_os("MICROSTAX_CRASH_DIR") else {
         return;
@@ -486,10 +506,10 @@ fn crash_helper() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let exec = ProcessExecutor::new(options(Path::new(&dir)))
-            .await
-            .unwrap();
-        assert!(exec.uses_parent_death_signal());
+        let mut opts = options(Path::new(&dir));
+        opts.parent_death_signal = helper_uses_pdeathsig();
+        let exec = ProcessExecutor::new(opts).await.unwrap();
+        assert_eq!(exec.uses_parent_death_signal(), helper_uses_pdeathsig());
         exec.ensure(&spec(ID_A, "serve")).unwrap();
         let (_, pid, _) = ready(&exec, ID_A).await;
         println!("instance pid={pid}");
@@ -497,38 +517,69 @@ fn crash_helper() {
     });
 }
 
-/// The parent-death signal: when the executor's process dies without cleanup, the kernel kills
-/// its children; the record it left is cleared by the next executor.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_of_the_executor_kills_its_children() {
-    if !Path::new("/usr/bin/setpriv").exists() && !Path::new("/bin/setpriv").exists() {
-        eprintln!("skipped: no setpriv (util-linux)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let helper = tokio::process::Command::new(std::env::current_exe().unwrap())
+fn helper_uses_pdeathsig() -> bool {
+    std::env::var_os("MICROSTAX_CRASH_PDEATHSIG").is_some()
+}
+
+fn has_setpriv() -> bool {
+    Path::new("/usr/bin/setpriv").exists() || Path::new("/bin/setpriv").exists()
+}
+
+/// Run `crash_helper` in a process of its own (with or without the parent-death signal) and
+/// return the pid of the instance it started before it aborted.
+async fn crash(dir: &Path, pdeathsig: bool) -> u32 {
+    let mut helper = tokio::process::Command::new(std::env::current_exe().unwrap());
+    helper
         .args(["--exact", "crash_helper", "--ignored", "--nocapture"])
-        .env("MICROSTAX_CRASH_DIR", dir.path())
+        .env("MICROSTAX_CRASH_DIR", dir)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, helper)
+        .kill_on_drop(true);
+    if pdeathsig {
+        helper.env("MICROSTAX_CRASH_PDEATHSIG", "1");
+    }
+    let out = tokio::time::timeout(DEADLINE, helper.output())
         .await
         .unwrap()
         .unwrap();
     assert!(!out.status.success(), "the helper aborts");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let pid: u32 = stdout
+    stdout
         .split("instance pid=")
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap_or_else(|| panic!("no pid in the helper's output: {stdout}"))
         .parse()
-        .unwrap();
+        .unwrap()
+}
+
+/// The parent-death signal: when the executor's process dies without cleanup, the kernel kills
+/// its children; the record it left is cleared by the next executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_of_the_executor_kills_its_children() {
+    if !has_setpriv() {
+        eprintln!("skipped: no setpriv (util-linux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pid = crash(dir.path(), true).await;
     gone_within(pid, Duration::from_secs(5)).await;
     assert_eq!(records(dir.path()).len(), 1, "the crash left its record");
     let exec = ProcessExecutor::new(options(dir.path())).await.unwrap();
+    assert!(records(dir.path()).is_empty());
+    exec.shutdown().await;
+}
+
+/// Without the parent-death signal a crash leaves the child running with its record; the next
+/// executor on the same state directory reaps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_executor_reaps_what_a_crashed_run_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = crash(dir.path(), false).await;
+    assert!(running(pid), "nothing killed it");
+    assert_eq!(records(dir.path()).len(), 1);
+    let exec = ProcessExecutor::new(options(dir.path())).await.unwrap();
+    gone_within(pid, Duration::from_secs(5)).await;
     assert!(records(dir.path()).is_empty());
     exec.shutdown().await;
 }

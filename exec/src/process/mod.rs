@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     setpriv: Option<PathBuf>,
     table: Mutex<Table>,
     changes: watch::Sender<u64>,
+    /// Holds the state directory's lock while the executor lives.
+    _lock: std::fs::File,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +78,8 @@ impl ProcessExecutor {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| io("create the state directory", e))?;
         std::fs::create_dir_all(&opts.log_dir).map_err(|e| io("create the log directory", e))?;
+        let lock =
+            lock_state_dir(&opts.state_dir).map_err(|e| io("lock the state directory", e))?;
         let reaped = record::reap(&opts.state_dir, opts.stop_grace, opts.probe_interval).await;
         if !reaped.is_empty() {
             tracing::info!(
@@ -107,6 +111,7 @@ impl ProcessExecutor {
                 setpriv,
                 table: Mutex::new(Table::default()),
                 changes,
+                _lock: lock,
             }),
         })
     }
@@ -119,6 +124,24 @@ impl ProcessExecutor {
     /// Whether children are started under `setpriv --pdeathsig KILL`.
     pub fn uses_parent_death_signal(&self) -> bool {
         self.inner.setpriv.is_some()
+    }
+}
+
+/// Take the state directory for this executor: reaping the records of a directory another live
+/// executor uses would kill its instances.
+fn lock_state_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another executor uses it",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -44,11 +44,16 @@ impl Default for Backoff {
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
     /// One record file per running instance (`<id>.json`: pid, process group, port, start time),
-    /// read on the next start to reap what a crashed run left. Created if missing.
+    /// read on the next start to reap what a crashed run left. Created if missing. One executor
+    /// at a time: it holds a lock on `<state_dir>/.lock` (released by the kernel if it dies).
     pub state_dir: PathBuf,
     /// One log per instance (`<service>-<short id>.log`, stdout and stderr, appended across
     /// restarts). Created if missing.
     pub log_dir: PathBuf,
+    /// A log at least this long when an instance (re)starts is moved to `<name>.log.1`,
+    /// replacing the previous one, so the logs of a crash-looping instance stay bounded (default
+    /// 16 MiB; a child that keeps running can write past it until its next start).
+    pub log_max_bytes: u64,
     /// Port source (default [`Ports::Kernel`]).
     pub ports: Ports,
     /// Time between SIGTERM and SIGKILL when stopping (default 5 s).
@@ -73,6 +78,7 @@ impl ProcessOptions {
         ProcessOptions {
             state_dir: state_dir.into(),
             log_dir: log_dir.into(),
+            log_max_bytes: 16 << 20,
             ports: Ports::Kernel,
             stop_grace: Duration::from_secs(5),
             backoff: Backoff::default(),

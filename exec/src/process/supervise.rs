@@ -237,6 +237,7 @@ fn build(
 ) -> Result<Command, String> {
     let (args, env) = command_line(spec, run, port)?;
     let log_path = super::log_path(&inner.opts.log_dir, spec);
+    rotate(&log_path, inner.opts.log_max_bytes);
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,6 +274,17 @@ fn build(
         .process_group(0)
         .kill_on_drop(true);
     Ok(command)
+}
+
+/// Move a log past its bound to `<name>.log.1` (the previous one is replaced).
+fn rotate(log: &std::path::Path, max: u64) {
+    if std::fs::metadata(log).is_ok_and(|m| m.len() >= max) {
+        let mut old = log.as_os_str().to_owned();
+        old.push(".1");
+        if let Err(e) = std::fs::rename(log, &old) {
+            tracing::warn!(log = %log.display(), error = %e, "cannot rotate the log");
+        }
+    }
 }
 
 /// SIGTERM to the group, SIGKILL after the grace; then wait (within the grace) for the rest of
