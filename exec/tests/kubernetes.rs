@@ -240,3 +240,46 @@ fn an_instance_without_an_image_or_with_a_bad_env_name_is_refused() {
     assert!(exec.observe().is_empty());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Run by `renders_to_stdout` in a process of its own, whose stdout it reads.
+#[test]
+#[ignore = "a helper: runs only as a child of renders_to_stdout"]
+fn stdout_helper() {
+    if std::env::var_os("MICROSTAX_STDOUT_HELPER").is_none() {
+        return;
+    }
+    let exec = KubernetesExecutor::new(KubernetesOptions::stdout()).unwrap();
+    exec.ensure(&spec(ID_A, "orders", "main")).unwrap();
+    assert_eq!(exec.file_of(&spec(ID_A, "orders", "main")), None);
+    exec.stop(&InstanceId(Arc::from(ID_A))).unwrap();
+}
+
+#[test]
+fn renders_to_stdout() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stdout_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MICROSTAX_STDOUT_HELPER", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The test harness prints lines of its own around the documents.
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .filter_map(|chunk| {
+            let json = &chunk[chunk.find('{')?..=chunk.rfind('}')?];
+            serde_json::from_str(json).ok()
+        })
+        .collect();
+    let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"], "{text}");
+    assert!(docs
+        .iter()
+        .all(|d| d["metadata"]["name"] == "orders-0123456789ab"));
+}

@@ -467,7 +467,7 @@ async fn reaping_checks_the_start_time_before_it_signals() {
             .unwrap()
     };
     let mut innocent = spawn();
-    let mut leftover = spawn();
+    let mut leftovers = [spawn(), spawn()];
     let write = |name: &str, pid: u32, start: u64| {
         let body = format!(
             r#"{{"id":"{name}","service":"s","pid":{pid},"pgid":{pid},"port":1,"start_time":{start}}}"#
@@ -475,13 +475,21 @@ async fn reaping_checks_the_start_time_before_it_signals() {
         std::fs::write(state.join(format!("{name}.json")), body).unwrap();
     };
     write("innocent", innocent.id(), start_time(innocent.id()) + 1);
-    write("leftover", leftover.id(), start_time(leftover.id()));
+    for (i, leftover) in leftovers.iter().enumerate() {
+        write(
+            &format!("leftover{i}"),
+            leftover.id(),
+            start_time(leftover.id()),
+        );
+    }
     let exec = ProcessExecutor::new(options(dir.path())).await.unwrap();
     assert!(records(dir.path()).is_empty());
     let deadline = Instant::now() + DEADLINE;
-    while leftover.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the leftover still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for leftover in &mut leftovers {
+        while leftover.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a leftover still runs");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert!(
         innocent.try_wait().unwrap().is_none(),

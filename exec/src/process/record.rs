@@ -112,10 +112,11 @@ pub(crate) enum Reaped {
     Stale(Record),
 }
 
-/// Stop what every record in `state_dir` names and delete the records. A record whose leader
-/// still runs with the recorded start time gets SIGTERM to its group, then SIGKILL after `grace`;
-/// a record whose leader is gone gets SIGKILL to whatever is left of its group (its children
-/// that outlived it); a record whose pid now names another process is only deleted.
+/// Stop what every record in `state_dir` names and delete the records. Leaders that still run
+/// with the recorded start time get SIGTERM to their groups, then, once they are gone or `grace`
+/// has passed, SIGKILL (all in one round, so many records cost one grace, not one each); a record
+/// whose leader is gone gets SIGKILL to whatever is left of its group (its children that outlived
+/// it); a record whose pid now names another process is only deleted.
 pub(crate) async fn reap(state_dir: &Path, grace: Duration, poll: Duration) -> Vec<Reaped> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(state_dir) else {
@@ -123,36 +124,48 @@ pub(crate) async fn reap(state_dir: &Path, grace: Duration, poll: Duration) -> V
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            if path.to_string_lossy().ends_with(".json.tmp") {
-                let _ = std::fs::remove_file(&path);
-            }
+        let name = path.to_string_lossy();
+        if name.ends_with(".json.tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
+        if !name.ends_with(".json") {
             continue;
         }
         let record = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| Record::parse(&t));
         if let Some(record) = record {
-            out.push(reap_one(record, grace, poll).await);
+            out.push(classify(record));
         }
         let _ = std::fs::remove_file(&path);
+    }
+    let live: Vec<&Record> = out
+        .iter()
+        .filter_map(|r| match r {
+            Reaped::Killed(r) => Some(r),
+            Reaped::Stale(_) => None,
+        })
+        .collect();
+    for record in &live {
+        tracing::info!(id = %record.id, pid = record.pid, "reaping an instance a previous run left");
+        signal_group(record.pgid, Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while live.iter().any(|r| running(r.pid)) && Instant::now() < deadline {
+        tokio::time::sleep(poll).await;
+    }
+    for record in &live {
+        signal_group(record.pgid, Signal::KILL);
     }
     out
 }
 
-async fn reap_one(record: Record, grace: Duration, poll: Duration) -> Reaped {
+/// Whether the record's process still runs; the groups of records whose leader is gone are
+/// killed at once.
+fn classify(record: Record) -> Reaped {
     match proc_stat(record.pid) {
         Some(stat) if stat.start_time != record.start_time => Reaped::Stale(record),
-        Some(stat) if stat.state != 'Z' => {
-            tracing::info!(id = %record.id, pid = record.pid, "reaping an instance a previous run left");
-            signal_group(record.pgid, Signal::TERM);
-            let deadline = Instant::now() + grace;
-            while running(record.pid) && Instant::now() < deadline {
-                tokio::time::sleep(poll).await;
-            }
-            signal_group(record.pgid, Signal::KILL);
-            Reaped::Killed(record)
-        }
+        Some(stat) if stat.state != 'Z' => Reaped::Killed(record),
         _ => {
             // The leader is gone or a zombie (killed by its parent-death signal, say) but its
             // children may still hold the group: no new process can be given a pid that is
