@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod executor;
+pub mod kubernetes;
+pub mod process;
 pub mod reconcile;
 mod records;
 pub mod spec;
@@ -14,6 +16,8 @@ pub mod store;
 
 pub use error::{ExecError, StoreError};
 pub use executor::{BoxFuture, Executor};
+pub use kubernetes::{KubernetesExecutor, KubernetesOptions, RenderTarget};
+pub use process::{Backoff, Ports, ProcessExecutor, ProcessOptions};
 pub use reconcile::{
     Desired, DesiredInstance, Failure, Pass, ReconcileOptions, Reconciler, StoreKey,
 };

@@ -1,0 +1,285 @@
+//! The kubernetes executor renders valid manifests: every object is checked against the
+//! Kubernetes schemas by `kubernetes-validate` (PyPI, installed by .ci/run), then names, labels,
+//! image, ports, probe, resources and env are checked one by one; `stop` prunes the file.
+
+#![allow(clippy::unwrap_used)]
+
+use microstax_exec::kubernetes::{documents, object_name};
+use microstax_exec::{
+    ExecError, Executor, InstanceId, InstanceSpec, InstanceState, KubernetesExecutor,
+    KubernetesOptions, RunSpec,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn spec(id: &str, service: &str, branch: &str) -> InstanceSpec {
+    InstanceSpec {
+        id: InstanceId(Arc::from(id)),
+        service: Arc::from(service),
+        branch: Arc::from(branch),
+        run: Some(RunSpec {
+            command: "orders".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            probe_path: "/healthz".into(),
+            start_timeout: Duration::from_secs(30),
+        }),
+        image: Some("registry.example/orders:1.2".into()),
+        env: BTreeMap::from([
+            (
+                "DATABASE_URL".into(),
+                "postgres://db/orders_{branch}".into(),
+            ),
+            ("SELF".into(), "http://localhost:{port}/{service}".into()),
+        ]),
+        cpu_millis: Some(250),
+        memory_mib: Some(256),
+    }
+}
+
+const ID_A: &str = "0123456789abcdef0123456789abcdef";
+const ID_B: &str = "fedcba9876543210fedcba9876543210";
+const ID_C: &str = "00000000000011111111111122222222";
+
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap()
+}
+
+fn validate(files: &[std::path::PathBuf]) {
+    let found = std::process::Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing in CI (.ci/run installs it)"
+        );
+        eprintln!("skipped the schema check: kubernetes-validate is not installed (pip install kubernetes-validate)");
+        return;
+    }
+    let out = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--no-warn"])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate rejected the manifests:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rendered(dir: &Path, spec: &InstanceSpec) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("{}.yaml", object_name(spec)))).unwrap();
+    documents(&text)
+}
+
+#[test]
+fn renders_valid_manifests_with_names_labels_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = KubernetesOptions::directory(dir.path());
+    opts.namespace = Some("branches".into());
+    let exec = KubernetesExecutor::new(opts).unwrap();
+    let a = spec(ID_A, "orders", "main");
+    let b = spec(
+        ID_B,
+        "Payments_Service.With.A.Name.Far.Too.Long.For.Kubernetes.Objects.v2",
+        "Feature/Login_ÜX--",
+    );
+    let mut c = spec(ID_C, "9lives", "feat/x");
+    c.run = None;
+    c.cpu_millis = None;
+    c.memory_mib = None;
+    for s in [&a, &b, &c] {
+        exec.ensure(s).unwrap();
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    validate(&files);
+
+    assert_eq!(object_name(&a), "orders-0123456789ab");
+    for s in [&a, &b, &c] {
+        let name = object_name(s);
+        assert!(is_dns_label(&name), "{name}");
+        let docs = rendered(dir.path(), s);
+        let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"]);
+        for doc in &docs {
+            let meta = &doc["metadata"];
+            assert_eq!(meta["name"], name.as_str());
+            assert_eq!(meta["namespace"], "branches");
+            let labels = &meta["labels"];
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "microstax");
+            assert_eq!(labels["microstax.io/instance"], &s.id.0[..12]);
+            assert_eq!(meta["annotations"]["microstax.io/instance-id"], &*s.id.0);
+            assert_eq!(meta["annotations"]["microstax.io/branch"], &*s.branch);
+            for value in labels.as_object().unwrap().values() {
+                let v = value.as_str().unwrap();
+                assert!(
+                    v.len() <= 63 && !v.starts_with('-') && !v.ends_with('-'),
+                    "{v}"
+                );
+            }
+        }
+    }
+    assert!(object_name(&b).starts_with("payments-service-with-a-name"));
+    assert!(object_name(&b).ends_with("-fedcba987654"));
+    assert!(
+        object_name(&c).starts_with("x9lives-"),
+        "a name starts with a letter"
+    );
+    let b_labels = &rendered(dir.path(), &b)[0]["metadata"]["labels"];
+    assert_eq!(b_labels["microstax.io/branch"], "Feature-Login_-X");
+
+    let docs = rendered(dir.path(), &a);
+    let config = find(&docs, "ConfigMap");
+    assert_eq!(config["data"]["DATABASE_URL"], "postgres://db/orders_main");
+    assert_eq!(config["data"]["SELF"], "http://localhost:8080/orders");
+    assert_eq!(config["data"]["PORT"], "8080");
+    let deploy = find(&docs, "Deployment");
+    let pod = &deploy["spec"]["template"];
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"]["microstax.io/instance"],
+        "0123456789ab"
+    );
+    assert_eq!(pod["metadata"]["labels"]["microstax.io/service"], "orders");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/orders:1.2");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(container["ports"][0]["name"], "http");
+    assert_eq!(container["env"][0]["name"], "PORT");
+    assert_eq!(container["env"][0]["value"], "8080");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        "orders-0123456789ab"
+    );
+    assert_eq!(container["resources"]["requests"]["cpu"], "250m");
+    assert_eq!(container["resources"]["requests"]["memory"], "256Mi");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(container["readinessProbe"]["failureThreshold"], 6);
+    let service = find(&docs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(
+        service["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+
+    let c_docs = rendered(dir.path(), &c);
+    let c_container = &find(&c_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c_container.get("readinessProbe").is_none(),
+        "no probe path known"
+    );
+    assert!(c_container.get("resources").is_none());
+
+    assert!(exec
+        .observe()
+        .iter()
+        .all(|o| o.state == InstanceState::Rendered));
+}
+
+#[test]
+fn stop_prunes_the_file_and_a_new_executor_adopts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let a = spec(ID_A, "orders", "main");
+    let b = spec(ID_B, "payments", "main");
+    let mut changes = exec.changes();
+    exec.ensure(&a).unwrap();
+    exec.ensure(&a).unwrap();
+    exec.ensure(&b).unwrap();
+    assert!(changes.has_changed().unwrap());
+    changes.mark_unchanged();
+    assert_eq!(exec.observe().len(), 2);
+    let file_a = exec.file_of(&a).unwrap();
+    assert!(file_a.exists());
+    exec.stop(&a.id).unwrap();
+    assert!(!file_a.exists(), "pruned");
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(exec.observe().len(), 1);
+    exec.stop(&a.id).unwrap();
+
+    let again = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let seen = again.observe();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].id, b.id);
+    assert_eq!(seen[0].state, InstanceState::Rendered);
+    again.stop(&b.id).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn an_instance_without_an_image_or_with_a_bad_env_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let mut no_image = spec(ID_A, "orders", "main");
+    no_image.image = None;
+    let err = exec.ensure(&no_image).unwrap_err();
+    assert!(matches!(err, ExecError::Unrunnable { .. }), "{err}");
+    let mut bad_env = spec(ID_B, "orders", "main");
+    bad_env.env.insert("NOT VALID".into(), "x".into());
+    assert!(exec.ensure(&bad_env).is_err());
+    assert!(exec.observe().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// Run by `renders_to_stdout` in a process of its own, whose stdout it reads.
+#[test]
+#[ignore = "a helper: runs only as a child of renders_to_stdout"]
+fn stdout_helper() {
+    if std::env::var_os("MICROSTAX_STDOUT_HELPER").is_none() {
+        return;
+    }
+    let exec = KubernetesExecutor::new(KubernetesOptions::stdout()).unwrap();
+    exec.ensure(&spec(ID_A, "orders", "main")).unwrap();
+    assert_eq!(exec.file_of(&spec(ID_A, "orders", "main")), None);
+    exec.stop(&InstanceId(Arc::from(ID_A))).unwrap();
+}
+
+#[test]
+fn renders_to_stdout() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stdout_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MICROSTAX_STDOUT_HELPER", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The test harness prints lines of its own around the documents.
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .filter_map(|chunk| {
+            let json = &chunk[chunk.find('{')?..=chunk.rfind('}')?];
+            serde_json::from_str(json).ok()
+        })
+        .collect();
+    let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ConfigMap", "Deployment", "Service"], "{text}");
+    assert!(docs
+        .iter()
+        .all(|d| d["metadata"]["name"] == "orders-0123456789ab"));
+}
