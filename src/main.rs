@@ -6,7 +6,7 @@ mod demo;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use microstax_config::{RoutingTable, SourceText};
-use microstax_planner::admin::AdminState;
+use microstax_planner::admin::{AdminOptions, AdminState};
 use microstax_planner::{ControlPlane, TableSink};
 use microstax_proxy::{
     PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
@@ -335,18 +335,9 @@ async fn run(
     let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
-    let control = ControlPlane::start(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
-        .await
+    let control = ControlPlane::new(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
         .context("registering planner metrics")?;
-    let _watcher = match watch {
-        Some((path, sources)) => Some(microstax_planner::watch(
-            path,
-            &sources,
-            control.clone(),
-            Duration::from_millis(net.debounce_ms),
-        )?),
-        None => None,
-    };
+    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
     let admin = TcpListener::bind(net.admin)
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
@@ -357,13 +348,23 @@ async fn run(
         registry,
         token: admin_token(net)?,
         serving: serving.clone(),
-        extra: Some(Arc::new(plan_endpoints)),
+        options: AdminOptions::default(),
     });
     tokio::spawn(microstax_planner::admin::serve(
         admin,
         state,
         std::future::pending(),
     ));
+    control.publish_initial().await;
+    let _watcher = match watch {
+        Some((path, sources)) => Some(microstax_planner::watch(
+            path,
+            &sources,
+            control.clone(),
+            Duration::from_millis(net.debounce_ms),
+        )?),
+        None => None,
+    };
     if let Some(listeners) = demo_listeners {
         demo::start_upstreams(&cfg, listeners, listen).await?;
         println!(
@@ -376,47 +377,6 @@ async fn run(
     serving.store(true, Ordering::Release);
     workers.serve_until(shutdown_signal()).await;
     Ok(())
-}
-
-/// `GET /plan?branch=B` and `GET /explain?branch=B&service=S` on the admin API: the same
-/// answers as the CLI, on the live config.
-fn plan_endpoints(
-    path_and_query: &str,
-    control: &ControlPlane,
-) -> Option<Result<serde_json::Value, (hyper::StatusCode, String)>> {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let param = |k: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-            .map(str::to_string)
-    };
-    let missing = |what: &str| {
-        Err((
-            hyper::StatusCode::BAD_REQUEST,
-            format!("missing query parameter `{what}`"),
-        ))
-    };
-    let not_found = |e: microstax_planner::PlanError| (hyper::StatusCode::NOT_FOUND, e.to_string());
-    let cfg = control.config();
-    match path {
-        "plan" => Some(match param("branch") {
-            None => missing("branch"),
-            Some(b) => microstax_planner::plan_branch(&cfg, &b, None)
-                .map(|p| p.to_json())
-                .map_err(not_found),
-        }),
-        "explain" => Some(match (param("branch"), param("service")) {
-            (Some(b), Some(s)) => microstax_planner::explain(&cfg, &b, &s)
-                .map(|e| e.to_json())
-                .map_err(not_found),
-            (None, _) => missing("branch"),
-            (_, None) => missing("service"),
-        }),
-        _ => None,
-    }
 }
 
 async fn shutdown_signal() {

@@ -346,7 +346,7 @@ async fn admin_api_reads_writes_and_token() {
     let r = live
         .admin(Method::PUT, "/branches/feat", Some(TOKEN), "name: other\n")
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 422);
     let r = live
         .admin(Method::PUT, "/branches/Bad%20Name", Some(TOKEN), "{}")
         .await;
