@@ -7,7 +7,8 @@
 //! table (so the proxy stops probing it and sweeps its state): the last upstream takes its id,
 //! and only the layers naming that one are rewritten.
 
-use crate::plan::{Decision, Planner, Subject};
+use crate::decision::{Decision, Subject};
+use crate::planner::Planner;
 use microstax_config::model::instance_address;
 use microstax_config::table::{
     LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
