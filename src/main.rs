@@ -189,7 +189,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Run { config, net } => runtime()?.block_on(async {
-            let (cfg, sources) = load(&config)?;
+            let (cfg, sources) = load_tolerant(&config)?;
             run(cfg, &net, None, Some((config.clone(), sources))).await
         }),
         Command::Demo {
@@ -242,6 +242,19 @@ fn load(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceT
     let sources = microstax_config::read_sources(path).map_err(invalid)?;
     let docs = microstax_config::parse_sources(&sources).map_err(invalid)?;
     let cfg = microstax_config::Config::build(docs).map_err(invalid)?;
+    Ok((cfg, sources))
+}
+
+/// Load a config path to serve it: team and branch files that do not validate are left out (and
+/// reported by the watcher, which retries them) instead of failing the start; the org file must
+/// be valid.
+fn load_tolerant(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceText>)> {
+    let invalid = |e| anyhow::anyhow!("invalid config {}:\n{e}", path.display());
+    let sources = microstax_config::read_sources(path).map_err(invalid)?;
+    let (cfg, left_out) = microstax_planner::build_tolerant(&sources).map_err(invalid)?;
+    for e in &left_out {
+        tracing::warn!("left out of the start, retried when the file changes:\n{e}");
+    }
     Ok((cfg, sources))
 }
 

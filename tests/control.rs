@@ -38,6 +38,11 @@ fn branch(parent: &str, endpoint: SocketAddr) -> String {
 impl Live {
     /// Start on a config directory with `branches` (name, parent, endpoint: 1 = v1, 2 = v2).
     async fn start(branches: &[(&str, &str, u8)]) -> Live {
+        Live::start_with(branches, &[]).await
+    }
+
+    /// As [`Live::start`], plus `files` (path under the config directory, text) as written.
+    async fn start_with(branches: &[(&str, &str, u8)], files: &[(&str, &str)]) -> Live {
         let base = Upstream::start("base").await;
         let v1 = Upstream::start("v1").await;
         let v2 = Upstream::start("v2").await;
@@ -51,6 +56,9 @@ impl Live {
                 branch(parent, ep),
             )
             .expect("branch");
+        }
+        for (path, text) in files {
+            std::fs::write(dir.path().join(path), text).expect("file");
         }
         let cfg = dir.path().to_str().expect("utf8").to_string();
         let (child, proxy, admin) = spawn_bin(
@@ -282,5 +290,31 @@ async fn admin_decodes_names_and_answers_422_for_bad_bodies() {
         vec!["dev".to_string(), "team/foo".to_string()]
     );
     let _ = (&live.base, &live.v1);
+    live.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_branch_file_does_not_stop_the_start() {
+    let live = Live::start_with(
+        &[("ok", "baseline", 2)],
+        &[
+            (
+                "branches/typo.yaml",
+                "parent: baseline\nservices:\n  api: {endpoints: [nope]}\n",
+            ),
+            ("branches/orphan.yaml", "parent: typo\nservices: {}\n"),
+        ],
+    )
+    .await;
+    assert_eq!(live.upstream_for("ok").await, "v2");
+    assert_eq!(live.upstream_for("typo").await, "base", "left out");
+    // the watcher reports both left-out files (the orphan needs the broken one)
+    live.wait_rejected("file", 2.0).await;
+    // fixing the file applies it, and its child with it
+    let fixed = branch("baseline", live.v1.addr);
+    std::fs::write(live.root().join("branches/typo.yaml"), fixed).expect("fix");
+    live.wait_route("typo", "v1").await;
+    live.wait_route("orphan", "v1").await;
+    let _ = &live.base;
     live.stop().await;
 }

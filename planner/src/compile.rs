@@ -211,16 +211,27 @@ impl Compiler {
             self.drop_upstreams(freed, &mut all, &mut layers);
             Arc::new(all)
         };
-        let branch_known = prev
+        let known = prev
             .layer(changed as u32)
-            .is_some_and(|l| prev.branch(&l.name) == Some(changed as u32));
-        let is_branch = config
+            .filter(|l| prev.branch(&l.name) == Some(changed as u32))
+            .map(|l| l.name.clone());
+        let now = config
             .layer(changed)
-            .is_some_and(|l| l.kind == LayerKind::Branch);
-        let branches = if branch_known == is_branch {
+            .filter(|l| l.kind == LayerKind::Branch)
+            .map(|l| l.name.as_str());
+        // adjust the previous index by this one layer: rebuilding it from `config` would also
+        // name layers of the same batch that are not compiled into this table yet
+        let branches = if known.as_deref() == now {
             prev.branches.clone()
         } else {
-            Arc::new(branch_index(config))
+            let mut b = (*prev.branches).clone();
+            if let Some(old) = &known {
+                b.remove(&**old);
+            }
+            if let Some(name) = now {
+                b.insert(name.into(), changed as u32);
+            }
+            Arc::new(b)
         };
         let table = RoutingTable {
             generation,

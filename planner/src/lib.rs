@@ -35,4 +35,4 @@ pub use git::{source_refs, GitError, PathChange, SourceChanges};
 pub use instance::InstanceKey;
 pub use plan::{Entry, Plan, Summary};
 pub use planner::{plan_branch, Planner};
-pub use watch::{watch, ConfigWatcher, WatchError};
+pub use watch::{build_tolerant, watch, ConfigWatcher, WatchError};

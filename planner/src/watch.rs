@@ -9,7 +9,9 @@
 //! they are gone.
 
 use crate::control::{Change, ChangeSource, ControlPlane};
-use microstax_config::{parse_text, read_sources, ConfigError, Diagnostic, LayerKind, SourceText};
+use microstax_config::{
+    parse_text, read_sources, Config, ConfigError, Diagnostic, LayerKind, ParsedDoc, SourceText,
+};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,42 @@ pub fn watch(
         _watcher: watcher,
         task,
     })
+}
+
+/// Build the config to start serving from `sources`, leaving out the team and branch files
+/// that do not parse or validate (and the layers that need them) rather than refusing to start:
+/// one developer's typo must not keep every branch down. Returns the config and why each file
+/// was left out; the watcher started with these sources reports and retries those files. The
+/// org file must be valid: every layer depends on it.
+pub fn build_tolerant(sources: &[SourceText]) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+    let mut left_out: Vec<ConfigError> = Vec::new();
+    let mut docs: Vec<ParsedDoc> = Vec::new();
+    for s in sources {
+        match parse_text(&s.rel, &s.text, s.kind, s.stem.as_deref()) {
+            Ok(d) => docs.extend(d),
+            Err(e) if s.kind.is_some_and(|k| k != LayerKind::Org) => left_out.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    // each round leaves out at least one more file, so this ends
+    loop {
+        let e = match Config::build(docs.clone()) {
+            Ok(cfg) => return Ok((cfg, left_out)),
+            Err(e) => e,
+        };
+        let bad: std::collections::BTreeSet<Arc<str>> =
+            e.diagnostics().iter().map(|d| d.file.clone()).collect();
+        let is_layer_file = |f: &Arc<str>| {
+            sources
+                .iter()
+                .any(|s| *s.rel == **f && s.kind.is_some_and(|k| k != LayerKind::Org))
+        };
+        if bad.is_empty() || !bad.iter().all(is_layer_file) {
+            return Err(e);
+        }
+        docs.retain(|d| !bad.contains(&d.file));
+        left_out.push(e);
+    }
 }
 
 /// What the files held when the control plane's config was loaded from them.
