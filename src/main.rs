@@ -2,19 +2,19 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod serve;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use microstax_config::{RoutingTable, SourceText};
+use microstax_config::SourceText;
 use microstax_planner::admin::{AdminOptions, AdminState};
-use microstax_planner::{ControlPlane, TableSink};
+use microstax_planner::ControlPlane;
 use microstax_proxy::{
     PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use std::future::Future;
+use serve::{admin_token, load_tolerant, shutdown_signal, ProxySink};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +96,7 @@ enum Command {
 }
 
 #[derive(clap::Args, Clone)]
-struct NetArgs {
+pub(crate) struct NetArgs {
     /// Proxy listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -245,19 +245,6 @@ fn load(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceT
     Ok((cfg, sources))
 }
 
-/// Load a config path to serve it: team and branch files that do not validate are left out (and
-/// reported by the watcher, which retries them) instead of failing the start; the org file must
-/// be valid.
-fn load_tolerant(path: &std::path::Path) -> Result<(microstax_config::Config, Vec<SourceText>)> {
-    let invalid = |e| anyhow::anyhow!("invalid config {}:\n{e}", path.display());
-    let sources = microstax_config::read_sources(path).map_err(invalid)?;
-    let (cfg, left_out) = microstax_planner::build_tolerant(&sources).map_err(invalid)?;
-    for e in &left_out {
-        tracing::warn!("left out of the start, retried when the file changes:\n{e}");
-    }
-    Ok((cfg, sources))
-}
-
 fn check(path: &std::path::Path) -> Result<()> {
     match microstax_config::load(path) {
         Ok(cfg) => {
@@ -276,44 +263,6 @@ fn check(path: &std::path::Path) -> Result<()> {
             std::process::exit(1);
         }
     }
-}
-
-/// Adapts the proxy to the planner's sink: the planner never depends on the proxy.
-struct ProxySink(Arc<Proxy>);
-
-impl TableSink for ProxySink {
-    fn publish(&self, table: Arc<RoutingTable>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            let report = self.0.publish(table).await;
-            if report.new_upstreams > 0 {
-                tracing::info!(
-                    generation = report.generation,
-                    new = report.new_upstreams,
-                    ready = report.ready,
-                    not_ready = report.not_ready,
-                    "prewarmed new upstreams"
-                );
-            }
-        })
-    }
-}
-
-fn admin_token(net: &NetArgs) -> Result<Option<Vec<u8>>> {
-    if let Some(path) = &net.admin_token_file {
-        let t = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the admin token {}", path.display()))?;
-        let t = t.trim();
-        anyhow::ensure!(
-            !t.is_empty(),
-            "the admin token file {} is empty",
-            path.display()
-        );
-        return Ok(Some(t.as_bytes().to_vec()));
-    }
-    Ok(std::env::var("MICROSTAX_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| t.trim().as_bytes().to_vec()))
 }
 
 /// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
@@ -390,26 +339,4 @@ async fn run(
     serving.store(true, Ordering::Release);
     workers.serve_until(shutdown_signal()).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining connections");
 }
