@@ -2,19 +2,19 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod serve;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use microstax_config::{RoutingTable, SourceText};
-use microstax_planner::admin::AdminState;
-use microstax_planner::{ControlPlane, TableSink};
+use microstax_config::SourceText;
+use microstax_planner::admin::{AdminOptions, AdminState};
+use microstax_planner::ControlPlane;
 use microstax_proxy::{
     PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use std::future::Future;
+use serve::{admin_token, load_tolerant, shutdown_signal, ProxySink};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +100,7 @@ enum Command {
 }
 
 #[derive(clap::Args, Clone)]
-struct NetArgs {
+pub(crate) struct NetArgs {
     /// Proxy listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -193,7 +193,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Run { config, net } => runtime()?.block_on(async {
-            let (cfg, sources) = load(&config)?;
+            let (cfg, sources) = load_tolerant(&config)?;
             run(cfg, &net, None, Some((config.clone(), sources))).await
         }),
         Command::Demo {
@@ -284,44 +284,6 @@ fn check(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// Adapts the proxy to the planner's sink: the planner never depends on the proxy.
-struct ProxySink(Arc<Proxy>);
-
-impl TableSink for ProxySink {
-    fn publish(&self, table: Arc<RoutingTable>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            let report = self.0.publish(table).await;
-            if report.new_upstreams > 0 {
-                tracing::info!(
-                    generation = report.generation,
-                    new = report.new_upstreams,
-                    ready = report.ready,
-                    not_ready = report.not_ready,
-                    "prewarmed new upstreams"
-                );
-            }
-        })
-    }
-}
-
-fn admin_token(net: &NetArgs) -> Result<Option<Vec<u8>>> {
-    if let Some(path) = &net.admin_token_file {
-        let t = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the admin token {}", path.display()))?;
-        let t = t.trim();
-        anyhow::ensure!(
-            !t.is_empty(),
-            "the admin token file {} is empty",
-            path.display()
-        );
-        return Ok(Some(t.as_bytes().to_vec()));
-    }
-    Ok(std::env::var("MICROSTAX_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| t.trim().as_bytes().to_vec()))
-}
-
 /// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
 /// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
 async fn run(
@@ -354,18 +316,9 @@ async fn run(
     let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
-    let control = ControlPlane::start(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
-        .await
+    let control = ControlPlane::new(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
         .context("registering planner metrics")?;
-    let _watcher = match watch {
-        Some((path, sources)) => Some(microstax_planner::watch(
-            path,
-            &sources,
-            control.clone(),
-            Duration::from_millis(net.debounce_ms),
-        )?),
-        None => None,
-    };
+    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
     let admin = TcpListener::bind(net.admin)
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
@@ -376,13 +329,23 @@ async fn run(
         registry,
         token: admin_token(net)?,
         serving: serving.clone(),
-        extra: Some(Arc::new(plan_endpoints)),
+        options: AdminOptions::default(),
     });
     tokio::spawn(microstax_planner::admin::serve(
         admin,
         state,
         std::future::pending(),
     ));
+    control.publish_initial().await;
+    let _watcher = match watch {
+        Some((path, sources)) => Some(microstax_planner::watch(
+            path,
+            &sources,
+            control.clone(),
+            Duration::from_millis(net.debounce_ms),
+        )?),
+        None => None,
+    };
     if let Some(listeners) = demo_listeners {
         demo::start_upstreams(&cfg, listeners, listen).await?;
         println!(
@@ -395,67 +358,4 @@ async fn run(
     serving.store(true, Ordering::Release);
     workers.serve_until(shutdown_signal()).await;
     Ok(())
-}
-
-/// `GET /plan?branch=B` and `GET /explain?branch=B&service=S` on the admin API: the same
-/// answers as the CLI, on the live config.
-fn plan_endpoints(
-    path_and_query: &str,
-    control: &ControlPlane,
-) -> Option<Result<serde_json::Value, (hyper::StatusCode, String)>> {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let param = |k: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-            .map(str::to_string)
-    };
-    let missing = |what: &str| {
-        Err((
-            hyper::StatusCode::BAD_REQUEST,
-            format!("missing query parameter `{what}`"),
-        ))
-    };
-    let not_found = |e: microstax_planner::PlanError| (hyper::StatusCode::NOT_FOUND, e.to_string());
-    let cfg = control.config();
-    match path {
-        "plan" => Some(match param("branch") {
-            None => missing("branch"),
-            Some(b) => microstax_planner::plan_branch(&cfg, &b, None)
-                .map(|p| p.to_json())
-                .map_err(not_found),
-        }),
-        "explain" => Some(match (param("branch"), param("service")) {
-            (Some(b), Some(s)) => microstax_planner::explain(&cfg, &b, &s)
-                .map(|e| e.to_json())
-                .map_err(not_found),
-            (None, _) => missing("branch"),
-            (_, None) => missing("service"),
-        }),
-        _ => None,
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining connections");
 }

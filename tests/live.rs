@@ -350,7 +350,7 @@ async fn admin_api_reads_writes_and_token() {
     let r = live
         .admin(Method::PUT, "/branches/feat", Some(TOKEN), "name: other\n")
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 422);
     let r = live
         .admin(Method::PUT, "/branches/Bad%20Name", Some(TOKEN), "{}")
         .await;
@@ -516,8 +516,17 @@ async fn readiness_policies_and_prewarming() {
     // prewarm: connections are open before the write returns, and the first request reuses one
     let warm = Upstream::start("warm").await;
     put("pw", warm.addr, "").await;
-    let opened = warm.conns.load(Ordering::SeqCst);
-    assert!(opened >= 1, "prewarm opened no connection");
+    assert!(
+        warm.conns.load(Ordering::SeqCst) >= 1,
+        "prewarm opened no connection"
+    );
+    // the swap waits for one answer per worker; the other prewarm connections (2 on each of
+    // the 2 workers) are still being opened in the background
+    let opened = wait_for(DEADLINE, "4 prewarmed connections", || async {
+        let n = warm.conns.load(Ordering::SeqCst);
+        (n >= 4).then_some(n)
+    })
+    .await;
     let r = get(
         &live.client,
         live.proxy,

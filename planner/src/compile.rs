@@ -3,9 +3,12 @@
 //! The [`Compiler`] keeps what it needs to update a table incrementally: a change to one layer
 //! recompiles that layer and its descendants (their routes carry values merged along the
 //! lineage), shares every other layer's `Arc` with the previous table, and interns new
-//! upstreams without renumbering old ones.
+//! upstreams without renumbering old ones. An upstream no route names any more leaves the
+//! table (so the proxy stops probing it and sweeps its state): the last upstream takes its id,
+//! and only the layers naming that one are rewritten.
 
-use crate::plan::{Decision, Planner, Subject};
+use crate::decision::{Decision, Subject};
+use crate::planner::Planner;
 use microstax_config::model::instance_address;
 use microstax_config::table::{
     LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
@@ -14,7 +17,7 @@ use microstax_config::Endpoint;
 use microstax_config::{
     Config, Effective, LayerIdx, LayerKind, RouteKind, RoutingTable, UpstreamId,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +27,10 @@ pub struct Compiler {
     upstream_ids: FxHashMap<Arc<str>, UpstreamId>,
     policies: FxHashMap<RoutePolicy, Arc<RoutePolicy>>,
     table: Arc<RoutingTable>,
+    /// Per upstream id, the layers whose routes name it (an upstream is dropped when none does).
+    users: Vec<FxHashSet<u32>>,
+    /// Per layer id, the layers naming it as parent (so a subtree is found without a scan).
+    children: FxHashMap<u32, Vec<u32>>,
     /// Set when the org declares `routing.instance_address`: forks the plan decides without a
     /// declared endpoint are routed to their planned branch-local instance.
     planner: Option<Arc<Planner>>,
@@ -43,6 +50,8 @@ impl Compiler {
             upstream_ids: FxHashMap::default(),
             policies: FxHashMap::default(),
             table: Arc::new(empty_table(config)),
+            users: Vec::new(),
+            children: FxHashMap::default(),
             planner,
         };
         let mut upstreams = Vec::new();
@@ -59,8 +68,103 @@ impl Compiler {
             upstreams: Arc::new(upstreams),
         };
         debug_assert_eq!(table.check_invariants(), Ok(()));
+        c.users = vec![FxHashSet::default(); table.upstreams.len()];
+        for (idx, l) in table.layers.iter().enumerate() {
+            let Some(l) = l else { continue };
+            for u in upstreams_of(l) {
+                c.users[u as usize].insert(idx as u32);
+            }
+            if let Some(p) = l.parent {
+                c.children.entry(p).or_default().push(idx as u32);
+            }
+        }
         c.table = Arc::new(table);
         c
+    }
+
+    /// `idx` and its descendants, parents first, from the child index.
+    fn subtree(&self, idx: LayerIdx) -> Vec<LayerIdx> {
+        let mut out = vec![idx];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(c) = self.children.get(&(out[i] as u32)) {
+                out.extend(c.iter().map(|&c| c as usize));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Record that layer `idx` changed from `before` to `after` (its parent link and the
+    /// upstreams it names); returns the upstream ids no layer names any more.
+    fn relink(
+        &mut self,
+        idx: LayerIdx,
+        before: Option<&LayerRoutes>,
+        after: Option<&LayerRoutes>,
+    ) -> Vec<UpstreamId> {
+        let id = idx as u32;
+        let (old_parent, new_parent) =
+            (before.and_then(|l| l.parent), after.and_then(|l| l.parent));
+        if old_parent != new_parent {
+            if let Some(p) = old_parent {
+                if let Some(c) = self.children.get_mut(&p) {
+                    c.retain(|&x| x != id);
+                }
+            }
+            if let Some(p) = new_parent {
+                self.children.entry(p).or_default().push(id);
+            }
+        }
+        let old: FxHashSet<UpstreamId> = before.map(upstreams_of).unwrap_or_default();
+        let new: FxHashSet<UpstreamId> = after.map(upstreams_of).unwrap_or_default();
+        for &u in new.difference(&old) {
+            if self.users.len() <= u as usize {
+                self.users.resize(u as usize + 1, FxHashSet::default());
+            }
+            self.users[u as usize].insert(id);
+        }
+        let mut freed = Vec::new();
+        for &u in old.difference(&new) {
+            if let Some(set) = self.users.get_mut(u as usize) {
+                set.remove(&id);
+                if set.is_empty() {
+                    freed.push(u);
+                }
+            }
+        }
+        freed
+    }
+
+    /// Drop the upstreams in `freed` that are still unnamed from `all`, keeping ids dense: the
+    /// last upstream moves into each freed slot and the layers naming it are rewritten.
+    fn drop_upstreams(
+        &mut self,
+        mut freed: Vec<UpstreamId>,
+        all: &mut Vec<Upstream>,
+        layers: &mut [Option<Arc<LayerRoutes>>],
+    ) {
+        freed.sort_unstable_by(|a, b| b.cmp(a));
+        freed.dedup();
+        for f in freed {
+            let fi = f as usize;
+            if self.users.get(fi).is_none_or(|s| !s.is_empty()) || fi >= all.len() {
+                continue; // named again by a layer compiled in the same update
+            }
+            self.upstream_ids.remove(&all[fi].authority);
+            let last = all.len() - 1;
+            all.swap_remove(fi);
+            self.users.swap_remove(fi);
+            if fi == last {
+                continue;
+            }
+            self.upstream_ids.insert(all[fi].authority.clone(), f);
+            for &l in &self.users[fi] {
+                if let Some(Some(layer)) = layers.get_mut(l as usize) {
+                    *layer = Arc::new(renumber(layer, last as UpstreamId, f));
+                }
+            }
+        }
     }
 
     /// The last compiled table.
@@ -87,29 +191,47 @@ impl Compiler {
         let mut layers = prev.layers.clone();
         layers.resize(config.layer_slots(), None);
         let affected = if config.layer(changed).is_some() {
-            config.subtree(changed)
+            self.subtree(changed)
         } else {
             vec![changed]
         };
+        let mut freed = Vec::new();
         for idx in affected {
-            layers[idx] = self.compile_layer_offset(config, idx, base_len, &mut upstreams);
+            let compiled = self.compile_layer_offset(config, idx, base_len, &mut upstreams);
+            let before = prev.layers.get(idx).cloned().flatten();
+            freed.extend(self.relink(idx, before.as_deref(), compiled.as_deref()));
+            layers[idx] = compiled;
         }
-        let upstreams = if upstreams.is_empty() {
+        let upstreams = if upstreams.is_empty() && freed.is_empty() {
             prev.upstreams.clone()
         } else {
             let mut all = Vec::with_capacity(base_len + upstreams.len());
             all.extend(prev.upstreams.iter().cloned());
             all.extend(upstreams);
+            self.drop_upstreams(freed, &mut all, &mut layers);
             Arc::new(all)
         };
-        let branch_known = prev.branches.values().any(|&v| v as usize == changed);
-        let is_branch = config
+        let known = prev
+            .layer(changed as u32)
+            .filter(|l| prev.branch(&l.name) == Some(changed as u32))
+            .map(|l| l.name.clone());
+        let now = config
             .layer(changed)
-            .is_some_and(|l| l.kind == LayerKind::Branch);
-        let branches = if branch_known == is_branch {
+            .filter(|l| l.kind == LayerKind::Branch)
+            .map(|l| l.name.as_str());
+        // adjust the previous index by this one layer: rebuilding it from `config` would also
+        // name layers of the same batch that are not compiled into this table yet
+        let branches = if known.as_deref() == now {
             prev.branches.clone()
         } else {
-            Arc::new(branch_index(config))
+            let mut b = (*prev.branches).clone();
+            if let Some(old) = &known {
+                b.remove(&**old);
+            }
+            if let Some(name) = now {
+                b.insert(name.into(), changed as u32);
+            }
+            Arc::new(b)
         };
         let table = RoutingTable {
             generation,
@@ -307,6 +429,33 @@ impl Compiler {
             .or_insert_with(|| Arc::new(p))
             .clone()
     }
+}
+
+/// The upstream ids the routes of `l` name.
+fn upstreams_of(l: &LayerRoutes) -> FxHashSet<UpstreamId> {
+    l.routes
+        .iter()
+        .flat_map(|r| r.upstreams.iter().copied())
+        .collect()
+}
+
+/// `l` with upstream id `from` replaced by `to`.
+fn renumber(l: &LayerRoutes, from: UpstreamId, to: UpstreamId) -> LayerRoutes {
+    let mut out = l.clone();
+    out.routes = l
+        .routes
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.upstreams = r
+                .upstreams
+                .iter()
+                .map(|&u| if u == from { to } else { u })
+                .collect();
+            r
+        })
+        .collect();
+    out
 }
 
 /// Compile `config` from scratch (convenience over [`Compiler::new`]).

@@ -2,7 +2,7 @@
 //! cost is a plain sum; a later exact cheapest-plan solver can choose among alternatives (e.g. a
 //! per-branch schema or a forked store) by asking the same model for each alternative's price.
 
-use crate::plan::Isolation;
+use crate::decision::Isolation;
 use microstax_config::schema::ResourcesDoc;
 use std::fmt;
 use std::ops::{Add, AddAssign};

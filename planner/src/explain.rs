@@ -4,7 +4,8 @@
 
 use crate::compile::compile;
 use crate::error::PlanError;
-use crate::plan::{lineage, plan_branch, Entry};
+use crate::plan::Entry;
+use crate::planner::{lineage, plan_branch};
 use crate::render::{entry_json, origin_json, table};
 use microstax_config::{Config, Field};
 use serde_json::{json, Value};

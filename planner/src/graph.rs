@@ -4,9 +4,9 @@
 //! env values reference a dependency, and strongly connected components (for content
 //! addressing services that reference each other).
 
+use crate::decision::Isolation;
 use crate::error::PlanError;
 use crate::git::SourceChanges;
-use crate::plan::Isolation;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use microstax_config::{Config, Sourced};
 use rustc_hash::FxHashMap;

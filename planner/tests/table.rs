@@ -116,13 +116,60 @@ proptest! {
                 prop_assert_eq!(routed_upstream(&inc, &b, s), routed_upstream(full.table(), &b, s));
             }
         }
-        // layers outside the changed subtree are shared, not rebuilt
+        // the table names exactly the upstreams a full compile names, each once
+        prop_assert_eq!(upstream_set(&inc), upstream_set(full.table()));
+        prop_assert_eq!(upstream_set(&inc).len(), inc.upstreams.len());
+        // layers outside the changed subtree are shared, not rebuilt (unless an upstream they
+        // name was renumbered into a freed id)
         let subtree = next.subtree(changed);
+        let renumbered = inc.upstreams.len() < prev.upstreams.len();
         for (id, layer) in inc.layers.iter().enumerate() {
             let (Some(now), Some(before)) = (layer, &prev.layers[id]) else { continue };
-            prop_assert_eq!(std::sync::Arc::ptr_eq(now, before), !subtree.contains(&id), "layer {}", id);
+            if !renumbered || subtree.contains(&id) {
+                prop_assert_eq!(std::sync::Arc::ptr_eq(now, before), !subtree.contains(&id), "layer {}", id);
+            }
+        }
+        // then removing every leaf one by one keeps agreeing with a full compile
+        let mut cfg = next;
+        let mut t = inc;
+        for j in (0..parents.len()).rev() {
+            let name = format!("b{j}");
+            let Ok((after, gone)) = cfg.remove(&name) else { continue };
+            t = c.update(&after, gone, t.generation + 1);
+            prop_assert_eq!(t.check_invariants(), Ok(()));
+            let full = Compiler::new(&after, t.generation);
+            prop_assert_eq!(upstream_set(&t), upstream_set(full.table()));
+            prop_assert_eq!(upstream_set(&t).len(), t.upstreams.len());
+            for k in 0..j {
+                let b = format!("b{k}");
+                if after.branch_id(&b).is_none() { continue }
+                for s in 0..SERVICES {
+                    prop_assert_eq!(routed_upstream(&t, &b, s), routed_upstream(full.table(), &b, s));
+                }
+            }
+            cfg = after;
         }
     }
+}
+
+/// The authorities a table names, and that its routes use.
+fn upstream_set(t: &microstax_config::RoutingTable) -> std::collections::BTreeSet<String> {
+    let listed: std::collections::BTreeSet<String> = t
+        .upstreams
+        .iter()
+        .map(|u| u.authority.to_string())
+        .collect();
+    let used: std::collections::BTreeSet<String> = t
+        .layers
+        .iter()
+        .flatten()
+        .flat_map(|l| l.routes.iter())
+        .flat_map(|r| r.upstreams.iter())
+        .filter_map(|&u| t.upstream(u))
+        .map(|u| u.authority.to_string())
+        .collect();
+    assert_eq!(listed, used, "the table lists upstreams no route names");
+    listed
 }
 
 #[test]
@@ -132,6 +179,11 @@ fn removing_a_leaf_branch_drops_it_from_the_table() {
     let (next, changed) = cfg.remove("b1").expect("remove");
     let t = c.update(&next, changed, 2);
     assert!(t.branch("b1").is_none());
+    assert_eq!(
+        upstream_set(&t).len(),
+        SERVICES + 1,
+        "b1's upstream is gone"
+    );
     assert!(t.branch("b0").is_some());
     assert_eq!(t.check_invariants(), Ok(()));
 }

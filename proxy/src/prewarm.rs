@@ -2,7 +2,8 @@
 //! (`crate::publish`), the proxy opens a few pooled connections to each and checks that it
 //! answers, within a bounded time, so the first request to a new branch pays no connect cost.
 //! Each worker pools its own connections, so with per-core workers the probe runs on every
-//! worker's runtime and the swap waits for all of them. Upstreams that did not answer are
+//! worker's runtime; the swap proceeds once each worker has one answer (or the timeout passed),
+//! while the remaining connections are still opened in the background. Upstreams that did not answer are
 //! marked not ready (requests then follow the route's readiness policy) and are probed again in
 //! the background until they answer.
 
@@ -11,6 +12,7 @@ use crate::forward::Proxy;
 use crate::upstream::{Readiness, UpstreamState};
 use bytes::Bytes;
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{header, Request};
 use http_body_util::{BodyExt, Either, Empty};
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use std::time::Duration;
 
 impl Proxy {
     /// Open `connections` pooled connections to `up` (on each worker, if sharded) and mark it
-    /// ready if any request is answered within `timeout`.
+    /// ready if any request is answered within `timeout`. Each worker returns at its first
+    /// answer (or the timeout), so the swap waits for one answer per worker, not for all.
     pub(crate) async fn probe(
         &self,
         up: &Arc<UpstreamState>,
@@ -74,8 +77,9 @@ impl Proxy {
 }
 
 /// Open `connections` new connections to `up` from the current thread, send one request on
-/// each, and read the answers so the connections land in this thread's pool. True if any
-/// request was answered within `timeout`.
+/// each, and read the answers so the connections land in this thread's pool. True as soon as
+/// any request is answered; false if none is within `timeout`. The other attempts go on in the
+/// background (each bounded by `timeout`), so their connections still reach the pool.
 async fn probe_here(
     client: UpstreamClient,
     up: Arc<UpstreamState>,
@@ -83,7 +87,7 @@ async fn probe_here(
     connections: usize,
     timeout: Duration,
 ) -> bool {
-    let one = || async {
+    let one = move |client: UpstreamClient, up: Arc<UpstreamState>, path: Arc<str>| async move {
         let req = Request::get(&*path)
             .header(header::HOST, &*up.key)
             .header(header::USER_AGENT, "microstax-prewarm")
@@ -98,6 +102,24 @@ async fn probe_here(
             Err(_) => false,
         }
     };
-    let attempts = join_all((0..connections.max(1)).map(|_| one()));
-    matches!(tokio::time::timeout(timeout, attempts).await, Ok(v) if v.iter().any(|b| *b))
+    let mut attempts: FuturesUnordered<_> = (0..connections.max(1))
+        .map(|_| {
+            let attempt = one(client.clone(), up.clone(), path.clone());
+            tokio::spawn(
+                async move { matches!(tokio::time::timeout(timeout, attempt).await, Ok(true)) },
+            )
+        })
+        .collect();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = attempts.next() => match next {
+                Some(Ok(true)) => return true,
+                Some(_) => {}
+                None => return false,
+            },
+            () = &mut deadline => return false,
+        }
+    }
 }

@@ -46,6 +46,14 @@ fn check(name: &str, allow_slash: bool) -> Option<&'static str> {
             "name may hold only a-z, 0-9, '.', '_' and '-'"
         });
     }
+    // names become path segments (admin URLs, files): no empty, `.` or `..` segment
+    if allow_slash
+        && name
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Some("name may not hold an empty, `.` or `..` segment");
+    }
     None
 }
 
@@ -65,5 +73,9 @@ mod tests {
         assert!(!is_branch_name(&"a".repeat(64)));
         assert!(is_branch_name(&"a".repeat(63)));
         assert!(plain_name_error("a/b").is_some());
+        for bad in ["a/../../etc", "a/./b", "a//b", "a/", "a/.."] {
+            assert!(!is_branch_name(bad), "{bad}");
+        }
+        assert!(is_branch_name("a/.b/c..d"));
     }
 }

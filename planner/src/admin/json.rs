@@ -1,11 +1,13 @@
-//! The admin view of a routing table (`GET /routes`): generation, services, and every layer with
-//! its lineage and overrides. JSON belongs to the admin side; the table itself is plain data.
+//! JSON renderings for the admin API: the routing table (`GET /routes`) and config errors. The
+//! table itself stays plain data; its admin view is built here.
 
-use microstax_config::table::{LayerId, RoutingTable};
+use microstax_config::table::LayerId;
+use microstax_config::{ConfigError, RoutingTable};
 use serde_json::{json, Value};
 
-/// The table as JSON for the admin API.
-pub fn routes_json(t: &RoutingTable) -> Value {
+/// The table as JSON: generation, services, the upstreams it names, and the layers with their
+/// lineage and overrides.
+pub fn table_json(t: &RoutingTable) -> Value {
     let layer_label = |id: LayerId| t.layer(id).map_or("?", |l| &*l.label).to_string();
     let layers: Vec<Value> = t
         .layers
@@ -44,6 +46,17 @@ pub fn routes_json(t: &RoutingTable) -> Value {
     json!({
         "generation": t.generation,
         "services": t.services.names.iter().map(|s| &**s).collect::<Vec<_>>(),
+        "upstreams": t.upstreams.iter().map(|u| &*u.authority).collect::<Vec<_>>(),
         "layers": layers,
     })
+}
+
+/// A config error: the message and each diagnostic with file, line, field and reason.
+pub fn config_error_json(e: &ConfigError) -> Value {
+    let diags: Vec<Value> = e
+        .diagnostics()
+        .iter()
+        .map(|d| json!({"file": &*d.file, "line": d.line, "field": d.field, "reason": d.reason}))
+        .collect();
+    json!({ "error": e.to_string(), "diagnostics": diags })
 }
