@@ -55,7 +55,11 @@ pub(crate) fn load_tolerant(
     path: &std::path::Path,
 ) -> Result<(microstax_config::Config, Vec<SourceText>)> {
     let invalid = |e| anyhow::anyhow!("invalid config {}:\n{e}", path.display());
-    let sources = microstax_config::read_sources(path).map_err(invalid)?;
+    let read = microstax_config::read_config(path).map_err(invalid)?;
+    for w in &read.warnings {
+        tracing::warn!("{w}");
+    }
+    let sources = read.files;
     let (cfg, left_out) = microstax_planner::build_tolerant(&sources).map_err(invalid)?;
     for e in &left_out {
         tracing::warn!("left out of the start, retried when the file changes:\n{e}");

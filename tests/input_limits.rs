@@ -56,18 +56,33 @@ async fn check_and_run_refuse_a_deep_file_with_a_diagnostic() {
     assert_eq!(code, Some(1), "exit 1, not a signal: {err}");
     assert!(err.contains(&want), "{err}");
 
-    let args = [
-        "run",
-        "--config",
-        cfg,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let (code, err) = run_to_end(&args).await;
-    assert_eq!(code, Some(1), "exit 1, not a signal: {err}");
-    assert!(err.contains(&want), "{err}");
+    // `run` starts with the files that validate (one broken branch file must not keep the
+    // proxy down) and names the refused file and the limit in its log
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", cfg, "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--workers", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(&want) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    assert!(found, "run logs {want}");
+    assert!(alive, "run keeps serving with the deep file left out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
