@@ -61,8 +61,12 @@ async fn an_idle_keep_alive_client_does_not_wake_the_worker() {
     let served = tokio::spawn(workers.serve_until(async move {
         let _ = stopped.await;
     }));
-    let tids = worker_tids();
-    assert_eq!(tids.len(), 1, "{tids:?}");
+    // the worker thread may not have started yet: poll for it
+    let tids = wait_for(Duration::from_secs(10), "the worker thread", || async {
+        let t = worker_tids();
+        (t.len() == 1).then_some(t)
+    })
+    .await;
 
     // one request on a keep-alive connection, answered in full; then the client stays idle
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -75,7 +75,7 @@ pub struct Config {
     /// Layer slots by id; `None` where a layer was removed.
     pub(crate) layers: Vec<Option<Arc<Layer>>>,
     /// Team and branch layers by name.
-    pub(crate) layer_index: BTreeMap<String, LayerIdx>,
+    pub(crate) layer_index: BTreeMap<Arc<str>, LayerIdx>,
 }
 
 impl Config {

@@ -83,7 +83,7 @@ impl Config {
                 let l = next.layers.pop().flatten();
                 next.layers[old] = l;
                 next.layer_index.insert(
-                    next.layer(old).map(|l| l.name.clone()).unwrap_or_default(),
+                    Arc::from(next.layer(old).map_or("", |l| l.name.as_str())),
                     old,
                 );
                 old

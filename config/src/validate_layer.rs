@@ -40,7 +40,7 @@ impl Config {
             report.at(&doc, "name", "`baseline` is reserved for the org layer");
             return None;
         }
-        if let Some(&other) = self.layer_index.get(&name) {
+        if let Some(&other) = self.layer_index.get(name.as_str()) {
             let other_file = self
                 .layer(other)
                 .map_or_else(|| Arc::from("?"), |l| l.doc.file.clone());
@@ -128,7 +128,7 @@ impl Config {
             parent: None,
             doc: Arc::new(doc),
         })));
-        self.layer_index.insert(name, idx);
+        self.layer_index.insert(Arc::from(name), idx);
         Some(idx)
     }
 }

@@ -301,7 +301,15 @@ impl Compiler {
             self.planned_routes(config, idx, offset, upstreams, &mut routes);
         }
         let lineage: Vec<u32> = config.lineage(idx).into_iter().map(|i| i as u32).collect();
+        let is_branch = layer.kind == LayerKind::Branch;
+        let key = &config.settings.context.baggage_key;
         Some(Arc::new(LayerRoutes {
+            branch_value: is_branch
+                .then(|| http::HeaderValue::from_str(&layer.name).ok())
+                .flatten(),
+            baggage_member: is_branch
+                .then(|| http::HeaderValue::from_str(&format!("{key}={}", layer.name)).ok())
+                .flatten(),
             name: Arc::from(layer.name.as_str()),
             label: layer.label.clone(),
             kind: layer.kind,

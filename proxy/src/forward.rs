@@ -456,7 +456,7 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     };
     let known = (d.layer != BASELINE_ID).then_some(d.layer as usize);
     let branch_value = known
-        .and_then(|l| snap.branch_values.get(l).cloned().flatten())
+        .and_then(|l| snap.table.layer(l as u32)?.branch_value.clone())
         .or_else(|| HeaderValue::from_str(name.as_str()).ok());
     if let Some(v) = branch_value {
         h.insert(snap.rules.header.clone(), v);
@@ -464,7 +464,7 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
     match h.entry(BAGGAGE) {
         Entry::Vacant(e) => {
             let member = known
-                .and_then(|l| snap.baggage_values.get(l).cloned().flatten())
+                .and_then(|l| snap.table.layer(l as u32)?.baggage_member.clone())
                 .or_else(|| {
                     let m = format!("{key}={}", name.as_str());
                     HeaderValue::from_str(&m).ok()

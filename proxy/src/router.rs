@@ -1,14 +1,13 @@
 //! The published routing state. One [`ArcSwap`] holds one whole [`Snapshot`]: the compiled
 //! table plus everything the proxy derives from it (bound upstream states, prepared context
-//! rules, prebuilt header values). A request loads the snapshot once and keeps it to the end;
+//! rules). A request loads the snapshot once and keeps it to the end;
 //! publishing builds the next snapshot off the request path and swaps it in whole.
 
 use crate::context::ContextRules;
 use crate::metrics::{BoundMetrics, ProxyMetrics};
 use crate::upstream::{Registry, UpstreamState};
 use arc_swap::ArcSwap;
-use http::HeaderValue;
-use microstax_table::{LayerKind, RoutingTable};
+use microstax_table::RoutingTable;
 use std::sync::Arc;
 
 /// Everything a request needs, immutable once published.
@@ -20,10 +19,6 @@ pub struct Snapshot {
     pub upstreams: Box<[Arc<UpstreamState>]>,
     /// Context extraction rules.
     pub rules: ContextRules,
-    /// Per layer id: the branch name as a header value (None for non-branch layers).
-    pub branch_values: Box<[Option<HeaderValue>]>,
-    /// Per layer id: the `key=name` baggage member as a header value.
-    pub baggage_values: Box<[Option<HeaderValue>]>,
     /// Metric handles for this table.
     pub metrics: Arc<BoundMetrics>,
 }
@@ -38,39 +33,51 @@ pub struct Staged {
 }
 
 impl Snapshot {
+    /// Bind `table`. Per-layer values (header values of branch names) are prebuilt in the table
+    /// by the compiler, and what the previous snapshot bound the new table shares (the upstream
+    /// list, the context rules) is reused, so publishing a one-branch change does no per-layer
+    /// work (no registry lookup either, when the change added or dropped no endpoint).
     fn build(
         table: Arc<RoutingTable>,
         registry: &Registry,
         metrics: &ProxyMetrics,
         prev: Option<&Snapshot>,
     ) -> Staged {
-        let (upstreams, created) = registry.bind(&table);
+        let (upstreams, created) = bind_upstreams(&table, registry, prev);
         let new_upstreams = created
             .iter()
             .filter_map(|&i| upstreams.get(i).cloned())
             .collect();
         let bound = metrics.bind(&table, prev.map(|p| &p.metrics));
-        let rules = ContextRules::new(&table.settings);
-        let mut branch_values = Vec::with_capacity(table.layers.len());
-        let mut baggage_values = Vec::with_capacity(table.layers.len());
-        for l in &table.layers {
-            let l = l.as_ref().filter(|l| l.kind == LayerKind::Branch);
-            branch_values.push(l.and_then(|l| HeaderValue::from_str(&l.name).ok()));
-            baggage_values.push(l.and_then(|l| {
-                HeaderValue::from_str(&format!("{}={}", rules.baggage_key, l.name)).ok()
-            }));
-        }
+        let rules = match prev.filter(|p| Arc::ptr_eq(&p.table.settings, &table.settings)) {
+            Some(p) => p.rules.clone(),
+            None => ContextRules::new(&table.settings),
+        };
         Staged {
             snapshot: Snapshot {
                 table,
                 upstreams,
                 rules,
-                branch_values: branch_values.into_boxed_slice(),
-                baggage_values: baggage_values.into_boxed_slice(),
                 metrics: bound,
             },
             new_upstreams,
         }
+    }
+}
+
+/// The upstream states of `table`: when it shares its upstream list with the previous snapshot's
+/// table (a change that added or dropped no endpoint), the previous binding as it is; else the
+/// registry's binding (which also finds the upstreams no earlier table named).
+fn bind_upstreams(
+    table: &RoutingTable,
+    registry: &Registry,
+    prev: Option<&Snapshot>,
+) -> (Box<[Arc<UpstreamState>]>, Vec<usize>) {
+    match prev {
+        Some(p) if Arc::ptr_eq(&p.table.upstreams, &table.upstreams) => {
+            (p.upstreams.clone(), Vec::new())
+        }
+        _ => registry.bind(table),
     }
 }
 

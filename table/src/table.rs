@@ -9,6 +9,7 @@
 pub use crate::kind::{LayerKind, RouteKind};
 pub use crate::policy::{Readiness, RoutePolicy};
 use crate::settings::Settings;
+use http::HeaderValue;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
@@ -52,6 +53,10 @@ pub struct LayerRoutes {
     pub lineage: Box<[LayerId]>,
     /// Routes this layer overrides, sorted by service id.
     pub routes: Box<[Route]>,
+    /// Branch layers: the name as a header value, prebuilt for the request path.
+    pub branch_value: Option<HeaderValue>,
+    /// Branch layers: the `key=name` baggage member, prebuilt for the request path.
+    pub baggage_member: Option<HeaderValue>,
 }
 
 impl LayerRoutes {
