@@ -2,6 +2,8 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod environments;
+mod instances;
 mod serve;
 
 use anyhow::{Context as _, Result};
@@ -40,6 +42,18 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        exec: environments::ExecArgs,
+    },
+    /// List the instances a running proxy's executor runs for the live plans (from its admin
+    /// API's `/instances`).
+    Instances {
+        /// The admin address of the running proxy.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Print the JSON as served.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a config; print every error with file:line and exit non-zero if any.
     Check {
@@ -86,6 +100,8 @@ enum Command {
     Demo {
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        exec: environments::ExecArgs,
         /// Write the embedded demo config into this directory as editable files, then exit.
         /// Files that differ from the demo (your edits) are not overwritten without --force.
         #[arg(long)]
@@ -192,12 +208,14 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, net } => runtime()?.block_on(async {
+        Command::Run { config, net, exec } => runtime()?.block_on(async {
             let (cfg, sources) = load_tolerant(&config)?;
-            run(cfg, &net, None, Some((config.clone(), sources))).await
+            run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
         }),
+        Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
         Command::Demo {
             net,
+            exec,
             write_config,
             force,
             config,
@@ -220,6 +238,7 @@ fn real_main() -> Result<()> {
                         run(
                             cfg,
                             &net,
+                            &exec,
                             Some(Default::default()),
                             Some((path.clone(), sources)),
                         )
@@ -227,7 +246,7 @@ fn real_main() -> Result<()> {
                     }
                     None => {
                         let (cfg, listeners) = demo::embedded().await?;
-                        run(cfg, &net, Some(listeners), None).await
+                        run(cfg, &net, &exec, Some(listeners), None).await
                     }
                 }
             })
@@ -289,6 +308,7 @@ fn check(path: &std::path::Path) -> Result<()> {
 async fn run(
     cfg: microstax_config::Config,
     net: &NetArgs,
+    exec: &environments::ExecArgs,
     demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
     watch: Option<(PathBuf, Vec<SourceText>)>,
 ) -> Result<()> {
@@ -316,8 +336,15 @@ async fn run(
     let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
-    let control = ControlPlane::new(cfg.clone(), Arc::new(ProxySink(proxy.clone())), &registry)
-        .context("registering planner metrics")?;
+    let envs = environments::build(exec, &cfg).await?;
+    let control = ControlPlane::with_environments(
+        cfg.clone(),
+        Arc::new(ProxySink(proxy.clone())),
+        &registry,
+        envs.clone()
+            .map(|r| r as Arc<dyn microstax_planner::Environments>),
+    )
+    .context("registering planner metrics")?;
     // the admin API answers (`/readyz` 503 with the reason) while the first table is published
     let admin = TcpListener::bind(net.admin)
         .await
@@ -330,6 +357,7 @@ async fn run(
         token: admin_token(net)?,
         serving: serving.clone(),
         options: AdminOptions::default(),
+        runtime: envs.clone(),
     });
     tokio::spawn(microstax_planner::admin::serve(
         admin,
@@ -356,6 +384,13 @@ async fn run(
         println!("microstax: proxy on http://{listen}, admin on http://{admin_addr}");
     }
     serving.store(true, Ordering::Release);
+    if let Some(rt) = &envs {
+        tokio::spawn(environments::keep_converged(rt.clone(), control.clone()));
+    }
     workers.serve_until(shutdown_signal()).await;
+    if let Some(rt) = &envs {
+        // no orphan survives the proxy: every instance is stopped (SIGTERM, then SIGKILL)
+        rt.reconciler().executor().shutdown().await;
+    }
     Ok(())
 }

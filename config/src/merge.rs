@@ -100,6 +100,15 @@ impl Effective {
             let mut cmd = vec![r.value.command.clone()];
             cmd.extend(r.value.args.iter().cloned());
             push("run".into(), cmd.join(" "), &r.origin);
+            for (k, v) in &r.value.env {
+                push(format!("run.env.{k}"), v.clone(), &r.origin);
+            }
+            if let Some(p) = &r.value.probe {
+                push("run.probe".into(), p.clone(), &r.origin);
+            }
+            if let Some(t) = r.value.start_timeout_ms {
+                push("run.start_timeout_ms".into(), t.to_string(), &r.origin);
+            }
         }
         if let Some(i) = &self.idle_after_s {
             push("idle_after_s".into(), i.value.to_string(), &i.origin);

@@ -140,8 +140,8 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    /// A reconciler over one executor and store plugins by store kind (`postgres`, ...; the key
-    /// `*` serves every kind without a plugin of its own). Stores recorded by a previous run are
+    /// A reconciler over one executor and store plugins keyed by store name or kind
+    /// (`postgres`, ...; the key `*` serves every store without a plugin of its own). Stores recorded by a previous run are
     /// loaded so they can be given back.
     pub fn new(
         executor: Arc<dyn Executor>,
@@ -179,8 +179,13 @@ impl Reconciler {
         self.state.lock().await.placed.clone()
     }
 
-    fn plugin(&self, kind: &str) -> Option<&Arc<dyn StorePlugin>> {
-        self.plugins.get(kind).or_else(|| self.plugins.get("*"))
+    /// The plugin of a store: one registered under the store's own name (a command plugin with
+    /// that store's commands), else under its kind (`postgres`), else under `*`.
+    fn plugin(&self, req: &StoreRequest) -> Option<&Arc<dyn StorePlugin>> {
+        self.plugins
+            .get(&req.store)
+            .or_else(|| self.plugins.get(&req.kind))
+            .or_else(|| self.plugins.get("*"))
     }
 
     /// One pass at time `now` (passed in so tests control the grace without sleeping).
@@ -208,7 +213,7 @@ impl Reconciler {
             if st.stores.contains_key(key) {
                 continue;
             }
-            let made = match self.plugin(&req.kind) {
+            let made = match self.plugin(req) {
                 Some(p) => p.create(req).await,
                 None => Err(StoreError::Invalid {
                     store: req.store.to_string(),
@@ -325,7 +330,7 @@ impl Reconciler {
             let Some(handle) = st.stores.get(&key).cloned() else {
                 continue;
             };
-            let dropped = match self.plugin(&handle.request.kind) {
+            let dropped = match self.plugin(&handle.request) {
                 Some(p) => p.drop_store(&handle).await,
                 None => Ok(()),
             };

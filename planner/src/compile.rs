@@ -8,6 +8,7 @@
 //! and only the layers naming that one are rewritten.
 
 use crate::decision::{Decision, Subject};
+use crate::environments::Environments;
 use crate::planner::Planner;
 use microstax_config::model::instance_address;
 use microstax_config::table::{
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Compiles configs into tables and keeps the state for incremental updates.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Compiler {
     upstream_ids: FxHashMap<Arc<str>, UpstreamId>,
     policies: FxHashMap<RoutePolicy, Arc<RoutePolicy>>,
@@ -34,12 +35,34 @@ pub struct Compiler {
     /// Set when the org declares `routing.instance_address`: forks the plan decides without a
     /// declared endpoint are routed to their planned branch-local instance.
     planner: Option<Arc<Planner>>,
+    /// Set when an executor runs planned instances: their placements win over the template.
+    environments: Option<Arc<dyn Environments>>,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("generation", &self.table.generation)
+            .field("environments", &self.environments.is_some())
+            .finish()
+    }
 }
 
 impl Compiler {
     /// Compile `config` from scratch as generation `generation`.
     pub fn new(config: &Config, generation: u64) -> Compiler {
-        let planner = config.settings.instance_address.as_ref().and_then(|_| match Planner::new(config) {
+        Compiler::with_environments(config, generation, None)
+    }
+
+    /// [`Compiler::new`], routing the forks that the plan decides without a declared endpoint to
+    /// the instances `environments` placed for them.
+    pub fn with_environments(
+        config: &Config,
+        generation: u64,
+        environments: Option<Arc<dyn Environments>>,
+    ) -> Compiler {
+        let wanted = config.settings.instance_address.is_some() || environments.is_some();
+        let planner = wanted.then_some(()).and_then(|_| match Planner::new(config) {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
                 tracing::warn!(error = %e, "planned instances are not routed: the planner cannot index this config");
@@ -53,6 +76,7 @@ impl Compiler {
             users: Vec::new(),
             children: FxHashMap::default(),
             planner,
+            environments,
         };
         let mut upstreams = Vec::new();
         let mut layers = Vec::with_capacity(config.layer_slots());
@@ -330,12 +354,11 @@ impl Compiler {
         upstreams: &mut Vec<Upstream>,
         routes: &mut Vec<Route>,
     ) {
-        let (Some(planner), Some(template)) = (
-            self.planner.clone(),
-            config.settings.instance_address.as_deref(),
-        ) else {
+        let Some(planner) = self.planner.clone() else {
             return;
         };
+        let template = config.settings.instance_address.as_deref();
+        let environments = self.environments.clone();
         let Some(layer) = config.layer(idx) else {
             return;
         };
@@ -368,12 +391,17 @@ impl Compiler {
                 continue;
             };
             let hex = entry.instance.hex();
-            let addr = instance_address(
-                template,
-                &entry.name,
-                &layer.name,
-                hex.get(..12).unwrap_or(&hex),
-            );
+            let placed = environments
+                .as_ref()
+                .and_then(|e| e.placement(entry.instance));
+            let addr = match (placed, template) {
+                (Some(a), _) => a.to_string(),
+                (None, Some(t)) => {
+                    instance_address(t, &entry.name, &layer.name, hex.get(..12).unwrap_or(&hex))
+                }
+                // not placed (yet, or it failed: `explain` and `/instances` say why)
+                (None, None) => continue,
+            };
             let Ok(ep) = Endpoint::parse(&addr) else {
                 continue;
             };

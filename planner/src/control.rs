@@ -11,6 +11,7 @@
 //! the other files of the batch are then applied against the last good org.
 
 use crate::compile::Compiler;
+use crate::environments::Environments;
 use arc_swap::ArcSwap;
 use microstax_config::{
     Config, ConfigError, Diagnostic, LayerIdx, LayerKind, ParsedDoc, RoutingTable,
@@ -109,6 +110,8 @@ pub struct ControlPlane {
     /// Layers whose file is rejected (broken, or deleted while children remain) while their
     /// last good version keeps serving: layer name -> reason.
     held: ArcSwap<BTreeMap<String, String>>,
+    /// What runs the plans, when an executor is configured.
+    environments: Option<Arc<dyn Environments>>,
 }
 
 impl ControlPlane {
@@ -118,6 +121,18 @@ impl ControlPlane {
         config: Config,
         sink: Arc<dyn TableSink>,
         registry: &Registry,
+    ) -> Result<Arc<ControlPlane>, prometheus::Error> {
+        ControlPlane::with_environments(config, sink, registry, None)
+    }
+
+    /// [`ControlPlane::new`] with environments that run the plans: every change is prepared
+    /// (stores created, instances started and placed) before its table is compiled, so a new
+    /// branch's forks route to their own instances from its first table on.
+    pub fn with_environments(
+        config: Config,
+        sink: Arc<dyn TableSink>,
+        registry: &Registry,
+        environments: Option<Arc<dyn Environments>>,
     ) -> Result<Arc<ControlPlane>, prometheus::Error> {
         let updates = IntCounterVec::new(
             Opts::new(
@@ -135,7 +150,7 @@ impl ControlPlane {
         )?;
         registry.register(Box::new(updates.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
-        let compiler = Compiler::new(&config, 1);
+        let compiler = Compiler::with_environments(&config, 1, environments.clone());
         let config = Arc::new(config);
         Ok(Arc::new(ControlPlane {
             config: ArcSwap::new(config.clone()),
@@ -149,15 +164,21 @@ impl ControlPlane {
             rejected,
             ready: AtomicBool::new(false),
             held: ArcSwap::from_pointee(BTreeMap::new()),
+            environments,
         }))
     }
 
     /// Publish the first table (generation 1); the control plane is ready once the sink has
     /// taken it. Later calls publish nothing.
     pub async fn publish_initial(&self) {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if self.ready.load(Ordering::Acquire) {
             return;
+        }
+        if let Some(env) = &self.environments {
+            env.prepare(&state.config).await;
+            let config = state.config.clone();
+            state.compiler = Compiler::with_environments(&config, 1, Some(env.clone()));
         }
         self.sink.publish(state.compiler.table().clone()).await;
         self.ready.store(true, Ordering::Release);
@@ -209,6 +230,22 @@ impl ControlPlane {
         );
     }
 
+    /// Recompile and publish the current config as a new generation (when the environments'
+    /// placements changed outside a config change, for example an instance that could not be
+    /// started at first). Does nothing before the first publish.
+    pub async fn refresh(&self) {
+        let mut state = self.state.lock().await;
+        if !self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        let generation = state.generation + 1;
+        let config = state.config.clone();
+        state.compiler =
+            Compiler::with_environments(&config, generation, self.environments.clone());
+        self.sink.publish(state.compiler.table().clone()).await;
+        state.generation = generation;
+    }
+
     /// Apply `changes` atomically: all are accepted or none is (rejections are counted).
     pub async fn apply(
         &self,
@@ -254,8 +291,12 @@ impl ControlPlane {
         source: ChangeSource,
     ) -> Applied {
         let generation = state.generation + 1;
+        if let Some(env) = &self.environments {
+            env.prepare(&next).await;
+        }
         let table = if full {
-            state.compiler = Compiler::new(&next, generation);
+            state.compiler =
+                Compiler::with_environments(&next, generation, self.environments.clone());
             state.compiler.table().clone()
         } else {
             let mut table = state.compiler.table().clone();

@@ -30,7 +30,7 @@ pub enum FieldClass {
 pub fn class(field: &str) -> FieldClass {
     if field == "endpoints" || field == "local" {
         FieldClass::Address
-    } else if field.starts_with("policy.") {
+    } else if field.starts_with("policy.") || field == "idle_after_s" {
         FieldClass::Policy
     } else {
         FieldClass::Spec

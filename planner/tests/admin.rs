@@ -53,6 +53,7 @@ async fn start(
         token: Some(b"t".to_vec()),
         serving: serving.clone(),
         options,
+        runtime: None,
     });
     tokio::spawn(serve(listener, state, std::future::pending()));
     (addr, control, serving)

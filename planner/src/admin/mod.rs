@@ -64,6 +64,8 @@ pub struct AdminState {
     pub serving: Arc<AtomicBool>,
     /// Connection bounds.
     pub options: AdminOptions,
+    /// The environments runtime, when an executor runs the plans (`/instances`).
+    pub runtime: Option<Arc<crate::environments::Runtime>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -135,6 +137,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             &json::table_json(&*state.control.table().await),
         ),
         (Method::GET, "/branches") => branches::list(&state.control),
+        (Method::GET, "/instances") => json(
+            StatusCode::OK,
+            &crate::environments::instances_json(state.runtime.as_deref()),
+        ),
         (Method::GET, "/plan") => reads::plan(&state.control, req.uri().query()),
         (Method::GET, "/explain") => reads::explain(&state.control, req.uri().query()),
         (Method::GET, _) if branch.is_some() => branches::get(&state.control, branch.unwrap_or("")),

@@ -1,0 +1,365 @@
+//! Environments that run: from the plans of every live team and branch to what an executor
+//! starts. The desired state is the union of the plans: each planned fork of a service that its
+//! layer gives no endpoint of its own becomes an instance (named by its content address, so
+//! layers that need the identical instance share one), and each isolated store with store
+//! settings becomes a branch store, created before the instances that use it start.
+//!
+//! [`Environments`] is what the control plane calls before it compiles a change
+//! ([`Environments::prepare`]) and what the compiler asks for the address of a planned instance
+//! ([`Environments::placement`]). [`Runtime`] implements it over a [`Reconciler`].
+
+use crate::decision::{Decision, Isolation, Subject};
+use crate::instance::InstanceKey;
+use crate::planner::Planner;
+use arc_swap::ArcSwap;
+use microstax_config::environments::{StoreCopy, DEFAULT_START_TIMEOUT_MS};
+use microstax_config::{Config, LayerKind};
+use microstax_exec::{
+    BoxFuture, Desired, DesiredInstance, Failure, InstanceId, InstanceSpec, Observed, Pass,
+    Reconciler, RunSpec, StoreMode, StoreRequest,
+};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the control plane needs of the environments behind it.
+pub trait Environments: Send + Sync {
+    /// Make what `config`'s plans need exist (stores created, instances started and placed)
+    /// before the table that routes to them is compiled.
+    fn prepare<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, ()>;
+
+    /// Where the planned instance `key` answers, once prepared.
+    fn placement(&self, key: InstanceKey) -> Option<Arc<str>>;
+}
+
+/// Why a planned instance has no placement, by layer and service (for `explain`).
+pub type Problems = BTreeMap<(String, String), String>;
+
+/// The desired state of `config`, and what could not be planned, per layer and service.
+pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
+    let mut out = Desired::default();
+    let mut problems = Problems::new();
+    for layer in config.layers().filter(|l| l.kind != LayerKind::Org) {
+        let plan = match planner.plan(config, &layer.name, None) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.insert((layer.name.clone(), "*".into()), e.to_string());
+                continue;
+            }
+        };
+        let Some(idx) = config.layer_id(&layer.name) else {
+            continue;
+        };
+        // stores this layer isolates, with settings: (store name) -> request
+        let mut stores: BTreeMap<String, StoreRequest> = BTreeMap::new();
+        for e in plan
+            .entries
+            .iter()
+            .filter(|e| e.subject == Subject::Store && matches!(e.decision, Decision::Isolate(_)))
+        {
+            let Some(s) = config.store_settings(&e.name) else {
+                continue;
+            };
+            let mode = match (&e.decision, s.copy) {
+                (_, StoreCopy::DatabaseFromTemplate) => StoreMode::DatabaseFromTemplate,
+                (Decision::Isolate(Isolation::Schema), StoreCopy::Schema) => StoreMode::Schema,
+                (_, StoreCopy::Schema) => StoreMode::Schema,
+                (_, StoreCopy::Database) => StoreMode::Database,
+            };
+            let req = StoreRequest {
+                store: Arc::from(e.name.as_ref()),
+                kind: Arc::from(s.kind.as_str()),
+                branch: Arc::from(layer.name.as_str()),
+                mode,
+                baseline: s.url.clone(),
+            };
+            out.stores
+                .insert((req.store.clone(), req.branch.clone()), req.clone());
+            stores.insert(e.name.to_string(), req);
+        }
+        for e in plan
+            .entries
+            .iter()
+            .filter(|e| e.subject == Subject::Service && e.decision == Decision::Fork)
+        {
+            let declared = layer
+                .service(&e.name)
+                .is_some_and(|s| s.endpoints.is_some() || s.local.is_some());
+            if declared {
+                continue;
+            }
+            let Some(eff) = config.effective(idx, &e.name) else {
+                continue;
+            };
+            let mut store_env = Vec::new();
+            if let Some(svc) = config.service(&e.name) {
+                for st in &svc.stores {
+                    if let (Some(req), Some(s)) =
+                        (stores.get(&st.name), config.store_settings(&st.name))
+                    {
+                        store_env.push((s.env, (req.store.clone(), req.branch.clone())));
+                    }
+                }
+            }
+            let id = InstanceId(Arc::from(e.instance.hex()));
+            let run = eff.run.as_ref().map(|r| RunSpec {
+                command: r.value.command.clone(),
+                args: r.value.args.clone(),
+                env: r.value.env.clone(),
+                probe_path: r.value.probe.clone().unwrap_or_else(|| "/".into()),
+                start_timeout: Duration::from_millis(
+                    r.value.start_timeout_ms.unwrap_or(DEFAULT_START_TIMEOUT_MS),
+                ),
+            });
+            if run.is_none() && eff.image.is_none() {
+                problems.insert(
+                    (layer.name.clone(), e.name.to_string()),
+                    "no `run:` block or image says how to start it".into(),
+                );
+            }
+            let spec = InstanceSpec {
+                id: id.clone(),
+                service: Arc::from(e.name.as_ref()),
+                branch: Arc::from(layer.name.as_str()),
+                run,
+                image: eff.image.as_ref().map(|i| i.value.clone()),
+                env: eff
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+                cpu_millis: eff.resources.as_ref().map(|r| r.value.cpu_m),
+                memory_mib: eff.resources.as_ref().map(|r| r.value.memory_mi),
+            };
+            let entry = out.instances.entry(id).or_insert_with(|| DesiredInstance {
+                spec,
+                branches: BTreeSet::new(),
+                store_env,
+            });
+            entry.branches.insert(Arc::from(layer.name.as_str()));
+        }
+    }
+    (out, problems)
+}
+
+/// What the runtime knows, for `/instances` and `explain`.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeView {
+    /// The desired state last prepared.
+    pub desired: Arc<Desired>,
+    /// What the executor reports, by instance id.
+    pub observed: BTreeMap<InstanceId, Observed>,
+    /// Placements by instance id.
+    pub placements: BTreeMap<InstanceId, Arc<str>>,
+    /// Failures of the last pass.
+    pub failures: Vec<Failure>,
+    /// Planning problems of the last prepare.
+    pub problems: Problems,
+}
+
+/// [`Environments`] over a reconciler: the planner's side of the executors.
+pub struct Runtime {
+    reconciler: Arc<Reconciler>,
+    placements: ArcSwap<FxHashMap<u128, Arc<str>>>,
+    desired: ArcSwap<Desired>,
+    problems: ArcSwap<Problems>,
+    failures: ArcSwap<Vec<Failure>>,
+    planner: tokio::sync::Mutex<Option<(usize, Arc<Planner>)>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("reconciler", &self.reconciler)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime over `reconciler`.
+    pub fn new(reconciler: Arc<Reconciler>) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            reconciler,
+            placements: ArcSwap::from_pointee(FxHashMap::default()),
+            desired: ArcSwap::from_pointee(Desired::default()),
+            problems: ArcSwap::from_pointee(Problems::new()),
+            failures: ArcSwap::from_pointee(Vec::new()),
+            planner: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The reconciler.
+    pub fn reconciler(&self) -> &Arc<Reconciler> {
+        &self.reconciler
+    }
+
+    /// One reconcile pass with the desired state last prepared (for the periodic loop: stops
+    /// what is unneeded past the grace, retries failed stores). Returns the pass and whether a
+    /// placement appeared or went (then the table must be recompiled).
+    pub async fn tick(&self) -> (Pass, bool) {
+        let desired = self.desired.load_full();
+        let pass = self.reconciler.reconcile(&desired, Instant::now()).await;
+        let changed = self.record(&pass);
+        (pass, changed)
+    }
+
+    fn record(&self, pass: &Pass) -> bool {
+        let next: FxHashMap<u128, Arc<str>> = pass
+            .placements
+            .iter()
+            .filter_map(|(id, a)| Some((u128::from_str_radix(&id.0, 16).ok()?, a.clone())))
+            .collect();
+        let changed = **self.placements.load() != next;
+        if changed {
+            self.placements.store(Arc::new(next));
+        }
+        self.failures.store(Arc::new(pass.failures.clone()));
+        for f in &pass.failures {
+            tracing::warn!(failure = ?f, "environment not prepared");
+        }
+        changed
+    }
+
+    /// What the runtime knows now.
+    pub fn view(&self) -> RuntimeView {
+        let placements = self
+            .placements
+            .load()
+            .iter()
+            .map(|(k, a)| (InstanceId(Arc::from(InstanceKey(*k).hex())), a.clone()))
+            .collect();
+        RuntimeView {
+            desired: self.desired.load_full(),
+            observed: self
+                .reconciler
+                .executor()
+                .observe()
+                .into_iter()
+                .map(|o| (o.id.clone(), o))
+                .collect(),
+            placements,
+            failures: (**self.failures.load()).clone(),
+            problems: (**self.problems.load()).clone(),
+        }
+    }
+
+    async fn planner(&self, config: &Config) -> Option<Arc<Planner>> {
+        // the planner indexes the org catalog: rebuild it only when the org layer changed
+        let org = Arc::as_ptr(config.org()) as usize;
+        let mut slot = self.planner.lock().await;
+        if let Some((ptr, p)) = slot.as_ref() {
+            if *ptr == org {
+                return Some(p.clone());
+            }
+        }
+        match Planner::new(config) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                *slot = Some((org, p.clone()));
+                Some(p)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "environments not planned: the planner cannot index this config");
+                None
+            }
+        }
+    }
+}
+
+impl Environments for Runtime {
+    fn prepare<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(planner) = self.planner(config).await else {
+                return;
+            };
+            let (desired, problems) = desired(config, &planner);
+            self.desired.store(Arc::new(desired));
+            self.problems.store(Arc::new(problems));
+            self.tick().await;
+        })
+    }
+
+    fn placement(&self, key: InstanceKey) -> Option<Arc<str>> {
+        self.placements.load().get(&key.0).cloned()
+    }
+}
+
+/// The `/instances` view: every desired instance with the branches that need it, its state,
+/// address, pid and log, and every failure with its reason. With no executor: says so.
+pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
+    use serde_json::json;
+    let Some(rt) = runtime else {
+        return json!({
+            "executor": "none",
+            "note": "no executor is configured: planned forks without an endpoint are routed by routing.instance_address or to the parent's instance (start with --executor process)",
+            "instances": [],
+        });
+    };
+    let v = rt.view();
+    let state_text = |o: Option<&Observed>| match o.map(|o| &o.state) {
+        None => "not started".to_string(),
+        Some(microstax_exec::InstanceState::Starting) => "starting".into(),
+        Some(microstax_exec::InstanceState::Ready { .. }) => "ready".into(),
+        Some(microstax_exec::InstanceState::Failed { reason, gave_up }) => {
+            if *gave_up {
+                format!("failed (gave up): {reason}")
+            } else {
+                format!("failed, restarting: {reason}")
+            }
+        }
+        Some(microstax_exec::InstanceState::Stopping) => "stopping".into(),
+        Some(microstax_exec::InstanceState::Rendered) => "rendered".into(),
+    };
+    let mut instances: Vec<serde_json::Value> = v
+        .desired
+        .instances
+        .iter()
+        .map(|(id, d)| {
+            let o = v.observed.get(id);
+            json!({
+                "instance": id.short(),
+                "id": &*id.0,
+                "service": &*d.spec.service,
+                "branches": d.branches.iter().map(|b| &**b).collect::<Vec<_>>(),
+                "state": state_text(o),
+                "address": v.placements.get(id).map(|a| &**a),
+                "pid": o.and_then(|o| o.pid),
+                "restarts": o.map_or(0, |o| o.restarts),
+                "log": o.and_then(|o| o.log.as_ref()).map(|p| p.display().to_string()),
+            })
+        })
+        .collect();
+    // what still runs but no plan needs (given back after the grace)
+    for (id, o) in &v.observed {
+        if !v.desired.instances.contains_key(id) {
+            instances.push(json!({
+                "instance": id.short(), "id": &*id.0, "service": &*o.service,
+                "branches": [], "state": format!("{} (unneeded, given back after the grace)", state_text(Some(o))),
+                "address": v.placements.get(id).map(|a| &**a), "pid": o.pid,
+                "restarts": o.restarts, "log": o.log.as_ref().map(|p| p.display().to_string()),
+            }));
+        }
+    }
+    let failures: Vec<serde_json::Value> = v
+        .failures
+        .iter()
+        .map(|f| match f {
+            Failure::Store { key, reason } => {
+                json!({"store": &*key.0, "branch": &*key.1, "reason": reason})
+            }
+            Failure::Instance { id, service, reason } => {
+                json!({"instance": id.short(), "service": &**service, "reason": reason})
+            }
+        })
+        .chain(v.problems.iter().map(|((layer, service), reason)| {
+            json!({"branch": layer, "service": service, "reason": reason})
+        }))
+        .collect();
+    json!({
+        "executor": rt.reconciler().executor().name(),
+        "instances": instances,
+        "stores": v.desired.stores.keys().map(|(s, b)| json!({"store": &**s, "branch": &**b})).collect::<Vec<_>>(),
+        "failures": failures,
+    })
+}

@@ -1,0 +1,230 @@
+//! Environments that run, end to end: `microstax run --executor process` on a watched config
+//! directory. A new branch file leads to its planned fork running as a real process and its
+//! requests served by it; a second branch with the identical spec shares that process; deleting
+//! the branches gives the process back (its pid gone) after the grace; stopping the proxy stops
+//! every instance.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A tiny HTTP server: answers every GET with `instance=<id> flag=<FLAG>`.
+const CHILD: &str = r#"
+import http.server, os, sys
+port, instance = int(sys.argv[1]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("instance=%s flag=%s" % (instance, os.environ.get("FLAG", "-"))).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+fn write_org(dir: &Path, base: &str) {
+    std::fs::create_dir_all(dir.join("branches")).unwrap();
+    std::fs::write(dir.join("child.py"), CHILD).unwrap();
+    let child = dir.join("child.py");
+    let org = format!(
+        "kind: org\nlifecycle: {{grace_ms: 200}}\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{base}\"]\n    run:\n      command: python3\n      args: [\"{}\", \"{{port}}\", \"{{instance}}\"]\n      start_timeout_ms: 10000\n",
+        child.display()
+    );
+    std::fs::write(dir.join("org.yaml"), org).unwrap();
+}
+
+fn write_branch(dir: &Path, name: &str, flag: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(
+        &tmp,
+        format!("parent: baseline\nservices:\n  api:\n    env: {{FLAG: \"{flag}\"}}\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, dir.join(format!("branches/{name}.yaml"))).unwrap();
+}
+
+fn pid_alive(pid: u64) -> bool {
+    // a zombie (exited, not yet reaped by an init that does not reap) is gone for our purposes
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_files_start_share_and_give_back_real_processes() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_bin(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--executor",
+            "process",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let c = h1_client();
+    let body_for = |branch: &'static str| {
+        let c = c.clone();
+        async move {
+            let r = get(
+                &c,
+                proxy,
+                "/",
+                &[("host", "api"), ("x-microstax-branch", branch)],
+            )
+            .await;
+            (r.status, r.text())
+        }
+    };
+    // no branch yet: the baseline answers
+    let (status, text) = body_for("feat").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("\"base\""), "{text}");
+
+    // a new branch file: its fork runs as a process of its own and serves the branch
+    write_branch(&cfg, "feat", "on");
+    let served = wait_for(DEADLINE, "feat served by its own instance", || async {
+        let (status, text) = body_for("feat").await;
+        (status == 200 && text.starts_with("instance=")).then_some(text)
+    })
+    .await;
+    assert!(served.ends_with("flag=on"), "{served}");
+    // the baseline is untouched
+    assert!(body_for("other").await.1.contains("\"base\""));
+
+    let instances = |c: TestClient| async move { get(&c, admin, "/instances", &[]).await.json() };
+    let v = instances(c.clone()).await;
+    assert_eq!(v["executor"], "process", "{v}");
+    let list = v["instances"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{v}");
+    let pid = list[0]["pid"].as_u64().expect("a pid");
+    assert!(pid_alive(pid));
+    assert!(
+        served.contains(list[0]["instance"].as_str().unwrap()),
+        "{served} {v}"
+    );
+
+    // a second branch with the identical spec shares the process
+    write_branch(&cfg, "feat2", "on");
+    let v = wait_for(DEADLINE, "feat2 planned", || async {
+        let v = instances(c.clone()).await;
+        let b = v["instances"][0]["branches"].as_array().map_or(0, Vec::len);
+        (b == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["instances"][0]["pid"].as_u64(), Some(pid), "{v}");
+    let (_, text2) = body_for("feat2").await;
+    assert_eq!(text2, served, "feat2 is served by the same instance");
+
+    // a branch with another spec gets an instance of its own
+    write_branch(&cfg, "feat3", "off");
+    let other = wait_for(DEADLINE, "feat3 served by its own instance", || async {
+        let (status, text) = body_for("feat3").await;
+        (status == 200 && text.ends_with("flag=off")).then_some(text)
+    })
+    .await;
+    assert_ne!(other, served);
+
+    // deleting the branches gives the processes back after the grace
+    for b in ["feat", "feat2", "feat3"] {
+        std::fs::remove_file(cfg.join(format!("branches/{b}.yaml"))).unwrap();
+    }
+    wait_for(DEADLINE, "the instances given back", || async {
+        let v = instances(c.clone()).await;
+        v["instances"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    })
+    .await;
+    wait_for(DEADLINE, "the first instance's pid gone", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    assert!(body_for("feat").await.1.contains("\"base\""));
+    stop_bin(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_proxy_stops_its_instances() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    write_branch(&cfg, "feat", "on");
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_bin(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--executor",
+            "process",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let c = h1_client();
+    // the branch existed before the start: its instance is prepared before the first table
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "api"), ("x-microstax-branch", "feat")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
+    assert!(pid_alive(pid));
+    // SIGTERM by pid: the proxy drains and stops every instance before it exits
+    let proxy_pid = child.id().expect("pid");
+    rustix_kill(proxy_pid);
+    let mut child = child;
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the proxy exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(!pid_alive(pid), "instance {pid} outlived the proxy");
+}
+
+fn rustix_kill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
