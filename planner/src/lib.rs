@@ -20,6 +20,7 @@ pub mod instance;
 pub mod plan;
 mod render;
 pub mod routes_json;
+pub mod solve;
 pub mod watch;
 
 pub use compile::{compile, Compiler};
