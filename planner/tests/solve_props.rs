@@ -216,6 +216,7 @@ proptest! {
     fn runner_ups_are_exact(p in problem_strategy()) {
         let Ok(s) = Solver::default().solve(&p) else { return Ok(()) };
         for (d, e) in s.explained.iter().enumerate() {
+            prop_assert!(!e.runner_up_unresolved);
             let mut q = p.clone();
             q.constraints.push(Constraint::Forbid {
                 choice: Choice::new(d, s.chosen[d]),

@@ -1,6 +1,6 @@
 //! Exhaustive enumeration, the reference the solver is tested against: every assignment is
 //! checked directly against every rule (no propagation, no bounds) and the least under the
-//! solver's order (cost, instances, alternatives in decision order) is kept. Test support only;
+//! solver's order (cost, instances, alternatives in tie order: see [`tie_order`]) is kept. Test support only;
 //! exponential in the number of decisions.
 
 use super::problem::{Constraint, Problem};
@@ -66,6 +66,37 @@ pub fn check(p: &Problem, chosen: &[usize]) -> Result<(u64, u64), String> {
     Ok((cost, inst))
 }
 
+/// The solver's tie order: decisions linked by implications form groups; groups come in the
+/// order of their first decision, and each group's decisions in index order.
+pub fn tie_order(p: &Problem) -> Vec<usize> {
+    let n = p.decisions.len();
+    let mut group: Vec<usize> = (0..n).collect();
+    // relabel to a fixpoint: each decision takes the least label linked to it
+    loop {
+        let mut changed = false;
+        for c in &p.constraints {
+            if let Constraint::Requires { when, then, .. } = c {
+                let (a, b) = (group[when.decision], group[*then]);
+                if a != b {
+                    let low = a.min(b);
+                    for g in group.iter_mut() {
+                        if *g == a || *g == b {
+                            *g = low;
+                        }
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&d| (group[d], d));
+    order
+}
+
 /// The least feasible assignment, or `None` when none is feasible. `ignore_budgets` checks the
 /// constraints only.
 pub fn minimum(p: &Problem, ignore_budgets: bool) -> Option<Brute> {
@@ -83,12 +114,14 @@ pub fn minimum(p: &Problem, ignore_budgets: bool) -> Option<Brute> {
         return None;
     }
     let n = p.decisions.len();
+    let order = tie_order(p);
+    let key = |v: &[usize]| -> Vec<usize> { order.iter().map(|&d| v[d]).collect() };
     let mut cur = vec![0usize; n];
     let mut best: Option<Brute> = None;
     loop {
         if let Ok((cost, instances)) = check(p, &cur) {
             let better = best.as_ref().is_none_or(|b| {
-                (cost, instances, cur.as_slice()) < (b.cost, b.instances, b.chosen.as_slice())
+                (cost, instances, key(&cur)) < (b.cost, b.instances, key(&b.chosen))
             });
             if better {
                 best = Some(Brute {

@@ -1,9 +1,13 @@
 //! The exact solver: the least assignment under a fixed total order, why each decision came out
 //! as it did, its runner-up, and for infeasible input a small conflicting set.
 //!
-//! Order: lower total cost, then fewer instances, then the vector of alternative indices
-//! compared in decision order (so a tie goes to the earlier alternative of the earlier
-//! decision). Nothing depends on the order of the constraint list.
+//! Order: lower total cost, then fewer instances, then the alternative indices compared one
+//! decision after the other (a tie goes to the earlier alternative of the earlier decision), in
+//! *tie order*: the components (decisions linked by implications) by their first decision, the
+//! decisions of each in index order. Tie order is index order whenever no implication links a
+//! decision to a later one across an unlinked one; it depends on which implications exist, never
+//! on the order of the constraint list. (Plain index order would make ties between components
+//! that a budget couples interleave, and the search could no longer prune them.)
 //!
 //! Method, exact by construction:
 //! 1. root: drop not-allowed and forbidden alternatives, propagate implications to a fixpoint
@@ -22,7 +26,7 @@
 
 use super::model::{Model, Scope};
 use super::problem::{Choice, Malformed, Problem, Reason, Usage};
-use super::search::{multipliers, search, Limit, Removal, State};
+use super::search::{multipliers, search, seed, Blocks, Limit, Removal, State};
 use std::fmt;
 
 /// Why a decision took its alternative: about the alternative that ranks best on its own
@@ -79,6 +83,12 @@ pub enum Binding {
         /// The cheaper alternative.
         alternative: usize,
     },
+    /// The solve with the cheaper alternative exceeded [`Solver::explain_nodes`]; the solution
+    /// is still optimal, only this explanation is missing.
+    Unresolved {
+        /// The cheaper alternative.
+        alternative: usize,
+    },
 }
 
 /// The cheapest assignment in which a decision takes a different alternative (exact: a full
@@ -101,8 +111,10 @@ pub struct Explained {
     /// What decided it.
     pub binding: Binding,
     /// The next-best assignment with another alternative (`None`: no other alternative can be
-    /// taken, or runner-ups were not asked for).
+    /// taken, or runner-ups were not asked for, or `runner_up_unresolved`).
     pub runner_up: Option<RunnerUp>,
+    /// The runner-up's solve exceeded [`Solver::explain_nodes`].
+    pub runner_up_unresolved: bool,
 }
 
 /// The least assignment.
@@ -194,6 +206,10 @@ impl Solution {
                 "{} admits no assignment meeting the constraints",
                 label(*alternative)
             ),
+            Binding::Unresolved { alternative } => format!(
+                "{} is cheaper on its own; proving what it costs in all took too long",
+                label(*alternative)
+            ),
         }
     }
 }
@@ -280,6 +296,9 @@ pub struct Solver {
     pub runner_ups: bool,
     /// Most solves spent shrinking a conflicting set.
     pub max_conflict_solves: usize,
+    /// Most search nodes per explanatory solve (a binding or a runner-up); beyond it the
+    /// explanation is marked unresolved instead of failing the solve.
+    pub explain_nodes: u64,
 }
 
 impl Default for Solver {
@@ -288,6 +307,7 @@ impl Default for Solver {
             max_nodes: 5_000_000,
             runner_ups: true,
             max_conflict_solves: 256,
+            explain_nodes: 200_000,
         }
     }
 }
@@ -321,6 +341,17 @@ type Root = (Model, State, Vec<Vec<Option<Removal>>>, Result<(), u32>);
 
 fn root(p: &Problem, scope: &Scope) -> Root {
     let m = Model::new(p, scope);
+    let (st, causes, r) = root_state(p, &m, scope);
+    (m, st, causes, r)
+}
+
+/// The propagated root of `m` (compiled under a scope with the same constraints and budgets as
+/// `scope`) with `scope`'s removals.
+fn root_state(
+    p: &Problem,
+    m: &Model,
+    scope: &Scope,
+) -> (State, Vec<Vec<Option<Removal>>>, Result<(), u32>) {
     let mut causes: Vec<Vec<Option<Removal>>> = p
         .decisions
         .iter()
@@ -347,10 +378,10 @@ fn root(p: &Problem, scope: &Scope) -> Root {
             causes[c.decision][c.alternative] = Some(Removal::Forbid(ci));
         }
     }
-    let mut st = State::new(&m, init);
+    let mut st = State::new(m, init);
     st.queue_all();
-    let r = st.propagate(&m, Some(&mut causes));
-    (m, st, causes, r)
+    let r = st.propagate(m, Some(&mut causes));
+    (st, causes, r)
 }
 
 fn usage(p: &Problem, chosen: &[usize], ds: impl Iterator<Item = usize>) -> (u64, u64) {
@@ -424,7 +455,8 @@ impl Solver {
                     continue;
                 }
             }
-            let best = search(m, &mut st, comp, false, self.max_nodes, nodes).map_err(limit)?;
+            let best = search(m, &mut st, comp, false, None, None, self.max_nodes, nodes)
+                .map_err(limit)?;
             let Some(best) = best else {
                 return Ok(Outcome::NoAssignment {
                     component: comp.clone(),
@@ -446,25 +478,36 @@ impl Solver {
                 touched[d as usize] = true;
             }
         }
-        let group: Vec<u32> = comps
-            .iter()
-            .filter(|c| c.iter().any(|&d| touched[d as usize]))
-            .flatten()
-            .copied()
-            .collect::<std::collections::BTreeSet<u32>>()
+        let coupled: Vec<Vec<u32>> = comps
             .into_iter()
+            .filter(|c| c.iter().any(|&d| touched[d as usize]))
             .collect();
+        let order: Vec<u32> = coupled.iter().flatten().copied().collect();
+        let mut group = order.clone();
+        group.sort_unstable();
         if !st.budgets_ok(m) {
             return Ok(Outcome::OverBudget { free, group });
         }
         let lambda = multipliers(m, &st.dom);
         st.reweight(m, &lambda);
-        let best = search(m, &mut st, &group, true, self.max_nodes, nodes).map_err(limit)?;
+        let blocks = Blocks::new(m, &st, &coupled, self.max_nodes, nodes).map_err(limit)?;
+        let start = seed(m, &st, &coupled, &order, self.max_nodes, nodes).map_err(limit)?;
+        let best = search(
+            m,
+            &mut st,
+            &order,
+            true,
+            blocks.as_ref(),
+            start,
+            self.max_nodes,
+            nodes,
+        )
+        .map_err(limit)?;
         let Some(best) = best else {
             return Ok(Outcome::OverBudget { free, group });
         };
         let mut chosen = free.clone();
-        for (k, &d) in group.iter().enumerate() {
+        for (k, &d) in order.iter().enumerate() {
             chosen[d as usize] = usize::from(best.vals[k]);
         }
         Ok(Outcome::Feasible { chosen, free })
@@ -475,13 +518,14 @@ impl Solver {
     fn resolve(
         &self,
         p: &Problem,
+        m: &Model,
         scope: &Scope,
         free: &[usize],
         focus: usize,
     ) -> Result<Outcome, SolveError> {
         let mut nodes = 0;
-        let (m, st, causes, r) = root(p, scope);
-        self.optimize(p, &m, st, r, &causes, Some((free, focus)), &mut nodes)
+        let (st, causes, r) = root_state(p, m, scope);
+        self.optimize(p, m, st, r, &causes, Some((free, focus)), &mut nodes)
     }
 
     fn explain(
@@ -510,13 +554,21 @@ impl Solver {
             .collect();
         let mut explained = Vec::with_capacity(m.n);
         for (d, &c) in chosen.iter().enumerate() {
-            let runner_up = if self.runner_ups {
-                self.runner_up(p, scope, free, d, c, cost)?
+            let (runner_up, unresolved) = if self.runner_ups {
+                match self.runner_up(p, m, scope, free, d, c, cost)? {
+                    Ok(r) => (r, false),
+                    Err(()) => (None, true),
+                }
             } else {
-                None
+                (None, false)
             };
-            let binding = self.binding(p, scope, causes, free, d, c, cost, instances, runner_up)?;
-            explained.push(Explained { binding, runner_up });
+            let binding =
+                self.binding(p, m, scope, causes, free, d, c, cost, instances, runner_up)?;
+            explained.push(Explained {
+                binding,
+                runner_up,
+                runner_up_unresolved: unresolved,
+            });
         }
         Ok(Solution {
             chosen,
@@ -527,18 +579,24 @@ impl Solver {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn runner_up(
         &self,
         p: &Problem,
+        m: &Model,
         scope: &Scope,
         free: &[usize],
         d: usize,
         chosen: usize,
         cost: u64,
-    ) -> Result<Option<RunnerUp>, SolveError> {
+    ) -> Result<Result<Option<RunnerUp>, ()>, SolveError> {
         let mut s = scope.clone();
         s.extra[d] |= 1u64 << chosen;
-        Ok(match self.resolve(p, &s, free, d)? {
+        let r = self.explanatory().resolve(p, m, &s, free, d);
+        if let Err(SolveError::Limit(_)) = r {
+            return Ok(Err(()));
+        }
+        Ok(Ok(match r? {
             Outcome::Feasible { chosen: c, .. } => {
                 let (tc, ti) = usage(p, &c, 0..c.len());
                 Some(RunnerUp {
@@ -549,13 +607,22 @@ impl Solver {
                 })
             }
             _ => None,
-        })
+        }))
+    }
+
+    /// The settings for explanatory solves (bindings, runner-ups).
+    fn explanatory(&self) -> Solver {
+        Solver {
+            max_nodes: self.explain_nodes,
+            ..*self
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn binding(
         &self,
         p: &Problem,
+        m: &Model,
         scope: &Scope,
         causes: &[Vec<Option<Removal>>],
         free: &[usize],
@@ -602,18 +669,20 @@ impl Solver {
             _ => {
                 let mut s = scope.clone();
                 s.extra[d] |= all_of(alts.len()) & !(1u64 << best);
-                match self.resolve(p, &s, free, d)? {
+                let r = self.explanatory().resolve(p, m, &s, free, d);
+                if let Err(SolveError::Limit(_)) = r {
+                    return Ok(Binding::Unresolved { alternative });
+                }
+                match r? {
                     Outcome::Feasible { chosen: c, .. } => Some(usage(p, &c, 0..c.len())),
                     Outcome::OverBudget { free: f, .. } => {
-                        let m = Model::new(p, &s);
                         return Ok(Binding::Budget {
                             alternative,
-                            budgets: over_budgets(p, &m, &f),
+                            budgets: over_budgets(p, m, &f),
                         });
                     }
                     Outcome::Empty { decision, causes } => {
-                        let m = Model::new(p, &s);
-                        let mut constraints: Vec<usize> = trace(decision, &causes, &m)
+                        let mut constraints: Vec<usize> = trace(decision, &causes, m)
                             .into_iter()
                             .filter_map(|c| match c {
                                 Conflict::Constraint(i) => Some(i),
@@ -704,9 +773,11 @@ impl Solver {
     fn shrink(&self, p: &Problem, mut keep: Vec<Conflict>) -> (Vec<Conflict>, bool) {
         let quick = Solver {
             runner_ups: false,
+            max_nodes: self.explain_nodes,
             ..*self
         };
         let mut solves = 0usize;
+        let mut exact = true;
         let mut infeasible = |set: &[Conflict]| -> Option<bool> {
             if solves >= self.max_conflict_solves {
                 return None;
@@ -716,7 +787,12 @@ impl Solver {
             let (m, st, causes, r) = root(p, &scope);
             let mut nodes = 0;
             match quick.optimize(p, &m, st, r, &causes, None, &mut nodes) {
-                Ok(Outcome::Feasible { .. }) | Err(_) => Some(false),
+                Ok(Outcome::Feasible { .. }) => Some(false),
+                Err(_) => {
+                    // unknown: keep the member, and do not claim minimality
+                    exact = false;
+                    Some(false)
+                }
                 Ok(_) => Some(true),
             }
         };
@@ -733,7 +809,7 @@ impl Solver {
                 }
             }
             if chunk == 1 {
-                return (keep, true);
+                return (keep, exact);
             }
             chunk = chunk.div_ceil(2);
         }

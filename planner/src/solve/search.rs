@@ -191,11 +191,10 @@ impl State {
         }
     }
 
-    /// The best cost lower bound: per-decision minima, or the Lagrangian bound if higher.
-    fn cost_bound(&self) -> u128 {
+    /// The Lagrangian cost bound (valid only for completions that meet the budgets).
+    fn lag_bound(&self) -> u128 {
         let lag = i128::try_from(self.lb_lag).unwrap_or(i128::MAX) - self.lag_offset;
-        let lag = u128::try_from(lag).unwrap_or(0);
-        self.lb_cost.max(lag)
+        u128::try_from(lag).unwrap_or(0)
     }
 
     /// Whether every budget can still be met.
@@ -211,7 +210,7 @@ impl State {
         })
     }
 
-    /// Remove `bit` alternatives from `d` (recording `cause` at the root).
+    /// Keep only the `keep` alternatives of `d` (recording `cause` at the root).
     fn remove(
         &mut self,
         m: &Model,
@@ -290,87 +289,272 @@ impl State {
 pub(crate) struct Best {
     pub cost: u128,
     pub inst: u128,
-    /// The chosen alternative of each decision of the group, in group order.
+    /// The chosen alternative of each decision searched, in search order.
     pub vals: Vec<u8>,
+}
+
+/// Exact bounds of whole components, for a search that takes the components one after the
+/// other: at a node, the components not yet started are bounded by their own optima
+/// (computed once at the root, each by a search of its own) instead of by per-decision minima.
+/// Components are independent apart from budgets, so the bounds add up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Blocks {
+    /// Per search position, its component.
+    comp_at: Vec<u32>,
+    /// Per component, its first search position.
+    start: Vec<usize>,
+    /// Suffix sums over components `c..` of (exact optimum - per-decision minima at the root).
+    cost: Vec<u128>,
+    inst: Vec<u128>,
+    lag: Vec<u128>,
+    bud_inst: Vec<Vec<u128>>,
+    bud_cost: Vec<Vec<u128>>,
+}
+
+impl Blocks {
+    /// Bounds for `comps` (each in index order; the search visits them in this order) from the
+    /// root state `st` (propagated, multipliers set).
+    pub fn new(
+        m: &Model,
+        st: &State,
+        comps: &[Vec<u32>],
+        max_nodes: u64,
+        nodes: &mut u64,
+    ) -> Result<Option<Blocks>, Limit> {
+        let k = comps.len();
+        let nb = m.buds.len();
+        let mut gain =
+            |f: &dyn Fn(usize, usize) -> Option<u64>| -> Result<Option<Vec<u128>>, Limit> {
+                let mut om = m.clone();
+                for d in 0..m.n {
+                    for a in 0..m.cost[d].len() {
+                        let Some(v) = f(d, a) else {
+                            return Ok(None);
+                        };
+                        om.cost[d][a] = v;
+                        om.inst[d][a] = 0;
+                    }
+                }
+                om.buds.clear();
+                om.buds_of.iter_mut().for_each(Vec::clear);
+                let mut ost = State::new(&om, st.dom.clone());
+                let mut out = vec![0u128; k + 1];
+                for (c, comp) in comps.iter().enumerate() {
+                    let Some(best) =
+                        search(&om, &mut ost, comp, false, None, None, max_nodes, nodes)?
+                    else {
+                        return Ok(None);
+                    };
+                    let mut exact = 0u128;
+                    let mut per = 0u128;
+                    for (i, &d) in comp.iter().enumerate() {
+                        let d = d as usize;
+                        exact += u128::from(om.cost[d][usize::from(best.vals[i])]);
+                        per += bits(st.dom[d])
+                            .map(|a| u128::from(om.cost[d][a]))
+                            .min()
+                            .unwrap_or(0);
+                    }
+                    out[c] = exact - per;
+                }
+                for c in (0..k).rev() {
+                    out[c] += out[c + 1];
+                }
+                Ok(Some(out))
+            };
+        let Some(cost) = gain(&|d, a| Some(m.cost[d][a]))? else {
+            return Ok(None);
+        };
+        let Some(inst) = gain(&|d, a| Some(u64::from(m.inst[d][a])))? else {
+            return Ok(None);
+        };
+        // a saturated reduced cost would make the gain too large: then no Lagrangian gain
+        let lag = gain(&|d, a| {
+            let v = u128::from(m.cost[d][a]) + st.weight[d] * u128::from(m.inst[d][a]);
+            u64::try_from(v).ok()
+        })?
+        .unwrap_or_else(|| vec![0; k + 1]);
+        let mut bud_inst = vec![vec![0u128; nb]; k + 1];
+        let mut bud_cost = vec![vec![0u128; nb]; k + 1];
+        for (b, bud) in m.buds.iter().enumerate() {
+            let mut member = vec![false; m.n];
+            for &d in &bud.members {
+                member[d as usize] = true;
+            }
+            if bud.free_instances.is_some() {
+                let g = gain(&|d, a| {
+                    Some(if member[d] {
+                        u64::from(m.inst[d][a])
+                    } else {
+                        0
+                    })
+                })?;
+                for (c, v) in g.unwrap_or_else(|| vec![0; k + 1]).into_iter().enumerate() {
+                    bud_inst[c][b] = v;
+                }
+            }
+            if bud.free_cost.is_some() {
+                let g = gain(&|d, a| Some(if member[d] { m.cost[d][a] } else { 0 }))?;
+                for (c, v) in g.unwrap_or_else(|| vec![0; k + 1]).into_iter().enumerate() {
+                    bud_cost[c][b] = v;
+                }
+            }
+        }
+        let mut comp_at = Vec::new();
+        let mut start = Vec::with_capacity(k);
+        for (c, comp) in comps.iter().enumerate() {
+            start.push(comp_at.len());
+            comp_at.extend(std::iter::repeat_n(c as u32, comp.len()));
+        }
+        Ok(Some(Blocks {
+            comp_at,
+            start,
+            cost,
+            inst,
+            lag,
+            bud_inst,
+            bud_cost,
+        }))
+    }
+
+    /// The suffix of untouched components at search position `k`.
+    fn suffix(&self, k: usize) -> usize {
+        match self.comp_at.get(k) {
+            Some(&c) if self.start[c as usize] == k => c as usize,
+            Some(&c) => c as usize + 1,
+            None => self.start.len(),
+        }
+    }
 }
 
 struct Dfs<'a> {
     m: &'a Model,
     st: &'a mut State,
-    group: &'a [u32],
+    /// The decisions searched, in the order they are assigned and compared in.
+    order: &'a [u32],
+    blocks: Option<&'a Blocks>,
     budgets: bool,
     best: Option<Best>,
-    version: u64,
     nodes: u64,
     max_nodes: u64,
-    path: Vec<u8>,
 }
 
-/// The least assignment (cost, instances, alternatives in group order) of the decisions of
-/// `group` (in index order, closed under implications: no implication leaves it) from the
-/// propagated state `st`, meeting the budgets if `budgets`. `st` is restored on return.
+/// The least assignment (cost, instances, alternatives in `order`) of the decisions of `order`
+/// (closed under implications: no implication leaves them; components contiguous, each in index
+/// order) from the propagated state `st`, meeting the budgets if `budgets`. `blocks`: the
+/// components' bounds. `st` is restored on return. `seed`: a known assignment meeting the budgets, to prune with from the
+/// start.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn search(
     m: &Model,
     st: &mut State,
-    group: &[u32],
+    order: &[u32],
     budgets: bool,
+    blocks: Option<&Blocks>,
+    seed: Option<Best>,
     max_nodes: u64,
     nodes: &mut u64,
 ) -> Result<Option<Best>, Limit> {
     let mut dfs = Dfs {
         m,
         st,
-        group,
+        order,
+        blocks,
         budgets,
-        best: None,
-        version: 0,
+        best: seed,
         nodes: *nodes,
         max_nodes,
-        path: Vec::with_capacity(group.len()),
     };
-    let r = dfs.run(0, Ordering::Less);
+    let r = dfs.run(0);
     *nodes = dfs.nodes;
     r?;
     Ok(dfs.best)
 }
 
 impl Dfs<'_> {
-    fn pruned(&self, status: Ordering) -> bool {
-        let Some(b) = &self.best else {
+    /// Whether no completion of this node can beat the incumbent, or a budget cannot be met.
+    fn pruned(&self, k: usize) -> bool {
+        let st = &*self.st;
+        let (mut cost, mut lag, mut inst) = (st.lb_cost, st.lag_bound(), st.lb_inst);
+        let s = self.blocks.map(|b| b.suffix(k));
+        if let (Some(b), Some(s)) = (self.blocks, s) {
+            cost += b.cost[s];
+            lag += b.lag[s];
+            inst += b.inst[s];
+        }
+        if self.budgets && !self.budgets_ok(s) {
+            return true;
+        }
+        let Some(best) = &self.best else {
             return false;
         };
-        let key = (self.st.cost_bound(), self.st.lb_inst);
-        match key.cmp(&(b.cost, b.inst)) {
+        let key = (if self.budgets { cost.max(lag) } else { cost }, inst);
+        match key.cmp(&(best.cost, best.inst)) {
             Ordering::Greater => true,
-            Ordering::Equal => status == Ordering::Greater,
+            Ordering::Equal => self.after(best),
             Ordering::Less => false,
         }
     }
 
-    fn run(&mut self, k: usize, status: Ordering) -> Result<(), Limit> {
+    fn budgets_ok(&self, s: Option<usize>) -> bool {
+        let st = &*self.st;
+        self.m.buds.iter().enumerate().all(|(b, bud)| {
+            let (gi, gc) = match (self.blocks, s) {
+                (Some(bl), Some(s)) => (bl.bud_inst[s][b], bl.bud_cost[s][b]),
+                _ => (0, 0),
+            };
+            let fits = |used: u128, free: Option<i128>| {
+                free.is_none_or(|f| i128::try_from(used).unwrap_or(i128::MAX) <= f)
+            };
+            fits(st.bud_inst[b] + gi, bud.free_instances)
+                && fits(st.bud_cost[b] + gc, bud.free_cost)
+        })
+    }
+
+    /// Whether every completion comes lexicographically after `best` (search order): the
+    /// first decision that cannot take `best`'s alternative can only take later ones.
+    fn after(&self, best: &Best) -> bool {
+        for (i, &d) in self.order.iter().enumerate() {
+            let dom = self.st.dom[d as usize];
+            let want = best.vals[i];
+            let least = dom.trailing_zeros() as u8;
+            if least < want {
+                return false;
+            }
+            if dom & (1u64 << want) == 0 {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn run(&mut self, k: usize) -> Result<(), Limit> {
         self.nodes += 1;
         if self.nodes > self.max_nodes {
             return Err(Limit);
         }
-        if self.pruned(status) {
+        if self.pruned(k) {
             return Ok(());
         }
-        let Some(&d) = self.group.get(k) else {
+        let Some(&d) = self.order.get(k) else {
             self.leaf();
             return Ok(());
         };
         let d = d as usize;
         let dom = self.st.dom[d];
-        let mut order = [0u8; 64];
+        if dom.count_ones() == 1 {
+            return self.run(k + 1);
+        }
+        let mut alts = [0u8; 64];
         let mut len = 0;
         for a in bits(dom) {
-            order[len] = a as u8;
+            alts[len] = a as u8;
             len += 1;
         }
         let m = self.m;
         let w = self.st.weight[d];
         let budgets = self.budgets;
-        order[..len].sort_by_key(|&a| {
+        alts[..len].sort_by_key(|&a| {
             let (c, i) = (m.cost[d][a as usize], m.inst[d][a as usize]);
             let lag = if budgets {
                 u128::from(c) + w * u128::from(i)
@@ -379,53 +563,39 @@ impl Dfs<'_> {
             };
             (lag, c, i, a)
         });
-        let entry = self.version;
-        for &a in &order[..len] {
-            let base = if self.version != entry {
-                Ordering::Equal
-            } else {
-                status
-            };
-            let s = match (&self.best, base) {
-                (Some(b), Ordering::Equal) => a.cmp(&b.vals[k]),
-                (None, _) => Ordering::Less,
-                (_, s) => s,
-            };
-            self.path.push(a);
-            if len == 1 {
-                self.run(k + 1, s)?;
-            } else {
-                let mark = self.st.trail.len();
-                self.st.set(m, d, 1u64 << a);
-                self.st.queue.push(d as u32);
-                let ok = self.st.propagate(m, None).is_ok() && (!budgets || self.st.budgets_ok(m));
-                if ok {
-                    self.run(k + 1, s)?;
-                }
-                self.st.queue.clear();
-                self.st.undo(m, mark);
+        for &a in &alts[..len] {
+            let mark = self.st.trail.len();
+            self.st.set(m, d, 1u64 << a);
+            self.st.queue.push(d as u32);
+            if self.st.propagate(m, None).is_ok() {
+                self.run(k + 1)?;
             }
-            self.path.pop();
+            self.st.queue.clear();
+            self.st.undo(m, mark);
         }
         Ok(())
     }
 
     fn leaf(&mut self) {
         let cand = (self.st.lb_cost, self.st.lb_inst);
+        let vals: Vec<u8> = self
+            .order
+            .iter()
+            .map(|&d| self.st.dom[d as usize].trailing_zeros() as u8)
+            .collect();
         let better = match &self.best {
             None => true,
             Some(b) => cand
                 .cmp(&(b.cost, b.inst))
-                .then_with(|| self.path.as_slice().cmp(b.vals.as_slice()))
+                .then_with(|| vals.cmp(&b.vals))
                 .is_lt(),
         };
         if better {
             self.best = Some(Best {
                 cost: cand.0,
                 inst: cand.1,
-                vals: self.path.clone(),
+                vals,
             });
-            self.version += 1;
         }
     }
 }
@@ -486,4 +656,100 @@ pub(crate) fn multipliers(m: &Model, dom: &[u64]) -> Vec<u64> {
         }
     }
     lambda
+}
+
+/// A good assignment of the coupled `comps` meeting the budgets, to seed the search with (the
+/// Lagrangian heuristic): each component's optimum of `cost + l * instances` (instances counted
+/// once per instance budget), for the least `l` whose combination meets every budget (found by
+/// bisection; `None` if even the largest does not). `order`: the components' decisions, one
+/// component after the other.
+pub(crate) fn seed(
+    m: &Model,
+    st: &State,
+    comps: &[Vec<u32>],
+    order: &[u32],
+    max_nodes: u64,
+    nodes: &mut u64,
+) -> Result<Option<Best>, Limit> {
+    let mut count = vec![0u64; m.n];
+    for b in m.buds.iter().filter(|b| b.free_instances.is_some()) {
+        for &d in &b.members {
+            count[d as usize] += 1;
+        }
+    }
+    let spread = (0..m.n)
+        .flat_map(|d| m.cost[d].iter().copied())
+        .max()
+        .unwrap_or(0);
+    let mut vals_of = vec![0u8; m.n];
+    let mut trial = |l: u64| -> Result<Option<Best>, Limit> {
+        let mut om = m.clone();
+        #[allow(clippy::needless_range_loop)]
+        for d in 0..m.n {
+            for a in 0..m.cost[d].len() {
+                let extra = l
+                    .checked_mul(count[d])
+                    .and_then(|x| x.checked_mul(u64::from(m.inst[d][a])));
+                let Some(v) = extra.and_then(|x| x.checked_add(m.cost[d][a])) else {
+                    return Ok(None);
+                };
+                om.cost[d][a] = v;
+            }
+        }
+        om.buds.clear();
+        om.buds_of.iter_mut().for_each(Vec::clear);
+        let mut ost = State::new(&om, st.dom.clone());
+        for comp in comps {
+            let Some(best) = search(&om, &mut ost, comp, false, None, None, max_nodes, nodes)?
+            else {
+                return Ok(None);
+            };
+            for (i, &d) in comp.iter().enumerate() {
+                vals_of[d as usize] = best.vals[i];
+            }
+        }
+        // the true totals, measured as the search measures them: the group's choices plus
+        // the per-decision minima of everything else
+        let mut cost = st.lb_cost;
+        let mut inst = st.lb_inst;
+        let mut bud_inst = vec![0u128; m.buds.len()];
+        let mut bud_cost = vec![0u128; m.buds.len()];
+        for &d in order {
+            let d = d as usize;
+            let a = usize::from(vals_of[d]);
+            let (c, i) = (u128::from(m.cost[d][a]), u128::from(m.inst[d][a]));
+            cost = cost - u128::from(st.min_cost[d]) + c;
+            inst = inst - u128::from(st.min_inst[d]) + i;
+            for &b in &m.buds_of[d] {
+                bud_inst[b as usize] += i;
+                bud_cost[b as usize] += c;
+            }
+        }
+        let fits = |used: u128, free: Option<i128>| {
+            free.is_none_or(|f| i128::try_from(used).unwrap_or(i128::MAX) <= f)
+        };
+        let ok = m.buds.iter().enumerate().all(|(b, bud)| {
+            fits(bud_inst[b], bud.free_instances) && fits(bud_cost[b], bud.free_cost)
+        });
+        Ok(ok.then(|| Best {
+            cost,
+            inst,
+            vals: order.iter().map(|&d| vals_of[d as usize]).collect(),
+        }))
+    };
+    let (mut lo, mut hi) = (0u64, spread.saturating_add(1));
+    let Some(mut found) = trial(hi)? else {
+        return Ok(None);
+    };
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match trial(mid)? {
+            Some(b) => {
+                hi = mid;
+                found = b;
+            }
+            None => lo = mid + 1,
+        }
+    }
+    Ok(Some(found))
 }
