@@ -488,10 +488,20 @@ impl Solver {
         if !st.budgets_ok(m) {
             return Ok(Outcome::OverBudget { free, group });
         }
-        let lambda = multipliers(m, &st.dom);
+        // the seed's multiplier accounts for what implications force; the per-decision one
+        // does not, so it is only the fallback
+        let start = seed(m, &st, &coupled, &order, self.max_nodes, nodes).map_err(limit)?;
+        let lambda: Vec<u64> = match &start {
+            Some((_, l)) => m
+                .buds
+                .iter()
+                .map(|b| if b.free_instances.is_some() { *l } else { 0 })
+                .collect(),
+            None => multipliers(m, &st.dom),
+        };
+        let start = start.map(|(b, _)| b);
         st.reweight(m, &lambda);
         let blocks = Blocks::new(m, &st, &coupled, self.max_nodes, nodes).map_err(limit)?;
-        let start = seed(m, &st, &coupled, &order, self.max_nodes, nodes).map_err(limit)?;
         let best = search(
             m,
             &mut st,

@@ -661,7 +661,8 @@ pub(crate) fn multipliers(m: &Model, dom: &[u64]) -> Vec<u64> {
 /// A good assignment of the coupled `comps` meeting the budgets, to seed the search with (the
 /// Lagrangian heuristic): each component's optimum of `cost + l * instances` (instances counted
 /// once per instance budget), for the least `l` whose combination meets every budget (found by
-/// bisection; `None` if even the largest does not). `order`: the components' decisions, one
+/// bisection; `None` if even the largest does not), with that `l` (a good multiplier for the
+/// Lagrangian bound). `order`: the components' decisions, one
 /// component after the other.
 pub(crate) fn seed(
     m: &Model,
@@ -670,7 +671,7 @@ pub(crate) fn seed(
     order: &[u32],
     max_nodes: u64,
     nodes: &mut u64,
-) -> Result<Option<Best>, Limit> {
+) -> Result<Option<(Best, u64)>, Limit> {
     let mut count = vec![0u64; m.n];
     for b in m.buds.iter().filter(|b| b.free_instances.is_some()) {
         for &d in &b.members {
@@ -751,5 +752,5 @@ pub(crate) fn seed(
             None => lo = mid + 1,
         }
     }
-    Ok(Some(found))
+    Ok(Some((found, hi)))
 }
