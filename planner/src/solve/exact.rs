@@ -317,6 +317,17 @@ pub fn solve(p: &Problem) -> Result<Solution, SolveError> {
     Solver::default().solve(p)
 }
 
+/// What explanatory solves start from.
+struct Ctx<'a> {
+    p: &'a Problem,
+    m: &'a Model,
+    scope: &'a Scope,
+    /// The propagated root of the main solve.
+    base: &'a State,
+    /// The main solve's budget-free optimum.
+    free: &'a [usize],
+}
+
 /// What one solve found.
 #[derive(Debug, Clone)]
 enum Outcome {
@@ -381,6 +392,7 @@ fn root_state(
     let mut st = State::new(m, init);
     st.queue_all();
     let r = st.propagate(m, Some(&mut causes));
+    st.clear_trail();
     (st, causes, r)
 }
 
@@ -413,10 +425,18 @@ impl Solver {
     fn solve_scope(&self, p: &Problem, scope: &Scope) -> Result<Solution, SolveError> {
         let mut nodes = 0u64;
         let (m, st, causes, r) = root(p, scope);
+        let base = st.clone();
         let out = self.optimize(p, &m, st, r, &causes, None, &mut nodes)?;
         match out {
             Outcome::Feasible { chosen, free } => {
-                self.explain(p, scope, &m, &causes, chosen, &free)
+                let ctx = Ctx {
+                    p,
+                    m: &m,
+                    scope,
+                    base: &base,
+                    free: &free,
+                };
+                self.explain(&ctx, &causes, chosen)
             }
             other => Err(SolveError::Infeasible(Box::new(
                 self.infeasible(p, scope, &m, other)?,
@@ -444,9 +464,9 @@ impl Solver {
             });
         }
         let limit = |_: Limit| SolveError::Limit(self.max_nodes);
-        let comps = m.components();
+        let comps = &m.comps;
         let mut free = vec![0usize; m.n];
-        for comp in &comps {
+        for comp in comps {
             if let Some((base, focus)) = hint {
                 if !comp.contains(&(focus as u32)) {
                     for &d in comp {
@@ -479,8 +499,9 @@ impl Solver {
             }
         }
         let coupled: Vec<Vec<u32>> = comps
-            .into_iter()
+            .iter()
             .filter(|c| c.iter().any(|&d| touched[d as usize]))
+            .cloned()
             .collect();
         let order: Vec<u32> = coupled.iter().flatten().copied().collect();
         let mut group = order.clone();
@@ -525,28 +546,38 @@ impl Solver {
 
     /// Solve `p` under `scope` reusing the budget-free optimum `free` outside `focus`'s
     /// component.
-    fn resolve(
-        &self,
-        p: &Problem,
-        m: &Model,
-        scope: &Scope,
-        free: &[usize],
-        focus: usize,
-    ) -> Result<Outcome, SolveError> {
+    /// Solve again with the alternatives `gone` of decision `focus` removed, from the
+    /// propagated root `ctx.base` (propagation to a fixpoint is unique, so removing them from
+    /// the root's fixpoint and propagating reaches the fixpoint a fresh root would).
+    fn resolve(&self, ctx: &Ctx<'_>, focus: usize, gone: u64) -> Result<Outcome, SolveError> {
         let mut nodes = 0;
-        let (st, causes, r) = root_state(p, m, scope);
-        self.optimize(p, m, st, r, &causes, Some((free, focus)), &mut nodes)
+        let mut st = ctx.base.clone();
+        let r = st.restrict(ctx.m, focus, !gone);
+        if r.is_err() {
+            // rare: redo from scratch to learn why
+            let mut s = ctx.scope.clone();
+            s.extra[focus] |= gone;
+            let (st, causes, r) = root_state(ctx.p, ctx.m, &s);
+            return self.optimize(ctx.p, ctx.m, st, r, &causes, None, &mut nodes);
+        }
+        self.optimize(
+            ctx.p,
+            ctx.m,
+            st,
+            r,
+            &[],
+            Some((ctx.free, focus)),
+            &mut nodes,
+        )
     }
 
     fn explain(
         &self,
-        p: &Problem,
-        scope: &Scope,
-        m: &Model,
+        ctx: &Ctx<'_>,
         causes: &[Vec<Option<Removal>>],
         chosen: Vec<usize>,
-        free: &[usize],
     ) -> Result<Solution, SolveError> {
+        let (p, m) = (ctx.p, ctx.m);
         let (cost, instances) = usage(p, &chosen, 0..m.n);
         let budgets = p
             .budgets
@@ -565,15 +596,14 @@ impl Solver {
         let mut explained = Vec::with_capacity(m.n);
         for (d, &c) in chosen.iter().enumerate() {
             let (runner_up, unresolved) = if self.runner_ups {
-                match self.runner_up(p, m, scope, free, d, c, cost)? {
+                match self.runner_up(ctx, d, c, cost)? {
                     Ok(r) => (r, false),
                     Err(()) => (None, true),
                 }
             } else {
                 (None, false)
             };
-            let binding =
-                self.binding(p, m, scope, causes, free, d, c, cost, instances, runner_up)?;
+            let binding = self.binding(ctx, causes, d, c, cost, instances, runner_up)?;
             explained.push(Explained {
                 binding,
                 runner_up,
@@ -589,20 +619,15 @@ impl Solver {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn runner_up(
         &self,
-        p: &Problem,
-        m: &Model,
-        scope: &Scope,
-        free: &[usize],
+        ctx: &Ctx<'_>,
         d: usize,
         chosen: usize,
         cost: u64,
     ) -> Result<Result<Option<RunnerUp>, ()>, SolveError> {
-        let mut s = scope.clone();
-        s.extra[d] |= 1u64 << chosen;
-        let r = self.explanatory().resolve(p, m, &s, free, d);
+        let p = ctx.p;
+        let r = self.explanatory().resolve(ctx, d, 1u64 << chosen);
         if let Err(SolveError::Limit(_)) = r {
             return Ok(Err(()));
         }
@@ -631,17 +656,15 @@ impl Solver {
     #[allow(clippy::too_many_arguments)]
     fn binding(
         &self,
-        p: &Problem,
-        m: &Model,
-        scope: &Scope,
+        ctx: &Ctx<'_>,
         causes: &[Vec<Option<Removal>>],
-        free: &[usize],
         d: usize,
         chosen: usize,
         cost: u64,
         instances: u64,
         runner_up: Option<RunnerUp>,
     ) -> Result<Binding, SolveError> {
+        let (p, m) = (ctx.p, ctx.m);
         let alts = &p.decisions[d].alternatives;
         let rank = |a: usize| (alts[a].cost, alts[a].instances, a);
         let Some(best) = (0..alts.len()).min_by_key(|&a| rank(a)) else {
@@ -677,9 +700,8 @@ impl Solver {
         let totals = match runner_up {
             Some(r) if r.alternative == best => Some((r.total_cost, r.total_instances)),
             _ => {
-                let mut s = scope.clone();
-                s.extra[d] |= all_of(alts.len()) & !(1u64 << best);
-                let r = self.explanatory().resolve(p, m, &s, free, d);
+                let gone = all_of(alts.len()) & !(1u64 << best);
+                let r = self.explanatory().resolve(ctx, d, gone);
                 if let Err(SolveError::Limit(_)) = r {
                     return Ok(Binding::Unresolved { alternative });
                 }

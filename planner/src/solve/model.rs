@@ -86,6 +86,8 @@ pub(crate) struct Model {
     pub forbids: Vec<(Choice, usize)>,
     pub buds: Vec<Bud>,
     pub buds_of: Vec<Vec<u32>>,
+    /// Decisions linked by implications (see [`Model::components`]).
+    pub comps: Vec<Vec<u32>>,
 }
 
 fn mask_of(alts: &[usize]) -> u64 {
@@ -171,7 +173,7 @@ impl Model {
                     .map(|m| i128::from(m) - i128::from(b.already_used.cost)),
             });
         }
-        Model {
+        let mut m = Model {
             n,
             cost,
             inst,
@@ -182,12 +184,15 @@ impl Model {
             forbids,
             buds,
             buds_of,
-        }
+            comps: Vec::new(),
+        };
+        m.comps = m.components();
+        m
     }
 
     /// Decisions linked by implications, each component in index order, components ordered
     /// by their first decision.
-    pub fn components(&self) -> Vec<Vec<u32>> {
+    fn components(&self) -> Vec<Vec<u32>> {
         let mut parent: Vec<u32> = (0..self.n as u32).collect();
         fn find(parent: &mut [u32], mut x: u32) -> u32 {
             while parent[x as usize] != x {

@@ -1,19 +1,20 @@
 //! The exact search: domain propagation of implications to a fixpoint, then depth-first branch
-//! and bound over one group of decisions in index order.
+//! and bound over one group of decisions, one component after the other (tie order).
 //!
 //! A node is pruned when no completion can beat the incumbent under the solver's total order
-//! (cost, then instances, then the vector of alternative indices in decision order):
-//! - its cost lower bound (per-decision minima of the remaining domains; with budgets also a
-//!   Lagrangian bound, below) exceeds the incumbent's cost, or equals it while the instance
-//!   lower bound exceeds the incumbent's instances, or both equal it while the alternatives
-//!   chosen so far are already lexicographically after the incumbent's;
-//! - a budget's lower bound of use (what is used already plus the minima of its members)
-//!   exceeds the budget.
+//! (cost, then instances, then the alternatives in search order, which is tie order):
+//! - its cost lower bound exceeds the incumbent's cost, or equals it while the instance lower
+//!   bound exceeds the incumbent's instances, or both equal it while every completion's
+//!   alternatives come lexicographically after the incumbent's;
+//! - a budget's lower bound of use exceeds the budget.
 //!
-//! Lagrangian bound: for multipliers `l_b >= 0` on the instance budgets, any assignment meeting
-//! the budgets costs at least `sum_d min_a (cost_a + sum_{b contains d} l_b * instances_a) -
-//! sum_b l_b * free_b`, since each budget's bracket `instances_b - free_b` is at most zero. The
-//! multipliers are fixed at the root by maximising that bound (it is concave in each `l_b`).
+//! Bounds: per-decision minima of the remaining domains; for the components not yet started
+//! (when the search takes components one after the other, [`Blocks`]), their exact optima,
+//! each computed once by a search of its own; and with budgets, a Lagrangian bound: for a
+//! multiplier `l >= 0` on the instance budgets, any assignment meeting them costs at least
+//! `sum_d min_a (cost_a + l * instances_a) - l * free`, since each budget's bracket
+//! `instances - free` is at most zero. `l` comes from the Lagrangian heuristic that also seeds
+//! the incumbent ([`seed`]), or, failing that, from maximising the per-decision bound.
 
 use super::model::Model;
 use std::cmp::Ordering;
@@ -276,6 +277,24 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Keep only the `keep` alternatives of `d` and propagate (no causes); the trail is
+    /// cleared, so the result is a new root.
+    pub fn restrict(&mut self, m: &Model, d: usize, keep: u64) -> Result<(), u32> {
+        let new = self.dom[d] & keep;
+        if new != self.dom[d] {
+            self.set(m, d, new);
+            self.queue.push(d as u32);
+        }
+        let r = self.propagate(m, None);
+        self.trail.clear();
+        r
+    }
+
+    /// Forget the undo trail (the current state becomes a root).
+    pub fn clear_trail(&mut self) {
+        self.trail.clear();
     }
 
     /// Queue every decision (for the root propagation).
