@@ -412,6 +412,11 @@ fn bench(c: &mut Criterion) {
         runner_ups: false,
         ..Solver::default()
     };
+    let bare = Solver {
+        runner_ups: false,
+        bindings: false,
+        ..Solver::default()
+    };
     let mut grp = c.benchmark_group("solver");
     grp.bench_function("one branch, 200 of 2k services, slack budget", |b| {
         b.iter(|| solve(black_box(&slack)).unwrap())
@@ -433,6 +438,14 @@ fn bench(c: &mut Criterion) {
             fleet
                 .iter()
                 .map(|p| solve(black_box(p)).map_or(0, |s| s.cost))
+                .sum::<u64>()
+        })
+    });
+    grp.bench_function("fleet re-plan, 10k branches, optimum only", |b| {
+        b.iter(|| {
+            fleet
+                .iter()
+                .map(|p| bare.solve(black_box(p)).map_or(0, |s| s.cost))
                 .sum::<u64>()
         })
     });

@@ -83,8 +83,9 @@ pub enum Binding {
         /// The cheaper alternative.
         alternative: usize,
     },
-    /// The solve with the cheaper alternative exceeded [`Solver::explain_nodes`]; the solution
-    /// is still optimal, only this explanation is missing.
+    /// The solve with the cheaper alternative exceeded [`Solver::explain_nodes`], or was not
+    /// asked for ([`Solver::bindings`]); the solution is still optimal, only this explanation
+    /// is missing.
     Unresolved {
         /// The cheaper alternative.
         alternative: usize,
@@ -299,6 +300,10 @@ pub struct Solver {
     /// Most search nodes per explanatory solve (a binding or a runner-up); beyond it the
     /// explanation is marked unresolved instead of failing the solve.
     pub explain_nodes: u64,
+    /// Whether to solve again to explain a decision whose cheapest alternative is possible
+    /// but not chosen (`Dearer`, `Tie`, `Budget`, `Conflict`); without it such decisions say
+    /// `Unresolved`. Reasons found at the root (not allowed, forbidden, ruled out) are free.
+    pub bindings: bool,
 }
 
 impl Default for Solver {
@@ -308,6 +313,7 @@ impl Default for Solver {
             runner_ups: true,
             max_conflict_solves: 256,
             explain_nodes: 200_000,
+            bindings: true,
         }
     }
 }
@@ -699,6 +705,7 @@ impl Solver {
         }
         let totals = match runner_up {
             Some(r) if r.alternative == best => Some((r.total_cost, r.total_instances)),
+            _ if !self.bindings => return Ok(Binding::Unresolved { alternative }),
             _ => {
                 let gone = all_of(alts.len()) & !(1u64 << best);
                 let r = self.explanatory().resolve(ctx, d, gone);
