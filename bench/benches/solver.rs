@@ -405,16 +405,30 @@ fn bench(c: &mut Criterion) {
         .collect();
     let decisions: usize = fleet.iter().map(|p| p.decisions.len()).sum();
     let feasible = fleet.iter().filter(|p| solve(p).is_ok()).count();
+    let bare = Solver {
+        runner_ups: false,
+        bindings: false,
+        ..Solver::default()
+    };
+    let t0 = std::time::Instant::now();
+    let infeasible = fleet.iter().filter(|p| bare.solve(p).is_err()).count();
+    let all = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    for p in &fleet {
+        let mut q = p.clone();
+        q.budgets.clear();
+        let _ = bare.solve(&q);
+    }
+    eprintln!(
+        "fleet, optimum only: {all:?} in all ({infeasible} infeasible, with conflicting sets); \
+         the same branches without budgets: {:?}",
+        t0.elapsed()
+    );
     eprintln!(
         "fleet: {BRANCHES} branches, {decisions} decisions in all, {feasible} within their team budget"
     );
     let quick = Solver {
         runner_ups: false,
-        ..Solver::default()
-    };
-    let bare = Solver {
-        runner_ups: false,
-        bindings: false,
         ..Solver::default()
     };
     let mut grp = c.benchmark_group("solver");
@@ -431,6 +445,14 @@ fn bench(c: &mut Criterion) {
     grp.bench_function(
         "one branch, 200 of 2k services, binding budget, no runner-ups",
         |b| b.iter(|| quick.solve(black_box(&binding)).unwrap()),
+    );
+    grp.bench_function(
+        "one branch, 200 of 2k services, slack budget, optimum only",
+        |b| b.iter(|| bare.solve(black_box(&slack)).unwrap()),
+    );
+    grp.bench_function(
+        "one branch, 200 of 2k services, binding budget, optimum only",
+        |b| b.iter(|| bare.solve(black_box(&binding)).unwrap()),
     );
     grp.sample_size(10);
     grp.bench_function("fleet re-plan, 10k branches of 5 changed services", |b| {
