@@ -351,3 +351,49 @@ fn store_share_forbidden_by_migration() {
         vec![1, 2]
     );
 }
+
+/// Bad indices are rejected with a reason, never solved around; a search that would exceed its
+/// node limit says so instead of guessing.
+#[test]
+fn malformed_input_and_node_limit() {
+    let d = DecisionVar::new(
+        "orders",
+        SubjectKind::Service,
+        vec![Alternative::new("own-instance", 10, 1)],
+    );
+    let p = Problem {
+        decisions: vec![d.clone()],
+        constraints: vec![Constraint::Forbid {
+            choice: Choice::new(0, 3),
+            reason: "x".into(),
+        }],
+        budgets: vec![],
+    };
+    assert!(matches!(
+        Solver::default().solve(&p),
+        Err(SolveError::Malformed(_))
+    ));
+    // 12 independent two-way decisions tied on cost: the first component search alone needs
+    // more than one node
+    let two = DecisionVar::new(
+        "x",
+        SubjectKind::Service,
+        vec![Alternative::new("a", 1, 1), Alternative::new("b", 1, 1)],
+    );
+    let p = Problem {
+        decisions: vec![two; 12],
+        constraints: vec![],
+        budgets: vec![],
+    };
+    let tiny = Solver {
+        max_nodes: 1,
+        ..Solver::default()
+    };
+    assert!(matches!(tiny.solve(&p), Err(SolveError::Limit(1))));
+    let s = Solver::default().solve(&p).unwrap();
+    assert_eq!(s.chosen, vec![0; 12]);
+    assert!(s
+        .explained
+        .iter()
+        .all(|e| e.runner_up.map(|r| r.delta) == Some(0)));
+}
