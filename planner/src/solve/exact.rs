@@ -304,6 +304,10 @@ pub struct Solver {
     /// but not chosen (`Dearer`, `Tie`, `Budget`, `Conflict`); without it such decisions say
     /// `Unresolved`. Reasons found at the root (not allowed, forbidden, ruled out) are free.
     pub bindings: bool,
+    /// Test support: whether the budget search starts from the Lagrangian heuristic's
+    /// assignment (without it, the tests see the bounds alone at work).
+    #[doc(hidden)]
+    pub seed: bool,
 }
 
 impl Default for Solver {
@@ -314,6 +318,7 @@ impl Default for Solver {
             max_conflict_solves: 256,
             explain_nodes: 200_000,
             bindings: true,
+            seed: true,
         }
     }
 }
@@ -321,6 +326,15 @@ impl Default for Solver {
 /// Solve with the default settings.
 pub fn solve(p: &Problem) -> Result<Solution, SolveError> {
     Solver::default().solve(p)
+}
+
+/// What the main solve's budget search computed, for explanatory solves to reuse.
+#[derive(Debug, Clone, Default)]
+struct Cache {
+    filled: bool,
+    lambda: Vec<u64>,
+    seed: Option<(u64, Vec<u8>)>,
+    gains: Vec<Vec<u128>>,
 }
 
 /// What explanatory solves start from.
@@ -332,6 +346,8 @@ struct Ctx<'a> {
     base: &'a State,
     /// The main solve's budget-free optimum.
     free: &'a [usize],
+    /// The main solve's budget search, if it ran.
+    cache: &'a Cache,
 }
 
 /// What one solve found.
@@ -432,7 +448,8 @@ impl Solver {
         let mut nodes = 0u64;
         let (m, st, causes, r) = root(p, scope);
         let base = st.clone();
-        let out = self.optimize(p, &m, st, r, &causes, None, &mut nodes)?;
+        let mut cache = Cache::default();
+        let out = self.optimize(p, &m, st, r, &causes, None, &mut cache, &mut nodes)?;
         match out {
             Outcome::Feasible { chosen, free } => {
                 let ctx = Ctx {
@@ -441,6 +458,7 @@ impl Solver {
                     scope,
                     base: &base,
                     free: &free,
+                    cache: &cache,
                 };
                 self.explain(&ctx, &causes, chosen)
             }
@@ -461,6 +479,7 @@ impl Solver {
         root: Result<(), u32>,
         causes: &[Vec<Option<Removal>>],
         hint: Option<(&[usize], usize)>,
+        cache: &mut Cache,
         nodes: &mut u64,
     ) -> Result<Outcome, SolveError> {
         if let Err(d) = root {
@@ -515,20 +534,48 @@ impl Solver {
         if !st.budgets_ok(m) {
             return Ok(Outcome::OverBudget { free, group });
         }
+        // with a cache from the main solve (same coupled components, a root that differs only
+        // in the focus's component), only that component is searched again for the seed and
+        // the bounds; the cached multipliers keep the cached bounds valid
+        let focus = match (hint, cache.filled) {
+            (Some((_, d)), true) => coupled.iter().position(|c| c.contains(&(d as u32))),
+            _ => None,
+        };
+        let reuse_seed = match (focus, cache.seed.as_ref()) {
+            (Some(fc), Some((l, vals))) => Some((*l, vals.as_slice(), fc)),
+            _ => None,
+        };
+        let start =
+            seed(m, &st, &coupled, &order, reuse_seed, self.max_nodes, nodes).map_err(limit)?;
+        let start = if self.seed { start } else { None };
         // the seed's multiplier accounts for what implications force; the per-decision one
         // does not, so it is only the fallback
-        let start = seed(m, &st, &coupled, &order, self.max_nodes, nodes).map_err(limit)?;
-        let lambda: Vec<u64> = match &start {
-            Some((_, l)) => m
+        let lambda: Vec<u64> = match (focus, &start) {
+            (Some(_), _) => cache.lambda.clone(),
+            (None, Some((_, l, _))) => m
                 .buds
                 .iter()
                 .map(|b| if b.free_instances.is_some() { *l } else { 0 })
                 .collect(),
-            None => multipliers(m, &st.dom),
+            (None, None) => multipliers(m, &st.dom),
         };
-        let start = start.map(|(b, _)| b);
         st.reweight(m, &lambda);
-        let blocks = Blocks::new(m, &st, &coupled, self.max_nodes, nodes).map_err(limit)?;
+        let reuse_gains = focus.map(|fc| (cache.gains.as_slice(), fc));
+        let blocks =
+            Blocks::new(m, &st, &coupled, reuse_gains, self.max_nodes, nodes).map_err(limit)?;
+        if focus.is_none() && hint.is_none() {
+            *cache = Cache {
+                filled: true,
+                lambda: lambda.clone(),
+                seed: start.as_ref().map(|(_, l, v)| (*l, v.clone())),
+                gains: blocks.as_ref().map(|(_, g)| g.clone()).unwrap_or_default(),
+            };
+            if blocks.is_none() {
+                cache.filled = false;
+            }
+        }
+        let start = start.map(|(b, _, _)| b);
+        let blocks = blocks.map(|(b, _)| b);
         let best = search(
             m,
             &mut st,
@@ -564,17 +611,12 @@ impl Solver {
             let mut s = ctx.scope.clone();
             s.extra[focus] |= gone;
             let (st, causes, r) = root_state(ctx.p, ctx.m, &s);
-            return self.optimize(ctx.p, ctx.m, st, r, &causes, None, &mut nodes);
+            let mut none = Cache::default();
+            return self.optimize(ctx.p, ctx.m, st, r, &causes, None, &mut none, &mut nodes);
         }
-        self.optimize(
-            ctx.p,
-            ctx.m,
-            st,
-            r,
-            &[],
-            Some((ctx.free, focus)),
-            &mut nodes,
-        )
+        let mut cache = ctx.cache.clone();
+        let hint = Some((ctx.free, focus));
+        self.optimize(ctx.p, ctx.m, st, r, &[], hint, &mut cache, &mut nodes)
     }
 
     fn explain(
@@ -825,7 +867,8 @@ impl Solver {
             let scope = scope_of(p, set);
             let (m, st, causes, r) = root(p, &scope);
             let mut nodes = 0;
-            match quick.optimize(p, &m, st, r, &causes, None, &mut nodes) {
+            let mut none = Cache::default();
+            match quick.optimize(p, &m, st, r, &causes, None, &mut none, &mut nodes) {
                 Ok(Outcome::Feasible { .. }) => Some(false),
                 Err(_) => {
                     // unknown: keep the member, and do not claim minimality
