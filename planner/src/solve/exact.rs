@@ -328,15 +328,6 @@ pub fn solve(p: &Problem) -> Result<Solution, SolveError> {
     Solver::default().solve(p)
 }
 
-/// What the main solve's budget search computed, for explanatory solves to reuse.
-#[derive(Debug, Clone, Default)]
-struct Cache {
-    filled: bool,
-    lambda: Vec<u64>,
-    seed: Option<(u64, Vec<u8>)>,
-    gains: Vec<Vec<u128>>,
-}
-
 /// What explanatory solves start from.
 struct Ctx<'a> {
     p: &'a Problem,
@@ -346,8 +337,6 @@ struct Ctx<'a> {
     base: &'a State,
     /// The main solve's budget-free optimum.
     free: &'a [usize],
-    /// The main solve's budget search, if it ran.
-    cache: &'a Cache,
 }
 
 /// What one solve found.
@@ -448,8 +437,7 @@ impl Solver {
         let mut nodes = 0u64;
         let (m, st, causes, r) = root(p, scope);
         let base = st.clone();
-        let mut cache = Cache::default();
-        let out = self.optimize(p, &m, st, r, &causes, None, &mut cache, &mut nodes)?;
+        let out = self.optimize(p, &m, st, r, &causes, None, &mut nodes)?;
         match out {
             Outcome::Feasible { chosen, free } => {
                 let ctx = Ctx {
@@ -458,7 +446,6 @@ impl Solver {
                     scope,
                     base: &base,
                     free: &free,
-                    cache: &cache,
                 };
                 self.explain(&ctx, &causes, chosen)
             }
@@ -479,7 +466,6 @@ impl Solver {
         root: Result<(), u32>,
         causes: &[Vec<Option<Removal>>],
         hint: Option<(&[usize], usize)>,
-        cache: &mut Cache,
         nodes: &mut u64,
     ) -> Result<Outcome, SolveError> {
         if let Err(d) = root {
@@ -534,48 +520,24 @@ impl Solver {
         if !st.budgets_ok(m) {
             return Ok(Outcome::OverBudget { free, group });
         }
-        // with a cache from the main solve (same coupled components, a root that differs only
-        // in the focus's component), only that component is searched again for the seed and
-        // the bounds; the cached multipliers keep the cached bounds valid
-        let focus = match (hint, cache.filled) {
-            (Some((_, d)), true) => coupled.iter().position(|c| c.contains(&(d as u32))),
-            _ => None,
-        };
-        let reuse_seed = match (focus, cache.seed.as_ref()) {
-            (Some(fc), Some((l, vals))) => Some((*l, vals.as_slice(), fc)),
-            _ => None,
-        };
-        let start =
-            seed(m, &st, &coupled, &order, reuse_seed, self.max_nodes, nodes).map_err(limit)?;
-        let start = if self.seed { start } else { None };
         // the seed's multiplier accounts for what implications force; the per-decision one
         // does not, so it is only the fallback
-        let lambda: Vec<u64> = match (focus, &start) {
-            (Some(_), _) => cache.lambda.clone(),
-            (None, Some((_, l, _))) => m
+        let start = seed(m, &st, &coupled, &order, self.max_nodes, nodes).map_err(limit)?;
+        let lambda: Vec<u64> = match &start {
+            Some((_, l)) => m
                 .buds
                 .iter()
                 .map(|b| if b.free_instances.is_some() { *l } else { 0 })
                 .collect(),
-            (None, None) => multipliers(m, &st.dom),
+            None => multipliers(m, &st.dom),
+        };
+        let start = if self.seed {
+            start.map(|(b, _)| b)
+        } else {
+            None
         };
         st.reweight(m, &lambda);
-        let reuse_gains = focus.map(|fc| (cache.gains.as_slice(), fc));
-        let blocks =
-            Blocks::new(m, &st, &coupled, reuse_gains, self.max_nodes, nodes).map_err(limit)?;
-        if focus.is_none() && hint.is_none() {
-            *cache = Cache {
-                filled: true,
-                lambda: lambda.clone(),
-                seed: start.as_ref().map(|(_, l, v)| (*l, v.clone())),
-                gains: blocks.as_ref().map(|(_, g)| g.clone()).unwrap_or_default(),
-            };
-            if blocks.is_none() {
-                cache.filled = false;
-            }
-        }
-        let start = start.map(|(b, _, _)| b);
-        let blocks = blocks.map(|(b, _)| b);
+        let blocks = Blocks::new(m, &st, &coupled, self.max_nodes, nodes).map_err(limit)?;
         let best = search(
             m,
             &mut st,
@@ -611,12 +573,17 @@ impl Solver {
             let mut s = ctx.scope.clone();
             s.extra[focus] |= gone;
             let (st, causes, r) = root_state(ctx.p, ctx.m, &s);
-            let mut none = Cache::default();
-            return self.optimize(ctx.p, ctx.m, st, r, &causes, None, &mut none, &mut nodes);
+            return self.optimize(ctx.p, ctx.m, st, r, &causes, None, &mut nodes);
         }
-        let mut cache = ctx.cache.clone();
-        let hint = Some((ctx.free, focus));
-        self.optimize(ctx.p, ctx.m, st, r, &[], hint, &mut cache, &mut nodes)
+        self.optimize(
+            ctx.p,
+            ctx.m,
+            st,
+            r,
+            &[],
+            Some((ctx.free, focus)),
+            &mut nodes,
+        )
     }
 
     fn explain(
@@ -867,8 +834,7 @@ impl Solver {
             let scope = scope_of(p, set);
             let (m, st, causes, r) = root(p, &scope);
             let mut nodes = 0;
-            let mut none = Cache::default();
-            match quick.optimize(p, &m, st, r, &causes, None, &mut none, &mut nodes) {
+            match quick.optimize(p, &m, st, r, &causes, None, &mut nodes) {
                 Ok(Outcome::Feasible { .. }) => Some(false),
                 Err(_) => {
                     // unknown: keep the member, and do not claim minimality

@@ -312,9 +312,6 @@ pub(crate) struct Best {
     pub vals: Vec<u8>,
 }
 
-/// Per bound, per component: exact optimum minus per-decision minima at the root.
-pub(crate) type Gains = Vec<Vec<u128>>;
-
 /// Exact bounds of whole components, for a search that takes the components one after the
 /// other: at a node, the components not yet started are bounded by their own optima
 /// (computed once at the root, each by a search of its own) instead of by per-decision minima.
@@ -335,30 +332,18 @@ pub(crate) struct Blocks {
 
 impl Blocks {
     /// Bounds for `comps` (each in index order; the search visits them in this order) from the
-    /// root state `st` (propagated, multipliers set), with the per-component gains (to pass
-    /// back as `reuse`). `reuse`: the gains of an earlier call with the same multipliers
-    /// whose root differed only inside component `focus`, so only that one is searched again.
+    /// root state `st` (propagated, multipliers set).
     pub fn new(
         m: &Model,
         st: &State,
         comps: &[Vec<u32>],
-        reuse: Option<(&[Vec<u128>], usize)>,
         max_nodes: u64,
         nodes: &mut u64,
-    ) -> Result<Option<(Blocks, Gains)>, Limit> {
+    ) -> Result<Option<Blocks>, Limit> {
         let k = comps.len();
         let nb = m.buds.len();
-        let mut raw: Vec<Vec<u128>> = Vec::new();
         let mut gain =
             |f: &dyn Fn(usize, usize) -> Option<u64>| -> Result<Option<Vec<u128>>, Limit> {
-                let idx = raw.len();
-                raw.push(Vec::new());
-                let cached = reuse.and_then(|(r, fc)| r.get(idx).map(|v| (v, fc)));
-                if let Some((v, _)) = cached {
-                    if v.len() != k {
-                        return Ok(None);
-                    }
-                }
                 let mut om = m.clone();
                 for d in 0..m.n {
                     for a in 0..m.cost[d].len() {
@@ -374,12 +359,6 @@ impl Blocks {
                 let mut ost = State::new(&om, st.dom.clone());
                 let mut out = vec![0u128; k + 1];
                 for (c, comp) in comps.iter().enumerate() {
-                    if let Some((v, fc)) = cached {
-                        if c != fc {
-                            out[c] = v[c];
-                            continue;
-                        }
-                    }
                     let Some(best) =
                         search(&om, &mut ost, comp, false, None, None, max_nodes, nodes)?
                     else {
@@ -397,7 +376,6 @@ impl Blocks {
                     }
                     out[c] = exact - per;
                 }
-                raw[idx] = out[..k].to_vec();
                 for c in (0..k).rev() {
                     out[c] += out[c + 1];
                 }
@@ -447,7 +425,7 @@ impl Blocks {
             start.push(comp_at.len());
             comp_at.extend(std::iter::repeat_n(c as u32, comp.len()));
         }
-        let blocks = Blocks {
+        Ok(Some(Blocks {
             comp_at,
             start,
             cost,
@@ -455,8 +433,7 @@ impl Blocks {
             lag,
             bud_inst,
             bud_cost,
-        };
-        Ok(Some((blocks, raw)))
+        }))
     }
 
     /// The suffix of untouched components at search position `k`.
@@ -706,18 +683,14 @@ pub(crate) fn multipliers(m: &Model, dom: &[u64]) -> Vec<u64> {
 /// bisection; `None` if even the largest does not), with that `l` (a good multiplier for the
 /// Lagrangian bound). `order`: the components' decisions, one
 /// component after the other.
-/// `reuse`: an earlier seed's multiplier and choices (per decision) from a root that differed
-/// only inside component `focus`; tried first, searching that component only. Returns the
-/// choices per decision too, for reuse.
 pub(crate) fn seed(
     m: &Model,
     st: &State,
     comps: &[Vec<u32>],
     order: &[u32],
-    reuse: Option<(u64, &[u8], usize)>,
     max_nodes: u64,
     nodes: &mut u64,
-) -> Result<Option<(Best, u64, Vec<u8>)>, Limit> {
+) -> Result<Option<(Best, u64)>, Limit> {
     let mut count = vec![0u64; m.n];
     for b in m.buds.iter().filter(|b| b.free_instances.is_some()) {
         for &d in &b.members {
@@ -729,86 +702,74 @@ pub(crate) fn seed(
         .max()
         .unwrap_or(0);
     let mut vals_of = vec![0u8; m.n];
-    let mut trial =
-        |l: u64, only: Option<usize>, vals_of: &mut Vec<u8>| -> Result<Option<Best>, Limit> {
-            let mut om = m.clone();
-            #[allow(clippy::needless_range_loop)]
-            for d in 0..m.n {
-                for a in 0..m.cost[d].len() {
-                    let extra = l
-                        .checked_mul(count[d])
-                        .and_then(|x| x.checked_mul(u64::from(m.inst[d][a])));
-                    let Some(v) = extra.and_then(|x| x.checked_add(m.cost[d][a])) else {
-                        return Ok(None);
-                    };
-                    om.cost[d][a] = v;
-                }
-            }
-            om.buds.clear();
-            om.buds_of.iter_mut().for_each(Vec::clear);
-            let mut ost = State::new(&om, st.dom.clone());
-            for (c, comp) in comps.iter().enumerate() {
-                if only.is_some_and(|fc| fc != c) {
-                    continue;
-                }
-                let Some(best) = search(&om, &mut ost, comp, false, None, None, max_nodes, nodes)?
-                else {
+    let mut trial = |l: u64| -> Result<Option<Best>, Limit> {
+        let mut om = m.clone();
+        #[allow(clippy::needless_range_loop)]
+        for d in 0..m.n {
+            for a in 0..m.cost[d].len() {
+                let extra = l
+                    .checked_mul(count[d])
+                    .and_then(|x| x.checked_mul(u64::from(m.inst[d][a])));
+                let Some(v) = extra.and_then(|x| x.checked_add(m.cost[d][a])) else {
                     return Ok(None);
                 };
-                for (i, &d) in comp.iter().enumerate() {
-                    vals_of[d as usize] = best.vals[i];
-                }
+                om.cost[d][a] = v;
             }
-            // the true totals, measured as the search measures them: the group's choices plus
-            // the per-decision minima of everything else
-            let mut cost = st.lb_cost;
-            let mut inst = st.lb_inst;
-            let mut bud_inst = vec![0u128; m.buds.len()];
-            let mut bud_cost = vec![0u128; m.buds.len()];
-            for &d in order {
-                let d = d as usize;
-                let a = usize::from(vals_of[d]);
-                let (c, i) = (u128::from(m.cost[d][a]), u128::from(m.inst[d][a]));
-                cost = cost - u128::from(st.min_cost[d]) + c;
-                inst = inst - u128::from(st.min_inst[d]) + i;
-                for &b in &m.buds_of[d] {
-                    bud_inst[b as usize] += i;
-                    bud_cost[b as usize] += c;
-                }
-            }
-            let fits = |used: u128, free: Option<i128>| {
-                free.is_none_or(|f| i128::try_from(used).unwrap_or(i128::MAX) <= f)
-            };
-            let ok = m.buds.iter().enumerate().all(|(b, bud)| {
-                fits(bud_inst[b], bud.free_instances) && fits(bud_cost[b], bud.free_cost)
-            });
-            Ok(ok.then(|| Best {
-                cost,
-                inst,
-                vals: order.iter().map(|&d| vals_of[d as usize]).collect(),
-            }))
-        };
-    if let Some((l, vals, fc)) = reuse {
-        vals_of.copy_from_slice(vals);
-        if let Some(b) = trial(l, Some(fc), &mut vals_of)? {
-            return Ok(Some((b, l, vals_of)));
         }
-    }
+        om.buds.clear();
+        om.buds_of.iter_mut().for_each(Vec::clear);
+        let mut ost = State::new(&om, st.dom.clone());
+        for comp in comps {
+            let Some(best) = search(&om, &mut ost, comp, false, None, None, max_nodes, nodes)?
+            else {
+                return Ok(None);
+            };
+            for (i, &d) in comp.iter().enumerate() {
+                vals_of[d as usize] = best.vals[i];
+            }
+        }
+        // the true totals, measured as the search measures them: the group's choices plus
+        // the per-decision minima of everything else
+        let mut cost = st.lb_cost;
+        let mut inst = st.lb_inst;
+        let mut bud_inst = vec![0u128; m.buds.len()];
+        let mut bud_cost = vec![0u128; m.buds.len()];
+        for &d in order {
+            let d = d as usize;
+            let a = usize::from(vals_of[d]);
+            let (c, i) = (u128::from(m.cost[d][a]), u128::from(m.inst[d][a]));
+            cost = cost - u128::from(st.min_cost[d]) + c;
+            inst = inst - u128::from(st.min_inst[d]) + i;
+            for &b in &m.buds_of[d] {
+                bud_inst[b as usize] += i;
+                bud_cost[b as usize] += c;
+            }
+        }
+        let fits = |used: u128, free: Option<i128>| {
+            free.is_none_or(|f| i128::try_from(used).unwrap_or(i128::MAX) <= f)
+        };
+        let ok = m.buds.iter().enumerate().all(|(b, bud)| {
+            fits(bud_inst[b], bud.free_instances) && fits(bud_cost[b], bud.free_cost)
+        });
+        Ok(ok.then(|| Best {
+            cost,
+            inst,
+            vals: order.iter().map(|&d| vals_of[d as usize]).collect(),
+        }))
+    };
     let (mut lo, mut hi) = (0u64, spread.saturating_add(1));
-    let Some(mut found) = trial(hi, None, &mut vals_of)? else {
+    let Some(mut found) = trial(hi)? else {
         return Ok(None);
     };
-    let mut found_vals = vals_of.clone();
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        match trial(mid, None, &mut vals_of)? {
+        match trial(mid)? {
             Some(b) => {
                 hi = mid;
                 found = b;
-                found_vals.copy_from_slice(&vals_of);
             }
             None => lo = mid + 1,
         }
     }
-    Ok(Some((found, hi, found_vals)))
+    Ok(Some((found, hi)))
 }
