@@ -4,6 +4,8 @@
 //! the branches gives the process back (its pid gone) after the grace; stopping the proxy stops
 //! every instance.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

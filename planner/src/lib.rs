@@ -22,6 +22,7 @@ pub mod instance;
 pub mod plan;
 mod planner;
 mod render;
+pub mod solve;
 pub mod watch;
 
 pub use compile::{compile, Compiler};
