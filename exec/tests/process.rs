@@ -591,3 +591,22 @@ async fn a_new_executor_reaps_what_a_crashed_run_left() {
     assert!(records(dir.path()).is_empty());
     exec.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_ensured_again_after_a_stop_answers_at_its_old_address() {
+    // scale to zero: a stopped instance that is woken must answer where its route points
+    let dir = tempfile::tempdir().unwrap();
+    let exec = ProcessExecutor::new(options(dir.path())).await.unwrap();
+    let first = exec.ensure(&spec(ID_A, "serve")).unwrap();
+    let (addr, pid, _) = ready(&exec, ID_A).await;
+    assert_eq!(&*first, addr.to_string());
+    exec.stop(&InstanceId(Arc::from(ID_A))).unwrap();
+    wait_until(&exec, "stopped", |o| o.is_empty()).await;
+    gone_within(pid, Duration::from_secs(5)).await;
+    let again = exec.ensure(&spec(ID_A, "serve")).unwrap();
+    assert_eq!(again, first);
+    let (addr2, pid2, _) = ready(&exec, ID_A).await;
+    assert_eq!(addr2, addr);
+    assert_ne!(pid2, pid);
+    exec.shutdown().await;
+}

@@ -50,9 +50,16 @@ pub(crate) struct Inner {
     _lock: std::fs::File,
 }
 
+/// Most ports of stopped instances remembered for their next start.
+const PARKED_PORTS: usize = 4096;
+
 #[derive(Debug, Default)]
 struct Table {
     entries: BTreeMap<InstanceId, Entry>,
+    /// The ports of stopped instances, offered again when the same id is ensured later (a
+    /// scaled-to-zero instance wakes where its route already points). Bounded: the oldest
+    /// entries go first past [`PARKED_PORTS`].
+    parked: BTreeMap<InstanceId, u16>,
     /// Set by `shutdown`: no new instance starts after it.
     closed: bool,
 }
@@ -218,7 +225,18 @@ impl Inner {
     }
 
     fn remove(&self, id: &InstanceId) {
-        let removed = self.table().entries.remove(id).is_some();
+        let mut table = self.table();
+        let removed = table.entries.remove(id);
+        if let Some(port) = removed.as_ref().and_then(|e| e.port) {
+            if table.parked.len() >= PARKED_PORTS {
+                if let Some(first) = table.parked.keys().next().cloned() {
+                    table.parked.remove(&first);
+                }
+            }
+            table.parked.insert(id.clone(), port);
+        }
+        drop(table);
+        let removed = removed.is_some();
         if removed {
             self.bump();
         }
@@ -230,6 +248,16 @@ impl Inner {
         let mut table = self.table();
         if let Some(port) = table.entries.get(id).and_then(|e| e.port) {
             return Ok(port);
+        }
+        // the port this id had before it was stopped, if nobody took it meanwhile
+        if let Some(port) = table.parked.remove(id) {
+            let held = table.entries.values().any(|e| e.port == Some(port));
+            if !held && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                if let Some(entry) = table.entries.get_mut(id) {
+                    entry.port = Some(port);
+                }
+                return Ok(port);
+            }
         }
         let held: Vec<u16> = table
             .entries
