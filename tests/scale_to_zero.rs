@@ -128,6 +128,8 @@ async fn the_hold_queue_is_bounded_and_a_sleep_sends_one_wake() {
     let first = spawn_get(&p, "b");
     let second = spawn_get(&p, "b");
     wait_held(&p, dead, 2).await;
+    let metrics = p.router.metrics();
+    assert_eq!(metrics.held_requests.get(), 2);
 
     // a third request finds the queue full: 503 at once, with Retry-After and the reason
     let r = spawn_get(&p, "b").await.expect("join");
@@ -137,11 +139,13 @@ async fn the_hold_queue_is_bounded_and_a_sleep_sends_one_wake() {
         Some(&b"1"[..])
     );
     assert!(r.text().contains("hold queue full"), "{}", r.text());
+    assert_eq!(metrics.hold_rejected_queue_full.get(), 1);
 
     // three requests during one sleep sent one wake
     let woke = wakes.try_recv().expect("one wake");
     assert_eq!(&*woke, dead.to_string());
     assert!(matches!(wakes.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(metrics.cold_starts.get(), 1);
 
     let late = Upstream::start_on("late", dead).await;
     p.proxy.set_asleep(&dead.to_string(), false);
@@ -154,6 +158,7 @@ async fn the_hold_queue_is_bounded_and_a_sleep_sends_one_wake() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.headers.get("x-microstax-cold-start-ms").is_some());
     }
+    assert_eq!(metrics.held_requests.get(), 0);
     // a new sleep sends a new wake
     p.proxy.set_asleep(&dead.to_string(), true);
     let r = spawn_get(&p, "b");
@@ -189,6 +194,8 @@ async fn a_request_held_past_its_hold_time_gets_503_with_the_reason() {
     assert!(r.text().contains("asleep"), "{}", r.text());
     assert!(r.headers.get("retry-after").is_some());
     assert_eq!(p.proxy.held(&dead.to_string()), Some(0));
+    assert_eq!(p.router.metrics().hold_rejected_timeout.get(), 1);
+    assert_eq!(p.router.metrics().held_requests.get(), 0);
     p.shutdown().await;
 }
 
@@ -302,5 +309,42 @@ async fn a_layer_slot_whose_name_changed_does_not_inherit_activity() {
     assert_eq!(activity.last_request_layer(c_id), None, "c was never used");
     assert_eq!(activity.last_request_layer(b_new), Some(stamp));
     assert_eq!(activity.last_request_branch("b"), Some(stamp));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_not_ready_upstream_is_held_in_the_same_bounded_queue_without_a_wake() {
+    let base = Upstream::start("base").await;
+    let bu = Upstream::start("b").await;
+    let cfg = config(&[
+        ("org.yaml", &org(base.addr, 1)),
+        (
+            "branches/b.yaml",
+            &branch(bu.addr, "{policy: hold, hold_ms: 8000}"),
+        ),
+    ]);
+    let p = ProxyUnderTest::start(&cfg).await;
+    let mut wakes = p.proxy.wakes().expect("wakes");
+    // pushed readiness: the instance is starting, not asleep
+    assert!(p.proxy.set_ready(&bu.addr.to_string(), false));
+    let held = spawn_get(&p, "b");
+    wait_held(&p, bu.addr, 1).await;
+    let r = spawn_get(&p, "b").await.expect("join");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("not ready: hold queue full"),
+        "{}",
+        r.text()
+    );
+    assert!(matches!(wakes.try_recv(), Err(TryRecvError::Empty)));
+    p.proxy.set_ready(&bu.addr.to_string(), true);
+    let r = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("held request not released")
+        .expect("join");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream(), "b");
+    assert!(r.headers.get("x-microstax-cold-start-ms").is_some());
+    assert!(!p.proxy.set_ready("127.0.0.1:1", true), "unknown upstream");
     p.shutdown().await;
 }
