@@ -53,8 +53,8 @@ pub enum HeaderError {
     AmbiguousLength,
 }
 
-/// Remove a request's hop-by-hop headers (see [`strip`]); what `Connection` names is removed
-/// unless the proxy keeps it ([`KEPT`], and `branch_header`).
+/// Remove a request's hop-by-hop headers (see `strip`); what `Connection` names is removed
+/// unless the proxy keeps it (`KEPT`, and `branch_header`).
 pub fn strip_request(
     h: &mut HeaderMap,
     keep_upgrade: bool,
@@ -63,7 +63,7 @@ pub fn strip_request(
     strip(h, keep_upgrade, Some(branch_header)).map(|_| ())
 }
 
-/// Remove a response's hop-by-hop headers (see [`strip`]). A response carrying both
+/// Remove a response's hop-by-hop headers (see `strip`). A response carrying both
 /// `Content-Length` and `Transfer-Encoding` is refused.
 pub fn strip_response(h: &mut HeaderMap, keep_upgrade: bool) -> Result<(), HeaderError> {
     let seen = strip(h, keep_upgrade, None)?;
