@@ -348,3 +348,51 @@ async fn a_not_ready_upstream_is_held_in_the_same_bounded_queue_without_a_wake()
     assert!(!p.proxy.set_ready("127.0.0.1:1", true), "unknown upstream");
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_fallback_to_an_asleep_parent_wakes_the_parent_and_follows_its_policy() {
+    let base = Upstream::start("base").await;
+    let (dp, dc) = (dead_addr(), dead_addr());
+    let child = format!(
+        "parent: p\nservices:\n  api:\n    endpoints: [\"{dc}\"]\n    policy: {{readiness: {{policy: fallback}}}}\n"
+    );
+    let cfg = config(&[
+        ("org.yaml", &org(base.addr, 256)),
+        (
+            "branches/p.yaml",
+            &branch(dp, "{policy: hold, hold_ms: 8000}"),
+        ),
+        ("branches/c.yaml", &child),
+    ]);
+    let p = ProxyUnderTest::start(&cfg).await;
+    let mut wakes = p.proxy.wakes().expect("wakes");
+    p.proxy.set_asleep(&dp.to_string(), true);
+    p.proxy.set_asleep(&dc.to_string(), true);
+    let held = spawn_get(&p, "c");
+    wait_held(&p, dp, 1).await;
+    let mut woke = vec![
+        wakes.try_recv().expect("a wake").to_string(),
+        wakes.try_recv().expect("a second wake").to_string(),
+    ];
+    woke.sort();
+    let mut want = vec![dp.to_string(), dc.to_string()];
+    want.sort();
+    assert_eq!(
+        woke, want,
+        "both the child's and the parent's upstream are woken"
+    );
+
+    let parent = Upstream::start_on("parent", dp).await;
+    p.proxy.set_asleep(&dp.to_string(), false);
+    p.proxy.set_ready(&dp.to_string(), true);
+    let r = tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("held request not released")
+        .expect("join");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream(), "parent");
+    assert!(r.headers.get("x-microstax-fallback").is_some());
+    assert!(r.headers.get("x-microstax-cold-start-ms").is_some());
+    drop(parent);
+    p.shutdown().await;
+}

@@ -20,44 +20,47 @@ use std::time::{Duration, Instant};
 type Refused<'s> = (LocalReply, Decision<'s>);
 
 impl Proxy {
-    /// Admit `d` now, after a wait, on the parent's route, or not at all.
+    /// Admit `d` now, after a wait, on the parent's route, or not at all. A fallback whose
+    /// parent's upstream cannot serve either is admitted by the parent route's policy in turn
+    /// (its upstream woken if asleep), up the lineage; the baseline ends the walk.
     pub(crate) async fn admit<'s>(
         &self,
         snap: &'s Snapshot,
         mut d: Decision<'s>,
     ) -> Result<Decision<'s>, Refused<'s>> {
-        let up = d.upstream;
-        let asleep = up.is_asleep();
-        // only routes above the baseline have a parent to fall back to or a reason to wait
-        // for a merely not-ready upstream; an asleep one is woken whatever its route
-        if !asleep && (up.is_ready() || d.route.kind == RouteKind::Baseline) {
-            return Ok(d);
-        }
-        if asleep {
-            self.wake(up);
-        }
-        match d.route.policy.readiness {
-            Readiness::Hold { ms } => self.hold(snap, d, ms).await,
-            Readiness::Fail => {
-                let reason = format!("upstream {} is {}", up.key, state(asleep));
-                Err((LocalReply::starting(reason), d))
+        loop {
+            let up = d.upstream;
+            let asleep = up.is_asleep();
+            // only routes above the baseline have a parent to fall back to or a reason to wait
+            // for a merely not-ready upstream; an asleep one is woken whatever its route
+            if !asleep && (up.is_ready() || d.route.kind == RouteKind::Baseline) {
+                return Ok(d);
             }
-            Readiness::Fallback => match parent_of(snap, &d) {
-                Some((route, upstream)) => {
-                    d.route = route;
-                    d.upstream = upstream;
-                    d.fallback = true;
-                    Ok(d)
+            if asleep {
+                self.wake(up);
+            }
+            match d.route.policy.readiness {
+                Readiness::Hold { ms } => return self.hold(snap, d, ms).await,
+                Readiness::Fail => {
+                    let reason = format!("upstream {} is {}", up.key, state(asleep));
+                    return Err((LocalReply::starting(reason), d));
                 }
-                None => {
-                    let reason = format!(
-                        "upstream {} is {} and there is no parent route",
-                        up.key,
-                        state(asleep)
-                    );
-                    Err((LocalReply::starting(reason), d))
-                }
-            },
+                Readiness::Fallback => match parent_of(snap, &d) {
+                    Some((route, upstream)) => {
+                        d.route = route;
+                        d.upstream = upstream;
+                        d.fallback = true;
+                    }
+                    None => {
+                        let reason = format!(
+                            "upstream {} is {} and there is no parent route",
+                            up.key,
+                            state(asleep)
+                        );
+                        return Err((LocalReply::starting(reason), d));
+                    }
+                },
+            }
         }
     }
 
