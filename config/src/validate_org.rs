@@ -201,5 +201,7 @@ fn settings_from(doc: &ParsedDoc, report: &mut Report) -> Settings {
         debug_header: routing.debug_header.unwrap_or(false),
         label_branches: routing.label_branches,
         instance_address: routing.instance_address,
+        // the compiler fills in the org's `lifecycle.hold_max_requests`
+        hold_max_requests: crate::environments::DEFAULT_HOLD_MAX_REQUESTS,
     }
 }

@@ -85,7 +85,7 @@ impl Compiler {
         }
         let table = RoutingTable {
             generation,
-            settings: Arc::new(config.settings.clone()),
+            settings: Arc::new(table_settings(config)),
             services: Arc::new(service_index(config)),
             branches: Arc::new(branch_index(config)),
             layers,
@@ -499,10 +499,18 @@ pub fn compile(config: &Config, generation: u64) -> Arc<RoutingTable> {
     Compiler::new(config, generation).table.clone()
 }
 
+/// The org settings as the proxy reads them, with the cold-start hold bound from `lifecycle`.
+fn table_settings(config: &Config) -> microstax_config::Settings {
+    microstax_config::Settings {
+        hold_max_requests: config.lifecycle().hold_max_requests,
+        ..config.settings.clone()
+    }
+}
+
 fn empty_table(config: &Config) -> RoutingTable {
     RoutingTable {
         generation: 0,
-        settings: Arc::new(config.settings.clone()),
+        settings: Arc::new(table_settings(config)),
         services: Arc::new(ServiceIndex::default()),
         layers: Vec::new(),
         branches: Arc::new(FxHashMap::default()),

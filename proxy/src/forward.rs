@@ -1,13 +1,16 @@
-//! The request path, as named phases: `decide` (context, service, route, upstream), `prepare`
+//! The request path, as named phases: `decide` (context, service, route, upstream), `admit`
+//! (readiness, sleep and the hold queue: `crate::admit`), `prepare`
 //! (rewrite the request for the upstream), `send` (this worker's pooled connections, timeouts,
 //! upgrades) and `finish` (response headers). Errors become short plain-text local replies;
 //! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
 //! route's connect timeout included).
 
+use crate::activity;
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
 use crate::headers::{self, HeaderError};
+use crate::lifecycle::WAKE_CHANNEL_CAPACITY;
 use crate::metrics::KindLabel;
 use crate::options::ProxyOptions;
 use crate::pool::Lease;
@@ -22,17 +25,19 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_table::table::BASELINE_ID;
-use microstax_table::{LayerId, Readiness, Route, ServiceId};
+use microstax_table::{LayerId, Route, ServiceId};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 // built at compile time: a name given as `&str` would be parsed on every insert
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-microstax-fallback");
+const COLD_START_HEADER: HeaderName = HeaderName::from_static("x-microstax-cold-start-ms");
 
 /// Per-connection facts computed once when the connection is accepted.
 #[derive(Debug, Clone)]
@@ -56,14 +61,17 @@ impl ConnInfo {
 }
 
 /// A routing decision for one request.
-struct Decision<'s> {
-    layer: LayerId,
-    branch: Option<(BranchName, ContextSource)>,
-    service: ServiceId,
-    route: &'s Route,
-    upstream: &'s Arc<UpstreamState>,
+pub(crate) struct Decision<'s> {
+    /// The layer of the branch the request named (the baseline when none or unknown).
+    pub(crate) layer: LayerId,
+    pub(crate) branch: Option<(BranchName, ContextSource)>,
+    pub(crate) service: ServiceId,
+    pub(crate) route: &'s Route,
+    pub(crate) upstream: &'s Arc<UpstreamState>,
     /// The readiness policy sent the request to the parent's route.
-    fallback: bool,
+    pub(crate) fallback: bool,
+    /// How long admission held the request for its upstream to start or become ready.
+    pub(crate) held: Option<Duration>,
 }
 
 impl Decision<'_> {
@@ -84,17 +92,32 @@ pub struct Proxy {
     /// Runtimes of the per-core workers, when sharded: prewarming opens connections on each,
     /// since each worker pools its own.
     workers: OnceLock<Box<[Handle]>>,
+    /// Wakes for asleep upstreams, to the control plane (bounded; see `crate::lifecycle`).
+    wake_tx: mpsc::Sender<Arc<str>>,
+    /// Its receiving end until the control plane takes it.
+    wake_rx: Mutex<Option<mpsc::Receiver<Arc<str>>>>,
 }
 
 impl Proxy {
     /// A proxy over `router` with per-worker pools of HTTP/1.1 upstream connections.
     pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
+        let (wake_tx, wake_rx) = mpsc::channel(WAKE_CHANNEL_CAPACITY);
         Arc::new(Proxy {
             router,
             client: UpstreamClient::new(Connector),
             options,
             workers: OnceLock::new(),
+            wake_tx,
+            wake_rx: Mutex::new(Some(wake_rx)),
         })
+    }
+
+    pub(crate) fn wake_sender(&self) -> &mpsc::Sender<Arc<str>> {
+        &self.wake_tx
+    }
+
+    pub(crate) fn wake_receiver(&self) -> &Mutex<Option<mpsc::Receiver<Arc<str>>>> {
+        &self.wake_rx
     }
 
     /// The router this proxy reads.
@@ -129,12 +152,15 @@ impl Proxy {
         let snap = self.router.load();
         let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
             Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
-            Ok(d) => match admit(&snap, d).await {
+            Ok(d) => match self.admit(&snap, self.record(d, start)).await {
                 Err((reply, d)) => {
                     let kind = d.kind();
                     (local(&snap, reply), Some(d.service), kind, d.layer)
                 }
                 Ok(d) => {
+                    if d.fallback {
+                        d.upstream.touch(activity::stamp(start));
+                    }
                     let (service, kind, layer) = (d.service, d.kind(), d.layer);
                     (
                         self.forward(&snap, d, req, conn, start).await,
@@ -149,6 +175,15 @@ impl Proxy {
         snap.metrics
             .request(service, kind, layer, resp.status().as_u16(), secs);
         resp
+    }
+
+    /// Record the request's activity: its branch's layer and the upstream its route chose.
+    #[inline]
+    fn record<'s>(&self, d: Decision<'s>, start: Instant) -> Decision<'s> {
+        let now = activity::stamp(start);
+        self.router.layer_activity().touch(d.layer, now);
+        d.upstream.touch(now);
+        d
     }
 
     /// Phases 3 and 4: send upstream and finish the response.
@@ -207,59 +242,15 @@ impl Proxy {
             resp.headers_mut()
                 .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
         }
+        if let Some(waited) = d.held {
+            let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            resp.headers_mut()
+                .insert(COLD_START_HEADER, HeaderValue::from(ms));
+        }
         if snap.table.settings.debug_header {
             add_route_header(snap, &d, resp.headers_mut());
         }
         resp.map(Either::Left)
-    }
-}
-
-/// Phase 2: apply the route's readiness policy when its upstream is not ready (only routes
-/// above the baseline have a parent to fall back to or a reason to wait).
-async fn admit<'s>(
-    snap: &'s Snapshot,
-    mut d: Decision<'s>,
-) -> Result<Decision<'s>, (LocalReply, Decision<'s>)> {
-    if d.upstream.is_ready() || d.route.kind == microstax_table::RouteKind::Baseline {
-        return Ok(d);
-    }
-    let key = &d.upstream.key;
-    match d.route.policy.readiness {
-        Readiness::Hold { ms } => {
-            let wait = Duration::from_millis(ms);
-            match tokio::time::timeout(wait, d.upstream.wait_ready()).await {
-                Ok(()) => Ok(d),
-                Err(_) => {
-                    let reason = format!("upstream {key} is not ready (held {ms} ms)");
-                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
-                }
-            }
-        }
-        Readiness::Fail => {
-            let reason = format!("upstream {key} is not ready");
-            Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
-        }
-        Readiness::Fallback => {
-            let parent = snap.table.parent_route(d.route);
-            let up = parent.and_then(|r| {
-                pick(&r.upstreams)
-                    .and_then(|id| snap.upstreams.get(id as usize))
-                    .map(|u| (r, u))
-            });
-            match up {
-                Some((r, u)) => {
-                    d.route = r;
-                    d.upstream = u;
-                    d.fallback = true;
-                    Ok(d)
-                }
-                None => {
-                    let reason =
-                        format!("upstream {key} is not ready and there is no parent route");
-                    Err((LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason), d))
-                }
-            }
-        }
     }
 }
 
@@ -327,6 +318,7 @@ fn decide<'s>(
         route,
         upstream,
         fallback: false,
+        held: None,
     })
 }
 
@@ -366,7 +358,7 @@ thread_local! {
 
 /// Spread requests over a route's upstreams with a per-thread rotating index (no shared
 /// counter on the request path).
-fn pick(ids: &[u32]) -> Option<u32> {
+pub(crate) fn pick(ids: &[u32]) -> Option<u32> {
     match ids {
         [] => None,
         [one] => Some(*one),

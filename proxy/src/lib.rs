@@ -2,6 +2,8 @@
 //! planner), resolves each request's branch context, picks the route and upstream from one
 //! atomically loaded snapshot, and forwards with the context propagated.
 
+pub mod activity;
+mod admit;
 pub mod baggage;
 pub mod body;
 pub mod client;
@@ -10,6 +12,7 @@ pub mod cookie;
 pub mod deadline;
 pub mod forward;
 pub mod headers;
+pub mod lifecycle;
 pub mod metrics;
 pub mod options;
 pub mod pool;
@@ -21,6 +24,7 @@ pub mod router;
 pub mod server;
 pub mod upstream;
 
+pub use activity::Activity;
 pub use body::UpstreamBody;
 pub use context::{BranchName, ContextRules, ContextSource};
 pub use forward::{ConnInfo, Proxy};

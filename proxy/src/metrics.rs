@@ -75,6 +75,14 @@ pub struct ProxyMetrics {
     /// Routes (overrides) in the table, baseline included.
     pub overrides: IntGauge,
     prewarm: IntCounterVec,
+    /// Wakes sent for asleep upstreams (one per sleep: the instance starts from zero).
+    pub cold_starts: IntCounter,
+    /// Requests held now, waiting for an upstream to start or become ready.
+    pub held_requests: IntGauge,
+    /// Held requests answered 503 because the upstream's hold queue was full.
+    pub hold_rejected_queue_full: IntCounter,
+    /// Held requests answered 503 because the hold time of their route passed.
+    pub hold_rejected_timeout: IntCounter,
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -86,6 +94,13 @@ impl std::fmt::Debug for ProxyMetrics {
 impl ProxyMetrics {
     /// Create the families and register them on `registry`.
     pub fn new(registry: &Registry) -> Result<ProxyMetrics, prometheus::Error> {
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "microstax_hold_rejected_total",
+                "Held requests answered 503, by reason (queue_full, timeout)",
+            ),
+            &["reason"],
+        )?;
         let m = ProxyMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
@@ -149,6 +164,16 @@ impl ProxyMetrics {
                 ),
                 &["outcome"],
             )?,
+            cold_starts: IntCounter::new(
+                "microstax_cold_starts_total",
+                "Wakes sent for asleep upstreams (instances started from zero)",
+            )?,
+            held_requests: IntGauge::new(
+                "microstax_held_requests",
+                "Requests held while their upstream starts or becomes ready",
+            )?,
+            hold_rejected_queue_full: rejected.with_label_values(&["queue_full"]),
+            hold_rejected_timeout: rejected.with_label_values(&["timeout"]),
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -161,6 +186,9 @@ impl ProxyMetrics {
         registry.register(Box::new(m.branches.clone()))?;
         registry.register(Box::new(m.overrides.clone()))?;
         registry.register(Box::new(m.prewarm.clone()))?;
+        registry.register(Box::new(m.cold_starts.clone()))?;
+        registry.register(Box::new(m.held_requests.clone()))?;
+        registry.register(Box::new(rejected))?;
         Ok(m)
     }
 

@@ -49,7 +49,7 @@ impl Proxy {
         ok
     }
 
-    /// Background upkeep: probe not-ready upstreams of the current table again, and drop the
+    /// Background upkeep: probe not-ready (awake) upstreams of the current table again, and drop the
     /// state of upstreams no table has named for the grace period. Runs until the proxy is
     /// dropped by every other owner.
     pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -66,7 +66,9 @@ impl Proxy {
                 let waiting: Vec<&Arc<UpstreamState>> = snap
                     .upstreams
                     .iter()
-                    .filter(|u| u.readiness() == Readiness::NotReady)
+                    // an asleep upstream has no instance to answer: the control plane pushes its
+                    // readiness, or it is probed again once marked awake
+                    .filter(|u| u.readiness() == Readiness::NotReady && !u.is_asleep())
                     .take(opts.max_upstreams)
                     .collect();
                 join_all(waiting.iter().map(|u| proxy.probe(u, 1, opts.timeout))).await;

@@ -22,6 +22,8 @@ const ALLOW: HeaderValue =
 pub(crate) struct LocalReply {
     pub(crate) status: StatusCode,
     pub(crate) reason: String,
+    /// Send `Retry-After: 1`: the condition is expected to pass soon (an upstream starting).
+    pub(crate) retry_after: bool,
 }
 
 impl LocalReply {
@@ -29,6 +31,15 @@ impl LocalReply {
         LocalReply {
             status,
             reason: reason.into(),
+            retry_after: false,
+        }
+    }
+
+    /// `503` with a reason and `Retry-After: 1`: the upstream is starting or not ready yet.
+    pub(crate) fn starting(reason: impl Into<String>) -> LocalReply {
+        LocalReply {
+            retry_after: true,
+            ..LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, reason)
         }
     }
 
@@ -50,6 +61,10 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody
     );
     if reply.status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(header::ALLOW, ALLOW);
+    }
+    if reply.retry_after {
+        // a second: about the time a small instance takes to start, and the shortest value
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if snap.table.settings.debug_header {
         if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))

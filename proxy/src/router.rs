@@ -3,6 +3,7 @@
 //! rules). A request loads the snapshot once and keeps it to the end;
 //! publishing builds the next snapshot off the request path and swaps it in whole.
 
+use crate::activity::LayerActivity;
 use crate::context::ContextRules;
 use crate::metrics::{BoundMetrics, ProxyMetrics};
 use crate::upstream::{Registry, UpstreamState};
@@ -87,6 +88,8 @@ pub struct Router {
     current: ArcSwap<Snapshot>,
     registry: Registry,
     metrics: ProxyMetrics,
+    /// Last request per layer id (kept across tables; see `crate::activity`).
+    layers: LayerActivity,
 }
 
 impl Router {
@@ -108,6 +111,7 @@ impl Router {
             current: ArcSwap::from_pointee(staged.snapshot),
             registry,
             metrics,
+            layers: LayerActivity::new(),
         };
         router.record_table(&router.load());
         Arc::new(router)
@@ -124,9 +128,11 @@ impl Router {
         Snapshot::build(table, &self.registry, &self.metrics, Some(&prev))
     }
 
-    /// Swap a staged table in (atomically: one store of one snapshot).
+    /// Swap a staged table in (atomically: one store of one snapshot). Layer slots whose name
+    /// changed are rebound first, so no request on the new table sees another layer's activity.
     pub fn commit(&self, staged: Staged) {
         let snap = Arc::new(staged.snapshot);
+        self.layers.rebind(&self.load().table, &snap.table);
         self.current.store(snap.clone());
         self.metrics.swaps.inc();
         self.record_table(&snap);
@@ -151,6 +157,11 @@ impl Router {
     pub fn publish(&self, table: Arc<RoutingTable>) {
         let staged = self.stage(table);
         self.commit(staged);
+    }
+
+    /// Last request per layer id.
+    pub(crate) fn layer_activity(&self) -> &LayerActivity {
+        &self.layers
     }
 
     /// The upstream registry (for the grace-period sweep and metrics).

@@ -1,4 +1,5 @@
-//! Per-upstream state kept outside the immutable table (identity, readiness, counters), the
+//! Per-upstream state kept outside the immutable table (identity, readiness, sleep, activity,
+//! the held-request count, counters), the
 //! shared registry that hands the same state to every table naming an upstream, and the TCP
 //! connector that applies the route's connect timeout. Idle connections live in the
 //! per-worker pools of `crate::pool`, keyed by the state's `id`.
@@ -6,7 +7,7 @@
 use microstax_table::RoutingTable;
 use rustc_hash::FxHashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -31,7 +32,16 @@ pub struct UpstreamState {
     /// Generation of the last table that named this upstream (for the grace-period sweep).
     pub last_seen_generation: AtomicU64,
     ready: AtomicU8,
+    /// Woken when the upstream may take requests again (ready, or awake).
     became_ready: tokio::sync::Notify,
+    /// Stamp (`crate::activity::stamp`) of the last request routed to it; 0: never.
+    last_request: AtomicU64,
+    /// The control plane stopped its instance for idleness (scale to zero).
+    asleep: AtomicBool,
+    /// A wake was sent for this sleep (one per sleep, not one per request).
+    wake_requested: AtomicBool,
+    /// Requests waiting for it to become ready (bounded by `Settings::hold_max_requests`).
+    held: AtomicU32,
 }
 
 /// Readiness of an upstream as far as the proxy knows.
@@ -56,6 +66,10 @@ impl UpstreamState {
             last_seen_generation: AtomicU64::new(0),
             ready: AtomicU8::new(0),
             became_ready: tokio::sync::Notify::new(),
+            last_request: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            wake_requested: AtomicBool::new(false),
+            held: AtomicU32::new(0),
         }
     }
 
@@ -83,13 +97,80 @@ impl UpstreamState {
         }
     }
 
-    /// Wait until the upstream is ready (the caller bounds the wait).
+    /// Whether its instance was stopped for idleness.
+    #[inline]
+    pub fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
+    }
+
+    /// Whether requests may go to it now: ready and awake.
+    #[inline]
+    pub fn is_serving(&self) -> bool {
+        self.is_ready() && !self.is_asleep()
+    }
+
+    /// Mark the instance stopped (`true`: it is also not ready until a probe or the control
+    /// plane says so) or started again (`false`). Either way a new sleep may send a new wake.
+    pub fn set_asleep(&self, asleep: bool) {
+        if asleep {
+            self.ready.store(2, Ordering::Release);
+        }
+        self.asleep.store(asleep, Ordering::Release);
+        self.wake_requested.store(false, Ordering::Release);
+        self.became_ready.notify_waiters();
+    }
+
+    /// Claim the one wake of this sleep: true for the first caller only.
+    pub(crate) fn claim_wake(&self) -> bool {
+        !self.wake_requested.swap(true, Ordering::AcqRel)
+    }
+
+    /// Give the claim back (the wake could not be sent), so a later request sends it.
+    pub(crate) fn release_wake(&self) {
+        self.wake_requested.store(false, Ordering::Release);
+    }
+
+    /// Record a request at `stamp`. Written only when the stamp moved (at most once per
+    /// millisecond and core), so a busy upstream's line is not bounced between cores.
+    #[inline]
+    pub(crate) fn touch(&self, stamp: u64) {
+        if self.last_request.load(Ordering::Relaxed) != stamp {
+            self.last_request.store(stamp, Ordering::Relaxed);
+        }
+    }
+
+    /// When the last request was routed to it (millisecond resolution); `None`: never.
+    pub fn last_request(&self) -> Option<Instant> {
+        crate::activity::instant_of(self.last_request.load(Ordering::Relaxed))
+    }
+
+    /// Requests held for it now.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Count one more held request, unless `max` are held already.
+    pub(crate) fn try_hold(&self, max: u32) -> bool {
+        let before = self.held.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// A held request left (released, timed out or cancelled).
+    pub(crate) fn unhold(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Wait until the upstream is ready and awake (the caller bounds the wait).
     pub async fn wait_ready(&self) {
         loop {
             let notified = self.became_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_ready() {
+            if self.is_serving() {
                 return;
             }
             notified.await;
@@ -146,6 +227,12 @@ impl Registry {
             now.duration_since(*seen) <= grace
         });
         before - states.len()
+    }
+
+    /// The state of `authority`, if a table names it (or named it within the grace period).
+    pub fn get(&self, authority: &str) -> Option<Arc<UpstreamState>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.get(authority).map(|(s, _)| s.clone())
     }
 
     /// Number of upstream states held.

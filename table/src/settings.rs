@@ -1,5 +1,6 @@
 //! Org-wide proxy settings as the data plane reads them: where the branch context comes from,
-//! the default service, the debug header and which branches may label metrics.
+//! the default service, the debug header, which branches may label metrics and the bound of
+//! the cold-start hold queue.
 
 /// A compiled host pattern: the host must be `prefix` + branch + `suffix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,4 +59,7 @@ pub struct Settings {
     pub label_branches: Vec<String>,
     /// Address template of planned branch-local instances (see the schema).
     pub instance_address: Option<String>,
+    /// Most requests held per upstream while it starts (from zero, or is not ready yet); past
+    /// it a request is answered 503 at once, so a cold start cannot pile up unbounded work.
+    pub hold_max_requests: u32,
 }

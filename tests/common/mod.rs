@@ -196,6 +196,8 @@ pub fn config(files: &[(&str, &str)]) -> Config {
 pub struct ProxyUnderTest {
     pub addr: SocketAddr,
     pub router: Arc<Router>,
+    /// The proxy itself (for the control plane's handles: activity, sleep, readiness, wakes).
+    pub proxy: Arc<Proxy>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -216,12 +218,18 @@ impl ProxyUnderTest {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(microstax_proxy::serve(listener, proxy, opts, async move {
-            let _ = rx.await;
-        }));
+        let done = tokio::spawn(microstax_proxy::serve(
+            listener,
+            proxy.clone(),
+            opts,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         ProxyUnderTest {
             addr,
             router,
+            proxy,
             stop: Some(tx),
             done: Some(done),
         }
