@@ -9,11 +9,13 @@ use microstax_exec::{
     CommandStores, Executor, KubernetesExecutor, KubernetesOptions, PostgresStores,
     ProcessExecutor, ProcessOptions, ReconcileOptions, Reconciler, StorePlugin,
 };
+use microstax_exec::{InstanceId, InstanceState};
 use microstax_planner::{ControlPlane, Runtime};
+use microstax_proxy::Proxy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which executor runs the plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,20 +114,87 @@ fn store_plugins(cfg: &Config) -> Result<BTreeMap<Arc<str>, Arc<dyn StorePlugin>
     Ok(out)
 }
 
-/// Keep the environments converged: a pass every second and at every executor change (gives
-/// back what is unneeded past the grace, retries what failed); when a placement appears or goes,
-/// the table is recompiled so routes follow instances.
-pub(crate) async fn keep_converged(runtime: Arc<Runtime>, control: Arc<ControlPlane>) {
+/// Keep the environments converged: a pass every second, at every executor change and at every
+/// wake request (gives back what is unneeded past the grace, retries what failed, starts what a
+/// request woke); readiness is pushed to the proxy as the executor reports it, idle instances
+/// with `idle_after_s` are scaled to zero, and when a placement appears or goes the table is
+/// recompiled so routes follow instances.
+pub(crate) async fn keep_converged(
+    runtime: Arc<Runtime>,
+    control: Arc<ControlPlane>,
+    proxy: Arc<Proxy>,
+    mut wakes: Option<tokio::sync::mpsc::Receiver<Arc<str>>>,
+) {
     let mut changes = runtime.reconciler().executor().changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let activity = proxy.activity();
+    let mut ready_since: BTreeMap<InstanceId, Instant> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             r = changes.changed() => if r.is_err() { return },
+            Some(authority) = recv(&mut wakes) => wake(&runtime, &authority),
         }
         let (_, placements_changed) = runtime.tick().await;
         if placements_changed {
             control.refresh().await;
+        }
+        let view = runtime.view();
+        let now = Instant::now();
+        for (id, o) in &view.observed {
+            let Some(addr) = view.placements.get(id) else {
+                continue;
+            };
+            match &o.state {
+                // a parked instance still running its grace out stays asleep in the proxy
+                InstanceState::Ready { .. } if runtime.is_parked(id) => {}
+                InstanceState::Ready { .. } => {
+                    if !ready_since.contains_key(id) {
+                        ready_since.insert(id.clone(), now);
+                        proxy.set_asleep(addr, false);
+                        proxy.set_ready(addr, true);
+                    }
+                }
+                _ => {
+                    ready_since.remove(id);
+                }
+            }
+        }
+        ready_since.retain(|id, _| view.observed.contains_key(id));
+        // scale to zero: an instance idle past its idle_after is stopped (after the grace); its
+        // upstream is asleep, so the next request wakes it and is held meanwhile
+        for (id, d) in &view.desired.instances {
+            let (Some(idle), Some(since), Some(addr)) =
+                (d.idle_after, ready_since.get(id), view.placements.get(id))
+            else {
+                continue;
+            };
+            let last = activity
+                .last_request_upstream(addr)
+                .map_or(*since, |t| t.max(*since));
+            if now.saturating_duration_since(last) >= idle && !runtime.is_parked(id) {
+                tracing::info!(instance = %id.short(), service = %d.spec.service, "idle: scaled to zero");
+                runtime.park(id);
+                proxy.set_asleep(addr, true);
+                ready_since.remove(id);
+            }
+        }
+    }
+}
+
+async fn recv(wakes: &mut Option<tokio::sync::mpsc::Receiver<Arc<str>>>) -> Option<Arc<str>> {
+    match wakes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A request woke `authority`: start the parked instance placed there.
+fn wake(runtime: &Runtime, authority: &str) {
+    let view = runtime.view();
+    for (id, addr) in &view.placements {
+        if &**addr == authority && runtime.wake(id) {
+            tracing::info!(instance = %id.short(), "woken by a request");
         }
     }
 }

@@ -385,7 +385,12 @@ async fn run(
     }
     serving.store(true, Ordering::Release);
     if let Some(rt) = &envs {
-        tokio::spawn(environments::keep_converged(rt.clone(), control.clone()));
+        tokio::spawn(environments::keep_converged(
+            rt.clone(),
+            control.clone(),
+            proxy.clone(),
+            proxy.wakes(),
+        ));
     }
     workers.serve_until(shutdown_signal()).await;
     if let Some(rt) = &envs {

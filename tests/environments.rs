@@ -230,3 +230,64 @@ fn rustix_kill(pid: u32) {
         .args(["-TERM", &pid.to_string()])
         .status();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    // idle after 1 s; the wake may take a while on a loaded machine: hold up to 10 s
+    let org = std::fs::read_to_string(cfg.join("org.yaml"))
+        .unwrap()
+        .replace(
+        "    run:\n",
+        "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n    run:\n",
+    );
+    std::fs::write(cfg.join("org.yaml"), org).unwrap();
+    write_branch(&cfg, "feat", "on");
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_bin(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--executor",
+            "process",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    let c = h1_client();
+    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
+    let r = get(&c, proxy, "/", &headers).await;
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
+    // no request for a while: the instance is stopped, its address kept
+    wait_for(DEADLINE, "the idle instance stopped", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    // the next request wakes it and is held until it answers
+    let r = get(&c, proxy, "/", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    assert!(
+        r.headers.contains_key("x-microstax-cold-start-ms"),
+        "{:?}",
+        r.headers
+    );
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let pid2 = v["instances"][0]["pid"].as_u64().expect("a pid");
+    assert_ne!(pid2, pid);
+    stop_bin(child).await;
+}

@@ -367,3 +367,65 @@ fn diagnostics_come_in_file_order() {
         ]
     );
 }
+
+#[test]
+fn run_blocks_stores_and_lifecycle_are_checked_at_their_lines() {
+    let org = format!(
+        "{ORG}    run: {{command: \"\", args: [\"{{nope}}\"], probe: healthz}}\n    idle_after_s: 0\nstores:\n  orders-db: {{url: \"mysql://x\"}}\n  ghost-db: {{url: \"postgres://a@127.0.0.1/b\"}}\nlifecycle: {{ttl_s: 3600, hold_max_requests: 0}}\n"
+    );
+    let e = errors(&[("org.yaml", &org)]);
+    let has = |needle: &str| e.iter().any(|l| l.contains(needle));
+    assert!(has("services.orders.run.command: is empty"), "{e:?}");
+    assert!(
+        has("services.orders.run.args.0: unknown placeholder `{nope}`"),
+        "{e:?}"
+    );
+    assert!(has("services.orders.run.probe: must be a path"), "{e:?}");
+    assert!(
+        has("services.orders.idle_after_s: must be greater than 0"),
+        "{e:?}"
+    );
+    assert!(
+        has("stores.orders-db.url: the postgres plugin needs"),
+        "{e:?}"
+    );
+    assert!(
+        has("stores.ghost-db: no service uses a store named `ghost-db`"),
+        "{e:?}"
+    );
+    assert!(
+        has("lifecycle.ttl_s: branch expiry is not implemented yet"),
+        "{e:?}"
+    );
+    assert!(
+        has("lifecycle.hold_max_requests: must be greater than 0"),
+        "{e:?}"
+    );
+    // a branch may not set org-only lifecycle fields or stores
+    let branch =
+        "parent: baseline\nlifecycle: {grace_ms: 5}\nstores: {x: {url: \"postgres://a@h/b\"}}\n";
+    let e = errors(&[("org.yaml", ORG), ("branches/b.yaml", branch)]);
+    assert!(
+        e.iter()
+            .any(|l| l
+                .contains("branches/b.yaml:2: lifecycle.grace_ms: is set in the org layer only")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("branches/b.yaml:3: stores: belongs in the org layer only")),
+        "{e:?}"
+    );
+    // and a valid one builds, with its settings resolved
+    let ok = format!(
+        "{ORG}    run: {{command: python3, args: [\"-m\", \"http.server\", \"{{port}}\"]}}\nstores:\n  orders-db: {{url: \"postgres://a@127.0.0.1:5432/orders\", mode: database-from-template}}\nlifecycle: {{grace_ms: 500}}\n"
+    );
+    let cfg = build(&[("org.yaml", &ok)]).unwrap();
+    assert_eq!(cfg.lifecycle().grace, std::time::Duration::from_millis(500));
+    let s = cfg.store_settings("orders-db").unwrap();
+    assert_eq!(s.env, "DATABASE_URL");
+    assert_eq!(
+        s.copy,
+        microstax_config::environments::StoreCopy::DatabaseFromTemplate
+    );
+}

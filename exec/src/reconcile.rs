@@ -31,6 +31,8 @@ pub struct DesiredInstance {
     /// Env variables that receive a branch store's connection string before the instance
     /// starts: (variable, store). The instance is not started until each store exists.
     pub store_env: Vec<(String, StoreKey)>,
+    /// Scale to zero: stop it after this long without a request (`None`: keep it running).
+    pub idle_after: Option<Duration>,
 }
 
 /// The union of every live branch's plan.
@@ -240,6 +242,12 @@ impl Reconciler {
     }
 
     fn ensure_instances(&self, st: &mut State, desired: &Desired, pass: &mut Pass) {
+        let observed: BTreeMap<InstanceId, InstanceState> = self
+            .executor
+            .observe()
+            .into_iter()
+            .map(|o| (o.id, o.state))
+            .collect();
         for (id, want) in &desired.instances {
             st.released.remove(id);
             let spec = match bind_stores(want, &st.stores, &st.store_failures) {
@@ -253,13 +261,18 @@ impl Reconciler {
                     continue;
                 }
             };
-            if st.placed.contains_key(id) {
-                continue;
+            match observed.get(id) {
+                // still stopping (given back, then needed again): started once it is gone
+                Some(InstanceState::Stopping) => continue,
+                Some(_) if st.placed.contains_key(id) => continue,
+                _ => {}
             }
             match self.executor.ensure(&spec) {
                 Ok(addr) => {
-                    st.placed.insert(id.clone(), addr);
-                    pass.started.push(id.clone());
+                    let new = st.placed.insert(id.clone(), addr).is_none();
+                    if new || !observed.contains_key(id) {
+                        pass.started.push(id.clone());
+                    }
                 }
                 Err(e) => pass.failures.push(Failure::Instance {
                     id: id.clone(),

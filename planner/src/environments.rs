@@ -132,10 +132,15 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
                 cpu_millis: eff.resources.as_ref().map(|r| r.value.cpu_m),
                 memory_mib: eff.resources.as_ref().map(|r| r.value.memory_mi),
             };
+            let idle_after = eff
+                .idle_after_s
+                .as_ref()
+                .map(|i| Duration::from_secs(i.value));
             let entry = out.instances.entry(id).or_insert_with(|| DesiredInstance {
                 spec,
                 branches: BTreeSet::new(),
                 store_env,
+                idle_after,
             });
             entry.branches.insert(Arc::from(layer.name.as_str()));
         }
@@ -166,6 +171,9 @@ pub struct Runtime {
     problems: ArcSwap<Problems>,
     failures: ArcSwap<Vec<Failure>>,
     planner: tokio::sync::Mutex<Option<(usize, Arc<Planner>)>>,
+    /// Instances scaled to zero: desired by their plans, but left out of the reconciled state
+    /// until a request wakes them.
+    parked: ArcSwap<BTreeSet<InstanceId>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -186,6 +194,7 @@ impl Runtime {
             problems: ArcSwap::from_pointee(Problems::new()),
             failures: ArcSwap::from_pointee(Vec::new()),
             planner: tokio::sync::Mutex::new(None),
+            parked: ArcSwap::from_pointee(BTreeSet::new()),
         })
     }
 
@@ -199,17 +208,34 @@ impl Runtime {
     /// placement appeared or went (then the table must be recompiled).
     pub async fn tick(&self) -> (Pass, bool) {
         let desired = self.desired.load_full();
-        let pass = self.reconciler.reconcile(&desired, Instant::now()).await;
+        let parked = self.parked.load_full();
+        let pass = if parked.is_empty() {
+            self.reconciler.reconcile(&desired, Instant::now()).await
+        } else {
+            let mut awake = (*desired).clone();
+            awake.instances.retain(|id, _| !parked.contains(id));
+            self.reconciler.reconcile(&awake, Instant::now()).await
+        };
         let changed = self.record(&pass);
         (pass, changed)
     }
 
     fn record(&self, pass: &Pass) -> bool {
-        let next: FxHashMap<u128, Arc<str>> = pass
+        let parked = self.parked.load();
+        let prev = self.placements.load();
+        let mut next: FxHashMap<u128, Arc<str>> = pass
             .placements
             .iter()
             .filter_map(|(id, a)| Some((u128::from_str_radix(&id.0, 16).ok()?, a.clone())))
             .collect();
+        // a parked instance keeps its address: its route stays and a request wakes it there
+        for id in parked.iter() {
+            if let Ok(k) = u128::from_str_radix(&id.0, 16) {
+                if let Some(a) = prev.get(&k) {
+                    next.entry(k).or_insert_with(|| a.clone());
+                }
+            }
+        }
         let changed = **self.placements.load() != next;
         if changed {
             self.placements.store(Arc::new(next));
@@ -219,6 +245,30 @@ impl Runtime {
             tracing::warn!(failure = ?f, "environment not prepared");
         }
         changed
+    }
+
+    /// Scale `id` to zero: it stays desired (its route and address stay) but is stopped by the
+    /// next pass past the grace, until [`Runtime::wake`].
+    pub fn park(&self, id: &InstanceId) {
+        let mut next = (**self.parked.load()).clone();
+        if next.insert(id.clone()) {
+            self.parked.store(Arc::new(next));
+        }
+    }
+
+    /// Start a scaled-to-zero instance again (at its old address, when it is still free).
+    pub fn wake(&self, id: &InstanceId) -> bool {
+        let mut next = (**self.parked.load()).clone();
+        let was = next.remove(id);
+        if was {
+            self.parked.store(Arc::new(next));
+        }
+        was
+    }
+
+    /// Whether `id` is scaled to zero.
+    pub fn is_parked(&self, id: &InstanceId) -> bool {
+        self.parked.load().contains(id)
     }
 
     /// What the runtime knows now.
