@@ -69,23 +69,14 @@ async fn branch_files_start_share_and_give_back_real_processes() {
     let cfg = dir.path().join("cfg");
     write_org(&cfg, &base.addr.to_string());
     let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_bin(
+    let (child, proxy, admin) = spawn_run(
+        &cfg,
         &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
             "--executor",
             "process",
             "--state-dir",
             state.to_str().unwrap(),
         ],
-        &[],
     )
     .await;
     let c = h1_client();
@@ -180,23 +171,14 @@ async fn stopping_the_proxy_stops_its_instances() {
     write_org(&cfg, &base.addr.to_string());
     write_branch(&cfg, "feat", "on");
     let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_bin(
+    let (child, proxy, admin) = spawn_run(
+        &cfg,
         &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
             "--executor",
             "process",
             "--state-dir",
             state.to_str().unwrap(),
         ],
-        &[],
     )
     .await;
     let c = h1_client();
@@ -247,23 +229,14 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     std::fs::write(cfg.join("org.yaml"), org).unwrap();
     write_branch(&cfg, "feat", "on");
     let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_bin(
+    let (child, proxy, admin) = spawn_run(
+        &cfg,
         &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
             "--executor",
             "process",
             "--state-dir",
             state.to_str().unwrap(),
         ],
-        &[],
     )
     .await;
     let c = h1_client();

@@ -465,6 +465,28 @@ pub async fn spawn_bin(
     (child, addrs[0], addrs[1])
 }
 
+/// `microstax run --config CONFIG` on loopback ports with one worker, plus `extra` flags: the
+/// child and its proxy and admin addresses.
+pub async fn spawn_run(
+    config: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let config = config.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "run",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    spawn_bin(&args, &[]).await
+}
+
 /// Stop a child started by the test (by its pid, through the handle) and wait for it.
 pub async fn stop_bin(mut child: tokio::process::Child) {
     let _ = child.start_kill();
