@@ -75,7 +75,9 @@ pub struct Config {
     /// Layer slots by id; `None` where a layer was removed.
     pub(crate) layers: Vec<Option<Arc<Layer>>>,
     /// Team and branch layers by name.
-    pub(crate) layer_index: BTreeMap<Arc<str>, LayerIdx>,
+    /// Shared between a config and the next one a write makes from it, and copied only when a
+    /// layer name comes or goes (replacing a layer, the common write, copies nothing).
+    pub(crate) layer_index: Arc<BTreeMap<Arc<str>, LayerIdx>>,
 }
 
 impl Config {

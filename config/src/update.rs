@@ -56,7 +56,7 @@ impl Config {
             return Config::build(docs).map(|c| (c, 0));
         }
         let mut next = self.clone();
-        let existing = next.layer_index.remove(doc.name());
+        let existing = next.layer_index.get(doc.name()).copied();
         if let Some(old) = existing {
             if let Some(l) = next.layer(old) {
                 if l.kind != doc.kind() {
@@ -71,7 +71,7 @@ impl Config {
         }
         let mut report = Report::default();
         let file = doc.file.clone();
-        let Some(new_idx) = next.add_layer_unchecked(doc, &mut report) else {
+        let Some(new_idx) = next.add_layer_as(doc, existing, &mut report) else {
             return Err(match report.finish() {
                 Err(e) => e,
                 Ok(()) => ConfigError::one(&file, 0, "name", "layer rejected"),
@@ -82,10 +82,6 @@ impl Config {
             Some(old) => {
                 let l = next.layers.pop().flatten();
                 next.layers[old] = l;
-                next.layer_index.insert(
-                    Arc::from(next.layer(old).map_or("", |l| l.name.as_str())),
-                    old,
-                );
                 old
             }
             None => new_idx,
@@ -128,7 +124,7 @@ impl Config {
         }
         let mut next = self.clone();
         next.layers[idx] = None;
-        next.layer_index.remove(name);
+        Arc::make_mut(&mut next.layer_index).remove(name);
         Ok((next, idx))
     }
 }

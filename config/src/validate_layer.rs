@@ -26,6 +26,17 @@ impl Config {
         doc: ParsedDoc,
         report: &mut Report,
     ) -> Option<LayerIdx> {
+        self.add_layer_as(doc, None, report)
+    }
+
+    /// [`Config::add_layer_unchecked`], or with `replacing` the id of the layer of the same name
+    /// that the new one replaces (the name index then stays as it is).
+    pub(crate) fn add_layer_as(
+        &mut self,
+        doc: ParsedDoc,
+        replacing: Option<LayerIdx>,
+        report: &mut Report,
+    ) -> Option<LayerIdx> {
         let kind = doc.kind();
         let name = doc.name().to_string();
         let why = match kind {
@@ -40,7 +51,11 @@ impl Config {
             report.at(&doc, "name", "`baseline` is reserved for the org layer");
             return None;
         }
-        if let Some(&other) = self.layer_index.get(name.as_str()) {
+        if let Some(&other) = self
+            .layer_index
+            .get(name.as_str())
+            .filter(|&&i| Some(i) != replacing)
+        {
             let other_file = self
                 .layer(other)
                 .map_or_else(|| Arc::from("?"), |l| l.doc.file.clone());
@@ -128,7 +143,9 @@ impl Config {
             parent: None,
             doc: Arc::new(doc),
         })));
-        self.layer_index.insert(Arc::from(name), idx);
+        if replacing.is_none() {
+            Arc::make_mut(&mut self.layer_index).insert(Arc::from(name), idx);
+        }
         Some(idx)
     }
 }

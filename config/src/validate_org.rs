@@ -130,7 +130,7 @@ impl Config {
             services,
             service_index,
             layers: vec![Some(Arc::new(org))],
-            layer_index: BTreeMap::new(),
+            layer_index: Arc::new(BTreeMap::new()),
         }
     }
 }
