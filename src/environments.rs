@@ -4,13 +4,14 @@
 use anyhow::{Context as _, Result};
 use microstax_config::environments::StorePluginKind;
 use microstax_config::Config;
+use microstax_config::LayerKind;
 use microstax_exec::store::command::{CommandOptions, CommandSpec};
 use microstax_exec::{
     CommandStores, Executor, KubernetesExecutor, KubernetesOptions, PostgresStores,
     ProcessExecutor, ProcessOptions, ReconcileOptions, Reconciler, StorePlugin,
 };
 use microstax_exec::{InstanceId, InstanceState};
-use microstax_planner::{ControlPlane, Runtime};
+use microstax_planner::{Change, ChangeSource, ControlPlane, Runtime};
 use microstax_proxy::Proxy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,23 +125,38 @@ pub(crate) async fn keep_converged(
     control: Arc<ControlPlane>,
     proxy: Arc<Proxy>,
     mut wakes: Option<tokio::sync::mpsc::Receiver<Arc<str>>>,
+    metrics: ExpiryMetrics,
 ) {
     let mut changes = runtime.reconciler().executor().changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let activity = proxy.activity();
     let mut ready_since: BTreeMap<InstanceId, Instant> = BTreeMap::new();
+    let mut ttl = TtlState::default();
+    let mut asleep: std::collections::BTreeSet<InstanceId> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             r = changes.changed() => if r.is_err() { return },
             Some(authority) = recv(&mut wakes) => wake(&runtime, &authority),
         }
+        expire_branches(&runtime, &control, &activity, &metrics, &mut ttl).await;
         let (_, placements_changed) = runtime.tick().await;
         if placements_changed {
             control.refresh().await;
         }
         let view = runtime.view();
         let now = Instant::now();
+        // parked instances (idle, or of a dormant branch) are asleep in the proxy: a request
+        // for one sends a wake and is held
+        for (id, addr) in &view.placements {
+            if runtime.is_parked(id) {
+                if asleep.insert(id.clone()) {
+                    proxy.set_asleep(addr, true);
+                }
+            } else {
+                asleep.remove(id);
+            }
+        }
         for (id, o) in &view.observed {
             let Some(addr) = view.placements.get(id) else {
                 continue;
@@ -176,8 +192,120 @@ pub(crate) async fn keep_converged(
                 tracing::info!(instance = %id.short(), service = %d.spec.service, "idle: scaled to zero");
                 runtime.park(id);
                 proxy.set_asleep(addr, true);
+                asleep.insert(id.clone());
                 ready_since.remove(id);
             }
+        }
+    }
+}
+
+/// Counters of branch expiry (registered on the proxy's registry).
+#[derive(Clone)]
+pub(crate) struct ExpiryMetrics {
+    expired: prometheus::IntCounterVec,
+    notices: prometheus::IntCounter,
+}
+
+impl ExpiryMetrics {
+    pub(crate) fn new(registry: &prometheus::Registry) -> Result<ExpiryMetrics> {
+        let expired = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "microstax_branches_expired_total",
+                "Branches expired by their TTL: deleted (API-created) or dormant (file-backed)",
+            ),
+            &["outcome"],
+        )?;
+        let notices = prometheus::IntCounter::new(
+            "microstax_branch_expiry_notices_total",
+            "Expiries announced ahead of time",
+        )?;
+        registry.register(Box::new(expired.clone()))?;
+        registry.register(Box::new(notices.clone()))?;
+        Ok(ExpiryMetrics { expired, notices })
+    }
+}
+
+#[derive(Default)]
+struct TtlState {
+    /// When each branch was first seen (a branch never requested expires from then).
+    first_seen: BTreeMap<String, Instant>,
+    /// When each dormant branch went dormant.
+    dormant_since: BTreeMap<String, Instant>,
+    /// Branches whose expiry was announced.
+    noticed: std::collections::BTreeSet<String>,
+}
+
+/// Branch TTL: a branch with no request for its TTL (from its last request, or from when it
+/// appeared) expires, unless other layers name it as parent. An API-created branch is deleted; a
+/// file-backed one keeps its file and goes dormant (instances parked, stores given back) until a
+/// request for it arrives. Expiry is announced `expiry_notice` ahead (log and metric), and
+/// `/branches` shows `expires_at`.
+async fn expire_branches(
+    runtime: &Runtime,
+    control: &ControlPlane,
+    activity: &microstax_proxy::Activity,
+    metrics: &ExpiryMetrics,
+    st: &mut TtlState,
+) {
+    let cfg = control.config();
+    let notice = cfg.lifecycle().expiry_notice;
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let mut expiry = BTreeMap::new();
+    let mut delete = Vec::new();
+    for layer in cfg.layers().filter(|l| l.kind == LayerKind::Branch) {
+        let name = &layer.name;
+        let Some(idx) = cfg.layer_id(name) else {
+            continue;
+        };
+        let seen = *st.first_seen.entry(name.clone()).or_insert(now);
+        let last_request = activity.last_request_branch(name);
+        if let Some(since) = st.dormant_since.get(name) {
+            if last_request.is_some_and(|t| t > *since) || !runtime.is_dormant(name) {
+                tracing::info!(branch = %name, "used again: environment prepared");
+                runtime.wake_branch(name);
+                st.dormant_since.remove(name);
+                st.first_seen.insert(name.clone(), now);
+            }
+            continue;
+        }
+        let Some(ttl) = cfg.ttl(idx) else {
+            continue;
+        };
+        let last = last_request.map_or(seen, |t| t.max(seen));
+        let expires = last + ttl;
+        expiry.insert(name.clone(), wall + expires.saturating_duration_since(now));
+        if !cfg.children(idx).is_empty() {
+            continue; // a parent with live children is never collected
+        }
+        if now >= expires {
+            if layer.doc.file.starts_with("api:") {
+                delete.push(name.clone());
+            } else {
+                tracing::info!(branch = %name, "expired: instances and stores given back until it is used again");
+                runtime.make_dormant(name);
+                st.dormant_since.insert(name.clone(), now);
+                metrics.expired.with_label_values(&["dormant"]).inc();
+            }
+            st.noticed.remove(name);
+        } else if now + notice >= expires && st.noticed.insert(name.clone()) {
+            tracing::warn!(branch = %name, in_s = expires.saturating_duration_since(now).as_secs(), "branch expires soon without a request");
+            metrics.notices.inc();
+        }
+    }
+    runtime.set_expiry(expiry);
+    for name in delete {
+        let change = Change::Remove {
+            name: name.clone(),
+            origin: Arc::from("ttl"),
+        };
+        match control.apply(vec![change], ChangeSource::Api).await {
+            Ok(_) => {
+                tracing::info!(branch = %name, "expired: deleted");
+                metrics.expired.with_label_values(&["deleted"]).inc();
+                st.first_seen.remove(&name);
+            }
+            Err(e) => tracing::warn!(branch = %name, error = %e, "expired branch not deleted"),
         }
     }
 }

@@ -337,6 +337,8 @@ async fn run(
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
     let envs = environments::build(exec, &cfg).await?;
+    let expiry_metrics =
+        environments::ExpiryMetrics::new(&registry).context("registering expiry metrics")?;
     let control = ControlPlane::with_environments(
         cfg.clone(),
         Arc::new(ProxySink(proxy.clone())),
@@ -390,6 +392,7 @@ async fn run(
             control.clone(),
             proxy.clone(),
             proxy.wakes(),
+            expiry_metrics,
         ));
     }
     workers.serve_until(shutdown_signal()).await;

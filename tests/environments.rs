@@ -264,3 +264,112 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     assert_ne!(pid2, pid);
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_branches_expire_by_their_ttl() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    // a file-backed parent with a child, both with a TTL of 1 s
+    std::fs::write(
+        cfg.join("branches/parent.yaml"),
+        "parent: baseline\nlifecycle: {ttl_s: 1}\nservices:\n  api:\n    env: {FLAG: parent}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cfg.join("branches/child.yaml"),
+        "parent: parent\nlifecycle: {ttl_s: 1}\nservices:\n  api:\n    env: {FLAG: child}\n",
+    )
+    .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ttl-token").unwrap();
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_run(
+        &cfg,
+        &[
+            "--executor",
+            "process",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let c = h1_client();
+    // an API-created branch with a TTL
+    let req = http::Request::put(format!("http://{admin}/branches/api-made"))
+        .header("authorization", "Bearer ttl-token")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            "parent: baseline\nlifecycle: {ttl_s: 1}\n",
+        )))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let listed = get(&c, admin, "/branches", &[]).await.json();
+    let has_expiry = |v: &serde_json::Value, name: &str| {
+        v["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == name && b["expires_at"].as_u64().is_some())
+    };
+    wait_for(DEADLINE, "expires_at listed", || async {
+        let v = get(&c, admin, "/branches", &[]).await.json();
+        has_expiry(&v, "child").then_some(())
+    })
+    .await;
+    drop(listed);
+
+    // the API-created branch is deleted; the file-backed child goes dormant (its instance given
+    // back) and the parent, which has a child, is never collected
+    wait_for(DEADLINE, "the API branch deleted", || async {
+        let r = get(&c, admin, "/branches/api-made", &[]).await;
+        (r.status == 404).then_some(())
+    })
+    .await;
+    wait_for(DEADLINE, "the child dormant", || async {
+        let v = get(&c, admin, "/branches", &[]).await.json();
+        let dormant = v["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "child" && b["dormant"] == true);
+        dormant.then_some(())
+    })
+    .await;
+    let v = get(&c, admin, "/branches", &[]).await.json();
+    let parent = v["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "parent")
+        .cloned()
+        .unwrap();
+    assert!(parent.get("dormant").is_none(), "{parent}");
+    // the dormant child's instance is stopped; the parent's keeps running
+    wait_for(DEADLINE, "the child's instance given back", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        let n = v["instances"].as_array().map_or(0, Vec::len);
+        let stopped = v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["pid"].is_null())
+            .count();
+        (n == 2 && stopped == 1).then_some(())
+    })
+    .await;
+    // a request for the child wakes it: served by its own instance again
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "api"), ("x-microstax-branch", "child")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().ends_with("flag=child"), "{}", r.text());
+    stop_bin(child).await;
+}

@@ -166,15 +166,6 @@ pub(crate) fn check_lifecycle(
             }
         }
     }
-    // refused rather than accepted and ignored, until branch expiry is built
-    for (f, set) in [
-        ("lifecycle.ttl_s", l.ttl_s.is_some()),
-        ("lifecycle.expiry_notice_s", l.expiry_notice_s.is_some()),
-    ] {
-        if set {
-            report.at(doc, f, "branch expiry is not implemented yet");
-        }
-    }
     if l.hold_max_requests == Some(0) {
         report.at(doc, "lifecycle.hold_max_requests", "must be greater than 0");
     }

@@ -394,10 +394,6 @@ fn run_blocks_stores_and_lifecycle_are_checked_at_their_lines() {
         "{e:?}"
     );
     assert!(
-        has("lifecycle.ttl_s: branch expiry is not implemented yet"),
-        "{e:?}"
-    );
-    assert!(
         has("lifecycle.hold_max_requests: must be greater than 0"),
         "{e:?}"
     );

@@ -174,6 +174,11 @@ pub struct Runtime {
     /// Instances scaled to zero: desired by their plans, but left out of the reconciled state
     /// until a request wakes them.
     parked: ArcSwap<BTreeSet<InstanceId>>,
+    /// File-backed branches expired by their TTL: their instances are parked and their stores
+    /// given back until a request for the branch arrives.
+    dormant: ArcSwap<BTreeSet<Arc<str>>>,
+    /// When each branch with a TTL expires, as last computed (for `/branches`).
+    expiry: ArcSwap<BTreeMap<String, std::time::SystemTime>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -195,6 +200,8 @@ impl Runtime {
             failures: ArcSwap::from_pointee(Vec::new()),
             planner: tokio::sync::Mutex::new(None),
             parked: ArcSwap::from_pointee(BTreeSet::new()),
+            dormant: ArcSwap::from_pointee(BTreeSet::new()),
+            expiry: ArcSwap::from_pointee(BTreeMap::new()),
         })
     }
 
@@ -209,11 +216,15 @@ impl Runtime {
     pub async fn tick(&self) -> (Pass, bool) {
         let desired = self.desired.load_full();
         let parked = self.parked.load_full();
-        let pass = if parked.is_empty() {
+        let dormant = self.dormant.load_full();
+        let pass = if parked.is_empty() && dormant.is_empty() {
             self.reconciler.reconcile(&desired, Instant::now()).await
         } else {
             let mut awake = (*desired).clone();
             awake.instances.retain(|id, _| !parked.contains(id));
+            awake
+                .stores
+                .retain(|(_, branch), _| !dormant.contains(branch));
             self.reconciler.reconcile(&awake, Instant::now()).await
         };
         let changed = self.record(&pass);
@@ -262,8 +273,65 @@ impl Runtime {
         let was = next.remove(id);
         if was {
             self.parked.store(Arc::new(next));
+            // the dormant branches it serves wake with it
+            let desired = self.desired.load();
+            if let Some(inst) = desired.instances.get(id) {
+                let mut d = (**self.dormant.load()).clone();
+                let before = d.len();
+                d.retain(|b| !inst.branches.contains(b));
+                if d.len() != before {
+                    self.dormant.store(Arc::new(d));
+                }
+            }
         }
         was
+    }
+
+    /// Give back what file-backed branch `branch` holds until it is used again: its instances
+    /// that no awake branch needs are parked (their routes stay, a request wakes them) and its
+    /// stores dropped after the grace.
+    pub fn make_dormant(&self, branch: &str) {
+        let mut d = (**self.dormant.load()).clone();
+        d.insert(Arc::from(branch));
+        let desired = self.desired.load();
+        let mut parked = (**self.parked.load()).clone();
+        for (id, inst) in &desired.instances {
+            if inst.branches.iter().all(|b| d.contains(b)) {
+                parked.insert(id.clone());
+            }
+        }
+        self.dormant.store(Arc::new(d));
+        self.parked.store(Arc::new(parked));
+    }
+
+    /// Whether `branch` is dormant.
+    pub fn is_dormant(&self, branch: &str) -> bool {
+        self.dormant.load().contains(branch)
+    }
+
+    /// Wake a dormant branch: its stores are made again and its instances started.
+    pub fn wake_branch(&self, branch: &str) {
+        let mut d = (**self.dormant.load()).clone();
+        if !d.remove(branch) {
+            return;
+        }
+        self.dormant.store(Arc::new(d));
+        let desired = self.desired.load();
+        for (id, inst) in &desired.instances {
+            if inst.branches.iter().any(|b| &**b == branch) {
+                self.wake(id);
+            }
+        }
+    }
+
+    /// Record when branches expire (shown by `/branches`).
+    pub fn set_expiry(&self, expiry: BTreeMap<String, std::time::SystemTime>) {
+        self.expiry.store(Arc::new(expiry));
+    }
+
+    /// When `branch` expires, if it has a TTL.
+    pub fn expires_at(&self, branch: &str) -> Option<std::time::SystemTime> {
+        self.expiry.load().get(branch).copied()
     }
 
     /// Whether `id` is scaled to zero.

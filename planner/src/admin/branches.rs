@@ -52,7 +52,10 @@ fn one(source: &str, line: u32, field: &str, reason: String) -> ConfigError {
 }
 
 /// `GET /branches`: every branch with its parent and file.
-pub(super) fn list(control: &ControlPlane) -> Reply {
+pub(super) fn list(
+    control: &ControlPlane,
+    runtime: Option<&crate::environments::Runtime>,
+) -> Reply {
     let cfg = control.config();
     let branches: Vec<serde_json::Value> = cfg
         .layers()
@@ -62,6 +65,17 @@ pub(super) fn list(control: &ControlPlane) -> Reply {
             let mut v = serde_json::json!({"name": l.name, "parent": parent, "file": &*l.doc.file});
             if let Some(why) = control.held(&l.name) {
                 v["rejected"] = why.into();
+            }
+            if let Some(rt) = runtime {
+                if let Some(t) = rt.expires_at(&l.name) {
+                    let secs = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    v["expires_at"] = secs.into();
+                }
+                if rt.is_dormant(&l.name) {
+                    v["dormant"] = true.into();
+                }
             }
             v
         })

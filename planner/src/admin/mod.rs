@@ -136,7 +136,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             StatusCode::OK,
             &json::table_json(&*state.control.table().await),
         ),
-        (Method::GET, "/branches") => branches::list(&state.control),
+        (Method::GET, "/branches") => branches::list(&state.control, state.runtime.as_deref()),
         (Method::GET, "/instances") => json(
             StatusCode::OK,
             &crate::environments::instances_json(state.runtime.as_deref()),
