@@ -373,3 +373,49 @@ async fn idle_branches_expire_by_their_ttl() {
     assert!(r.text().ends_with("flag=child"), "{}", r.text());
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    write_branch(&cfg, "feat", "on");
+    let state = dir.path().join("state");
+    let flags = [
+        "--executor",
+        "process",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let (child, _, admin) = spawn_run(&cfg, &flags).await;
+    let c = h1_client();
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
+    assert!(pid_alive(pid));
+    // SIGKILL: no drain, no shutdown of the instances
+    let mut child = child;
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().expect("pid").to_string()])
+        .status();
+    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+    // the next start on the same state directory leaves no instance of the old run behind
+    let (child, proxy, admin) = spawn_run(&cfg, &flags).await;
+    wait_for(DEADLINE, "the old instance gone", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let list = v["instances"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_ne!(list[0]["pid"].as_u64(), Some(pid));
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "api"), ("x-microstax-branch", "feat")],
+    )
+    .await;
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    stop_bin(child).await;
+}
