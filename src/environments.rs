@@ -171,8 +171,12 @@ pub(crate) async fn keep_converged(
                         proxy.set_ready(addr, true);
                     }
                 }
+                // crashed and restarting (or starting): requests are held per the readiness
+                // policy instead of meeting a refused connection
                 _ => {
-                    ready_since.remove(id);
+                    if ready_since.remove(id).is_some() {
+                        proxy.set_ready(addr, false);
+                    }
                 }
             }
         }

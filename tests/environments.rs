@@ -419,3 +419,45 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
     assert!(r.text().starts_with("instance="), "{}", r.text());
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    write_org(&cfg, &base.addr.to_string());
+    write_branch(&cfg, "feat", "on");
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_run(
+        &cfg,
+        &[
+            "--executor",
+            "process",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let c = h1_client();
+    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
+    let first = get(&c, proxy, "/", &headers).await.text();
+    assert!(first.starts_with("instance="), "{first}");
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    // the executor restarts it at the same address; the branch is served by it again (requests
+    // that arrive while it restarts are held by the readiness policy)
+    wait_for(DEADLINE, "the instance restarted", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        (v["instances"][0]["restarts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let r = get(&c, proxy, "/", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), first);
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    assert_ne!(v["instances"][0]["pid"].as_u64(), Some(pid), "{v}");
+    stop_bin(child).await;
+}
