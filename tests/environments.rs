@@ -390,8 +390,11 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
     ];
     let (child, _, admin) = spawn_run(&cfg, &flags).await;
     let c = h1_client();
-    let v = get(&c, admin, "/instances", &[]).await.json();
-    let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
+    let pid = wait_for(DEADLINE, "the instance's pid", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        v["instances"][0]["pid"].as_u64()
+    })
+    .await;
     assert!(pid_alive(pid));
     // SIGKILL: no drain, no shutdown of the instances
     let mut child = child;
@@ -405,10 +408,14 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
         (!pid_alive(pid)).then_some(())
     })
     .await;
+    let pid2 = wait_for(DEADLINE, "the new instance's pid", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        v["instances"][0]["pid"].as_u64()
+    })
+    .await;
+    assert_ne!(pid2, pid);
     let v = get(&c, admin, "/instances", &[]).await.json();
-    let list = v["instances"].as_array().unwrap();
-    assert_eq!(list.len(), 1, "{v}");
-    assert_ne!(list[0]["pid"].as_u64(), Some(pid));
+    assert_eq!(v["instances"].as_array().map(Vec::len), Some(1), "{v}");
     let r = get(
         &c,
         proxy,
@@ -447,16 +454,20 @@ async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status();
-    // the executor restarts it at the same address; the branch is served by it again (requests
-    // that arrive while it restarts are held by the readiness policy)
+    // the executor restarts it at the same address and the branch is served by it again; a
+    // request in the moment between the crash and the executor noticing it may still meet the
+    // refused port (502: retries are not built yet), later ones are held until it answers
     wait_for(DEADLINE, "the instance restarted", || async {
         let v = get(&c, admin, "/instances", &[]).await.json();
         (v["instances"][0]["restarts"].as_u64() >= Some(1)).then_some(())
     })
     .await;
-    let r = get(&c, proxy, "/", &headers).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.text(), first);
+    let again = wait_for(DEADLINE, "the branch served again", || async {
+        let r = get(&c, proxy, "/", &headers).await;
+        (r.status == 200).then(|| r.text())
+    })
+    .await;
+    assert_eq!(again, first);
     let v = get(&c, admin, "/instances", &[]).await.json();
     assert_ne!(v["instances"][0]["pid"].as_u64(), Some(pid), "{v}");
     stop_bin(child).await;
