@@ -197,7 +197,7 @@ async fn stopping_the_proxy_stops_its_instances() {
     assert!(pid_alive(pid));
     // SIGTERM by pid: the proxy drains and stops every instance before it exits
     let proxy_pid = child.id().expect("pid");
-    rustix_kill(proxy_pid);
+    signal(u64::from(proxy_pid), rustix::process::Signal::TERM);
     let mut child = child;
     let status = tokio::time::timeout(DEADLINE, child.wait())
         .await
@@ -207,10 +207,14 @@ async fn stopping_the_proxy_stops_its_instances() {
     assert!(!pid_alive(pid), "instance {pid} outlived the proxy");
 }
 
-fn rustix_kill(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+/// Send `signal` to process `pid` (by pid, never by name).
+fn signal(pid: u64, signal: rustix::process::Signal) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, signal);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,9 +402,10 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
     assert!(pid_alive(pid));
     // SIGKILL: no drain, no shutdown of the instances
     let mut child = child;
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().expect("pid").to_string()])
-        .status();
+    signal(
+        u64::from(child.id().expect("pid")),
+        rustix::process::Signal::KILL,
+    );
     let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
     // the next start on the same state directory leaves no instance of the old run behind
     let (child, proxy, admin) = spawn_run(&cfg, &flags).await;
@@ -451,9 +456,7 @@ async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
     assert!(first.starts_with("instance="), "{first}");
     let v = get(&c, admin, "/instances", &[]).await.json();
     let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
+    signal(pid, rustix::process::Signal::KILL);
     // the executor restarts it at the same address and the branch is served by it again; a
     // request in the moment between the crash and the executor noticing it may still meet the
     // refused port (502: retries are not built yet), later ones are held until it answers
