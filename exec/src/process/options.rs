@@ -60,8 +60,9 @@ pub struct ProcessOptions {
     pub stop_grace: Duration,
     /// Restart policy (see [`Backoff`] for defaults).
     pub backoff: Backoff,
-    /// Time between two readiness probes while starting (default 100 ms); one probe attempt also
-    /// gives up after this long at least, and at most one second.
+    /// Longest time between two readiness probes while starting (default 100 ms; the first
+    /// probes come every 5 ms, slowing by 5 ms every ten probes up to this); one probe attempt
+    /// also gives up after this long at least, and at most one second.
     pub probe_interval: Duration,
     /// Start children under `setpriv --pdeathsig KILL` (util-linux) when `setpriv` is on PATH, so
     /// that the kernel kills them if the executor's process dies without running any cleanup
