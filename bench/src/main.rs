@@ -5,7 +5,7 @@
 mod harness;
 
 use clap::{Parser, Subcommand};
-use harness::{changes, compare, upstream};
+use harness::{changes, compare, environments, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "MicroStax load harness")]
@@ -20,6 +20,8 @@ enum Cmd {
     Compare(compare::Args),
     /// Change-to-effect latency of file and API changes, and first requests to new branches.
     Changes(changes::Args),
+    /// Environments that run: new branch to its own instance, wake from zero, a 1k-branch fleet.
+    Environments(environments::Args),
     /// The fast upstream (started by `compare`; prints its addresses on the first line).
     #[command(hide = true)]
     Upstream(upstream::Args),
@@ -29,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Compare(args) => compare::run(args),
         Cmd::Changes(args) => changes::run(args),
+        Cmd::Environments(args) => environments::run(args),
         Cmd::Upstream(args) => upstream::run(args),
     }
 }

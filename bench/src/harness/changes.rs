@@ -38,10 +38,10 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Serve `name` as the body of every response on a new loopback port.
-async fn upstream(name: String) -> Result<SocketAddr> {
+pub(crate) async fn upstream(name: String) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let body = Bytes::from(name);
@@ -111,7 +111,7 @@ async fn start(binary: &Path, config: &Path, extra: &[&str]) -> Result<Running> 
     })
 }
 
-async fn request(
+pub(crate) async fn request(
     c: &HttpClient,
     method: hyper::Method,
     uri: String,
@@ -163,7 +163,7 @@ fn branch_text(parent: &str, ep: SocketAddr, rev: usize) -> String {
 }
 
 /// min, median, p99, max in microseconds.
-fn stats(v: &mut [Duration]) -> [f64; 4] {
+pub(crate) fn stats(v: &mut [Duration]) -> [f64; 4] {
     v.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let at = |q: f64| us(v[((v.len() - 1) as f64 * q).round() as usize]);

@@ -2,6 +2,7 @@
 
 pub mod changes;
 pub mod compare;
+pub mod environments;
 pub mod load;
 pub mod procfs;
 pub mod procs;
