@@ -52,6 +52,46 @@ fn write_branch(dir: &Path, name: &str, flag: &str) {
     std::fs::rename(&tmp, dir.join(format!("branches/{name}.yaml"))).unwrap();
 }
 
+/// The config directory of these tests (the org above, served by a baseline upstream) and a
+/// state directory for the process executor.
+struct Setup {
+    _base: Upstream,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    state: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let base = Upstream::start("base").await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cfg");
+        write_org(&cfg, &base.addr.to_string());
+        let state = dir.path().join("state");
+        Setup {
+            _base: base,
+            dir,
+            cfg,
+            state,
+        }
+    }
+
+    /// `microstax run --executor process` on the config, plus `extra` flags.
+    async fn run(
+        &self,
+        extra: &[&str],
+    ) -> (
+        tokio::process::Child,
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+    ) {
+        let mut flags = vec!["--executor", "process", "--state-dir"];
+        flags.push(self.state.to_str().unwrap());
+        flags.extend_from_slice(extra);
+        spawn_run(&self.cfg, &flags).await
+    }
+}
+
 fn pid_alive(pid: u64) -> bool {
     // a zombie (exited, not yet reaped by an init that does not reap) is gone for our purposes
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -64,21 +104,9 @@ fn pid_alive(pid: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_files_start_share_and_give_back_real_processes() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
-    let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
+    let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
     let body_for = |branch: &'static str| {
         let c = c.clone();
@@ -165,22 +193,10 @@ async fn branch_files_start_share_and_give_back_real_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_proxy_stops_its_instances() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
     write_branch(&cfg, "feat", "on");
-    let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
     // the branch existed before the start: its instance is prepared before the first table
     let r = get(
@@ -219,10 +235,8 @@ fn signal(pid: u64, signal: rustix::process::Signal) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
     // idle after 1 s; the wake may take a while on a loaded machine: hold up to 10 s
     let org = std::fs::read_to_string(cfg.join("org.yaml"))
         .unwrap()
@@ -232,17 +246,7 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     );
     std::fs::write(cfg.join("org.yaml"), org).unwrap();
     write_branch(&cfg, "feat", "on");
-    let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
     let headers = [("host", "api"), ("x-microstax-branch", "feat")];
     let r = get(&c, proxy, "/", &headers).await;
@@ -271,10 +275,8 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_branches_expire_by_their_ttl() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
     // a file-backed parent with a child, both with a TTL of 1 s
     std::fs::write(
         cfg.join("branches/parent.yaml"),
@@ -286,21 +288,11 @@ async fn idle_branches_expire_by_their_ttl() {
         "parent: parent\nlifecycle: {ttl_s: 1}\nservices:\n  api:\n    env: {FLAG: child}\n",
     )
     .unwrap();
-    let token = dir.path().join("token");
+    let token = setup.dir.path().join("token");
     std::fs::write(&token, "ttl-token").unwrap();
-    let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--admin-token-file",
-            token.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (child, proxy, admin) = setup
+        .run(&["--admin-token-file", token.to_str().unwrap()])
+        .await;
     let c = h1_client();
     // an API-created branch with a TTL
     let req = http::Request::put(format!("http://{admin}/branches/api-made"))
@@ -380,19 +372,10 @@ async fn idle_branches_expire_by_their_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
     write_branch(&cfg, "feat", "on");
-    let state = dir.path().join("state");
-    let flags = [
-        "--executor",
-        "process",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let (child, _, admin) = spawn_run(&cfg, &flags).await;
+    let (child, _, admin) = setup.run(&[]).await;
     let c = h1_client();
     let pid = wait_for(DEADLINE, "the instance's pid", || async {
         let v = get(&c, admin, "/instances", &[]).await.json();
@@ -408,7 +391,7 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
     );
     let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
     // the next start on the same state directory leaves no instance of the old run behind
-    let (child, proxy, admin) = spawn_run(&cfg, &flags).await;
+    let (child, proxy, admin) = setup.run(&[]).await;
     wait_for(DEADLINE, "the old instance gone", || async {
         (!pid_alive(pid)).then_some(())
     })
@@ -434,22 +417,10 @@ async fn a_restarted_proxy_reaps_what_a_killed_one_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
-    let base = Upstream::start("base").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cfg");
-    write_org(&cfg, &base.addr.to_string());
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
     write_branch(&cfg, "feat", "on");
-    let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
     let headers = [("host", "api"), ("x-microstax-branch", "feat")];
     let first = get(&c, proxy, "/", &headers).await.text();
