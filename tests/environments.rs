@@ -15,21 +15,7 @@ use std::time::Duration;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A tiny HTTP server: answers every GET with `instance=<id> flag=<FLAG>`.
-const CHILD: &str = r#"
-import http.server, os, sys
-port, instance = int(sys.argv[1]), sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("instance=%s flag=%s" % (instance, os.environ.get("FLAG", "-"))).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"#;
+const CHILD: &str = include_str!("fixtures/instance.py");
 
 fn write_org(dir: &Path, base: &str) {
     std::fs::create_dir_all(dir.join("branches")).unwrap();

@@ -70,6 +70,31 @@ struct Running {
     admin: SocketAddr,
 }
 
+/// The proxy and admin addresses from a started `microstax run`'s first line (`... proxy on
+/// http://ADDR, admin on http://ADDR`), waiting at most `limit`; the rest of its stdout is drained
+/// so it never blocks on a full pipe.
+pub(crate) async fn addresses(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+) -> Result<(SocketAddr, SocketAddr)> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(limit, lines.next_line())
+        .await
+        .with_context(|| format!("microstax printed nothing within {limit:?}"))??
+        .context("microstax exited")?;
+    let addrs: Vec<SocketAddr> = line
+        .split("http://")
+        .skip(1)
+        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
+        .collect();
+    let [proxy, admin] = addrs[..] else {
+        bail!("unexpected first line: {line}")
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((proxy, admin))
+}
+
 async fn start(binary: &Path, config: &Path, extra: &[&str]) -> Result<Running> {
     let mut child = tokio::process::Command::new(binary)
         .args(["run", "--config"])
@@ -89,21 +114,7 @@ async fn start(binary: &Path, config: &Path, extra: &[&str]) -> Result<Running> 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .context("microstax printed nothing within 20 s")??
-        .context("microstax exited")?;
-    let addrs: Vec<SocketAddr> = line
-        .split("http://")
-        .skip(1)
-        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
-        .collect();
-    let [proxy, admin] = addrs[..] else {
-        bail!("unexpected first line: {line}")
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (proxy, admin) = addresses(&mut child, Duration::from_secs(20)).await?;
     Ok(Running {
         child,
         proxy,

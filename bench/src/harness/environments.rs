@@ -5,7 +5,7 @@
 //! waking a scaled-to-zero instance; and, with 1,000 branch files, the time to `/readyz` and the
 //! time of one admin write. Every wait is bounded; every process started is stopped by its pid.
 
-use super::changes::{request, stats, upstream, HttpClient};
+use super::changes::{addresses, request, stats, upstream, HttpClient};
 use super::procs::free_port;
 use anyhow::{bail, ensure, Context as _, Result};
 use bytes::Bytes;
@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOKEN: &str = "bench-token";
 /// Longest wait for one instance to start, one wake, or one change to take effect.
@@ -29,21 +28,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(1);
 
 /// The instance: answers every GET with `instance=<id> flag=<FLAG>` (as `tests/environments.rs`).
-const CHILD: &str = r#"
-import http.server, os, sys
-port, instance = int(sys.argv[1]), sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("instance=%s flag=%s" % (instance, os.environ.get("FLAG", "-"))).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"#;
+const CHILD: &str = include_str!("../../../tests/fixtures/instance.py");
 
 /// Arguments of `microstax-bench environments`.
 #[derive(clap::Args, Debug)]
@@ -163,21 +148,7 @@ async fn start(binary: &Path, cfg: &Path, state: &Path) -> Result<(Ms, Instant)>
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(READY_DEADLINE, lines.next_line())
-        .await
-        .context("microstax printed nothing in time")??
-        .context("microstax exited")?;
-    let addrs: Vec<SocketAddr> = line
-        .split("http://")
-        .skip(1)
-        .filter_map(|s| s.split([',', ' ']).next()?.parse().ok())
-        .collect();
-    let [proxy, admin] = addrs[..] else {
-        bail!("unexpected first line: {line}")
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (proxy, admin) = addresses(&mut child, READY_DEADLINE).await?;
     Ok((
         Ms {
             child,
