@@ -117,23 +117,47 @@ pub(crate) fn check_run(doc: &ParsedDoc, base: &str, run: &RunDoc, report: &mut 
     }
 }
 
-/// Every `{...}` in `s` must be a known placeholder or `{env.NAME}`.
+/// The reason for a token `placeholders_in` refused: an unclosed `{`, else `unknown`.
+fn refused(s: &str, token: &str, unknown: String) -> String {
+    if token.ends_with('}') {
+        unknown
+    } else {
+        format!("`{s}` has an unclosed `{{`")
+    }
+}
+
+/// Every `{...}` in `s` must be a known placeholder of a `run:` block or `{env.NAME}`.
 fn check_placeholders(s: &str) -> Result<(), String> {
+    placeholders_in(s, &PLACEHOLDERS, true)
+        .map_err(|token| refused(s, token, format!(
+            "unknown placeholder `{token}`: use {{port}}, {{instance}}, {{service}}, {{branch}} or {{env.NAME}}"
+        )))
+}
+
+/// Every `{...}` in a store command must be one of the store placeholders.
+fn check_store_placeholders(s: &str) -> Result<(), String> {
+    const STORE: [&str; 5] = ["{store}", "{branch}", "{kind}", "{name}", "{baseline}"];
+    placeholders_in(s, &STORE, false).map_err(|token| refused(s, token, format!(
+        "unknown placeholder `{token}`: use {{store}}, {{branch}}, {{kind}}, {{name}} or {{baseline}}"
+    )))
+}
+
+/// The first `{...}` token of `s` not in `known` (nor `{env.NAME}` when `env` allows it); an
+/// unclosed `{` is reported as the rest of the text.
+fn placeholders_in<'s>(s: &'s str, known: &[&str], env: bool) -> Result<(), &'s str> {
     let mut rest = s;
     while let Some(start) = rest.find('{') {
         let Some(len) = rest[start..].find('}') else {
-            return Err(format!("`{s}` has an unclosed `{{`"));
+            return Err(&rest[start..]);
         };
         let token = &rest[start..start + len + 1];
-        let known = PLACEHOLDERS.contains(&token)
-            || token
+        let is_env = env
+            && token
                 .strip_prefix("{env.")
                 .and_then(|t| t.strip_suffix('}'))
                 .is_some_and(is_env_name);
-        if !known {
-            return Err(format!(
-                "unknown placeholder `{token}`: use {{port}}, {{instance}}, {{service}}, {{branch}} or {{env.NAME}}"
-            ));
+        if !(known.contains(&token) || is_env) {
+            return Err(token);
         }
         rest = &rest[start + len + 1..];
     }
@@ -275,23 +299,6 @@ fn settings_of(
     })
 }
 
-fn check_store_placeholders(s: &str) -> Result<(), String> {
-    let mut rest = s;
-    while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else {
-            return Err(format!("`{s}` has an unclosed `{{`"));
-        };
-        let token = &rest[start..start + len + 1];
-        if !["{store}", "{branch}", "{kind}", "{name}", "{baseline}"].contains(&token) {
-            return Err(format!(
-                "unknown placeholder `{token}`: use {{store}}, {{branch}}, {{kind}}, {{name}} or {{baseline}}"
-            ));
-        }
-        rest = &rest[start + len + 1..];
-    }
-    Ok(())
-}
-
 impl Config {
     /// Org-wide lifecycle settings with defaults filled in.
     pub fn lifecycle(&self) -> Lifecycle {
@@ -337,7 +344,7 @@ mod tests {
         assert!(check_placeholders("{env.DATABASE_URL}/x").is_ok());
         assert!(check_placeholders("{nope}").is_err());
         assert!(check_placeholders("{env.}").is_err());
-        assert!(check_placeholders("{port").is_err());
+        assert!(check_placeholders("{port").is_err_and(|e| e.contains("unclosed")));
         assert!(check_store_placeholders("mk {store} {branch} {name}").is_ok());
         assert!(check_store_placeholders("{port}").is_err());
     }
