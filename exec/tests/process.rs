@@ -610,3 +610,40 @@ async fn an_instance_ensured_again_after_a_stop_answers_at_its_old_address() {
     assert_ne!(pid2, pid);
     exec.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_command_starts_the_configured_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("python3"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let mut opts = options(dir.path());
+    opts.self_exe = Some(python);
+    let exec = ProcessExecutor::new(opts).await.unwrap();
+    let mut s = spec(ID_A, "serve");
+    if let Some(run) = s.run.as_mut() {
+        run.command = microstax_exec::process::SELF_COMMAND.into();
+    }
+    exec.ensure(&s).unwrap();
+    let (addr, _, _) = ready(&exec, ID_A).await;
+    assert!(get(addr, "/").await.ends_with("hello world from orders"));
+    exec.shutdown().await;
+
+    // without a known program, the start fails with the reason
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.self_exe = None;
+    opts.backoff.give_up_after = 1;
+    let exec = ProcessExecutor::new(opts).await.unwrap();
+    exec.ensure(&s).unwrap();
+    let seen = wait_until(&exec, "failed", |o| {
+        matches!(o[0].state, InstanceState::Failed { .. })
+    })
+    .await;
+    let InstanceState::Failed { reason, .. } = &seen[0].state else {
+        unreachable!()
+    };
+    assert!(reason.contains("path is unknown"), "{reason}");
+    exec.shutdown().await;
+}

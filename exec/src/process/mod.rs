@@ -18,7 +18,7 @@ mod spawner;
 mod supervise;
 
 pub(crate) use fill::{fill, Values};
-pub use options::{Backoff, Ports, ProcessOptions};
+pub use options::{Backoff, Ports, ProcessOptions, SELF_COMMAND};
 
 use crate::error::ExecError;
 use crate::executor::{BoxFuture, Executor};

@@ -71,7 +71,14 @@ pub struct ProcessOptions {
     /// Pass the executor's own environment to children, under the instance's (default true).
     /// When false, children get only `PATH` from it.
     pub inherit_env: bool,
+    /// What a `run:` command of exactly [`SELF_COMMAND`] starts: the running program (default
+    /// `std::env::current_exe()`), so a config can name the `microstax` binary that runs it
+    /// wherever it is installed (the demo's instances are `microstax demo-service`).
+    pub self_exe: Option<PathBuf>,
 }
+
+/// The `run:` command that stands for [`ProcessOptions::self_exe`].
+pub const SELF_COMMAND: &str = "{microstax}";
 
 impl ProcessOptions {
     /// Options with the defaults above, keeping records in `state_dir` and logs in `log_dir`.
@@ -86,6 +93,7 @@ impl ProcessOptions {
             probe_interval: Duration::from_millis(100),
             parent_death_signal: true,
             inherit_env: true,
+            self_exe: std::env::current_exe().ok(),
         }
     }
 }

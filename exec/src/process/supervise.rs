@@ -251,13 +251,14 @@ fn build(
     let err_log = log
         .try_clone()
         .map_err(|e| format!("cannot share the log file: {e}"))?;
+    let program = program(&inner.opts, run)?;
     let mut command = match &inner.setpriv {
         Some(setpriv) => {
             let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&run.command);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(program);
             c
         }
-        None => Command::new(&run.command),
+        None => Command::new(program),
     };
     command.args(args);
     if !inner.opts.inherit_env {
@@ -274,6 +275,20 @@ fn build(
         .process_group(0)
         .kill_on_drop(true);
     Ok(command)
+}
+
+/// The program a start runs: `run.command`, or the running binary for [`SELF_COMMAND`].
+pub(super) fn program<'a>(
+    opts: &'a super::ProcessOptions,
+    run: &'a RunSpec,
+) -> Result<&'a std::ffi::OsStr, String> {
+    if run.command != super::options::SELF_COMMAND {
+        return Ok(run.command.as_ref());
+    }
+    opts.self_exe
+        .as_deref()
+        .map(std::path::Path::as_os_str)
+        .ok_or_else(|| format!("{}: the running program's path is unknown", run.command))
 }
 
 /// Move a log past its bound to `<name>.log.1` (the previous one is replaced).
