@@ -32,13 +32,14 @@ pub(crate) enum ExecutorKind {
 /// Flags of the executor.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct ExecArgs {
-    /// What carries the plans out.
-    #[arg(long, value_enum, default_value = "none")]
-    pub(crate) executor: ExecutorKind,
+    /// What carries the plans out (default: none for `run`, process for `demo`).
+    #[arg(long, value_enum)]
+    pub(crate) executor: Option<ExecutorKind>,
     /// The process executor's records and instance logs (`state/`, `logs/`), and the record
-    /// of created branch stores.
-    #[arg(long, default_value = ".microstax")]
-    pub(crate) state_dir: PathBuf,
+    /// of created branch stores (default: `.microstax` for `run`; for `demo`, a directory of
+    /// its own under the system's temporary directory, removed at exit).
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
     /// The kubernetes executor's output directory (stdout when absent).
     #[arg(long)]
     pub(crate) render_dir: Option<PathBuf>,
@@ -47,22 +48,52 @@ pub(crate) struct ExecArgs {
     pub(crate) namespace: Option<String>,
 }
 
-/// The runtime for `args`, or `None` with `--executor none`.
-pub(crate) async fn build(args: &ExecArgs, cfg: &Config) -> Result<Option<Arc<Runtime>>> {
-    let executor: Arc<dyn Executor> = match args.executor {
+/// A state directory of the demo's own, removed when the demo exits.
+pub(crate) struct DemoState(PathBuf);
+
+impl Drop for DemoState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ExecArgs {
+    /// The executor and state directory these flags choose; `demo` changes the defaults (the
+    /// process executor, and a fresh state directory that the returned guard removes).
+    pub(crate) fn resolve(&self, demo: bool) -> (ExecutorKind, PathBuf, Option<DemoState>) {
+        let kind = self.executor.unwrap_or(if demo {
+            ExecutorKind::Process
+        } else {
+            ExecutorKind::None
+        });
+        match &self.state_dir {
+            Some(dir) => (kind, dir.clone(), None),
+            None if demo && kind == ExecutorKind::Process => {
+                let dir =
+                    std::env::temp_dir().join(format!("microstax-demo-{}", std::process::id()));
+                (kind, dir.clone(), Some(DemoState(dir)))
+            }
+            None => (kind, PathBuf::from(".microstax"), None),
+        }
+    }
+}
+
+/// The runtime for `kind`, or `None` with `--executor none`.
+pub(crate) async fn build(
+    args: &ExecArgs,
+    kind: ExecutorKind,
+    state_dir: &std::path::Path,
+    cfg: &Config,
+) -> Result<Option<Arc<Runtime>>> {
+    let executor: Arc<dyn Executor> = match kind {
         ExecutorKind::None => return Ok(None),
         ExecutorKind::Process => Arc::new(
             ProcessExecutor::new(ProcessOptions::new(
-                args.state_dir.join("state"),
-                args.state_dir.join("logs"),
+                state_dir.join("state"),
+                state_dir.join("logs"),
             ))
             .await
-            .with_context(|| {
-                format!(
-                    "starting the process executor in {}",
-                    args.state_dir.display()
-                )
-            })?,
+            .with_context(|| format!("starting the process executor in {}", state_dir.display()))?,
         ),
         ExecutorKind::Kubernetes => {
             let mut opts = match &args.render_dir {
@@ -78,7 +109,7 @@ pub(crate) async fn build(args: &ExecArgs, cfg: &Config) -> Result<Option<Arc<Ru
         store_plugins(cfg)?,
         ReconcileOptions {
             grace: cfg.lifecycle().grace,
-            store_records: Some(args.state_dir.join("stores.jsonl")),
+            store_records: Some(state_dir.join("stores.jsonl")),
         },
     );
     Ok(Some(Runtime::new(Arc::new(reconciler))))
@@ -125,7 +156,7 @@ pub(crate) async fn keep_converged(
     control: Arc<ControlPlane>,
     proxy: Arc<Proxy>,
     mut wakes: Option<tokio::sync::mpsc::Receiver<Arc<str>>>,
-    metrics: ExpiryMetrics,
+    metrics: EnvironmentMetrics,
 ) {
     let mut changes = runtime.reconciler().executor().changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -145,6 +176,7 @@ pub(crate) async fn keep_converged(
             control.refresh().await;
         }
         let view = runtime.view();
+        metrics.observe(&runtime, &view);
         let now = Instant::now();
         // parked instances (idle, or of a dormant branch) are asleep in the proxy: a request
         // for one sends a wake and is held
@@ -203,15 +235,29 @@ pub(crate) async fn keep_converged(
     }
 }
 
-/// Counters of branch expiry (registered on the proxy's registry).
+/// Metrics of the environments (registered on the proxy's registry): branch expiry, instances
+/// by state and current failures by kind.
 #[derive(Clone)]
-pub(crate) struct ExpiryMetrics {
+pub(crate) struct EnvironmentMetrics {
     expired: prometheus::IntCounterVec,
     notices: prometheus::IntCounter,
+    instances: prometheus::IntGaugeVec,
+    failures: prometheus::IntGaugeVec,
 }
 
-impl ExpiryMetrics {
-    pub(crate) fn new(registry: &prometheus::Registry) -> Result<ExpiryMetrics> {
+/// The `state` label values of `microstax_instances`.
+const STATES: [&str; 7] = [
+    "not_started",
+    "starting",
+    "ready",
+    "failed",
+    "stopping",
+    "rendered",
+    "scaled_to_zero",
+];
+
+impl EnvironmentMetrics {
+    pub(crate) fn new(registry: &prometheus::Registry) -> Result<EnvironmentMetrics> {
         let expired = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "microstax_branches_expired_total",
@@ -223,9 +269,64 @@ impl ExpiryMetrics {
             "microstax_branch_expiry_notices_total",
             "Expiries announced ahead of time",
         )?;
+        let instances = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "microstax_instances",
+                "Instances the live plans need, by state",
+            ),
+            &["state"],
+        )?;
+        let failures = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "microstax_environment_failures",
+                "What stands in the way of the live plans now: a store that could not be created, an instance that failed, a fork that cannot be planned",
+            ),
+            &["kind"],
+        )?;
         registry.register(Box::new(expired.clone()))?;
         registry.register(Box::new(notices.clone()))?;
-        Ok(ExpiryMetrics { expired, notices })
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        Ok(EnvironmentMetrics {
+            expired,
+            notices,
+            instances,
+            failures,
+        })
+    }
+
+    /// Set the gauges from what the runtime knows now.
+    fn observe(&self, runtime: &Runtime, view: &microstax_planner::RuntimeView) {
+        let mut counts = [0i64; STATES.len()];
+        for id in view.desired.instances.keys() {
+            let state = match view.observed.get(id).map(|o| &o.state) {
+                None if runtime.is_parked(id) => 6,
+                None => 0,
+                Some(InstanceState::Starting) => 1,
+                Some(InstanceState::Ready { .. }) => 2,
+                Some(InstanceState::Failed { .. }) => 3,
+                Some(InstanceState::Stopping) => 4,
+                Some(InstanceState::Rendered) => 5,
+            };
+            counts[state] += 1;
+        }
+        for (state, n) in STATES.iter().zip(counts) {
+            self.instances.with_label_values(&[state]).set(n);
+        }
+        let (mut stores, mut instances) = (0, 0);
+        for f in &view.failures {
+            match f {
+                microstax_exec::Failure::Store { .. } => stores += 1,
+                microstax_exec::Failure::Instance { .. } => instances += 1,
+            }
+        }
+        self.failures.with_label_values(&["store"]).set(stores);
+        self.failures
+            .with_label_values(&["instance"])
+            .set(instances);
+        self.failures
+            .with_label_values(&["plan"])
+            .set(view.problems.len() as i64);
     }
 }
 
@@ -248,7 +349,7 @@ async fn expire_branches(
     runtime: &Runtime,
     control: &ControlPlane,
     activity: &microstax_proxy::Activity,
-    metrics: &ExpiryMetrics,
+    metrics: &EnvironmentMetrics,
     st: &mut TtlState,
 ) {
     let cfg = control.config();

@@ -432,3 +432,86 @@ async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
     assert_ne!(v["instances"][0]["pid"].as_u64(), Some(pid), "{v}");
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_settings_keeps_its_users_from_starting_and_says_why() {
+    let base = Upstream::start("base").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir_all(cfg.join("branches")).unwrap();
+    let child = dir.path().join("child.py");
+    std::fs::write(&child, CHILD).unwrap();
+    // `api` uses the postgres store `db`; the org has no `stores:` settings for it
+    std::fs::write(
+        cfg.join("org.yaml"),
+        format!(
+            "kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{}\"]\n    stores: [{{name: db, kind: postgres}}]\n    run:\n      command: python3\n      args: [\"{}\", \"{{port}}\", \"{{instance}}\"]\n",
+            base.addr,
+            child.display()
+        ),
+    )
+    .unwrap();
+    // a migration isolates `db` for the branch
+    std::fs::write(
+        cfg.join("branches/mig.yaml"),
+        "parent: baseline\nservices:\n  api:\n    image: api:2\n    migrations: [{store: db, name: 0001_add}]\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let (child, proxy, admin) = spawn_run_processes(&cfg, &state).await;
+    let c = h1_client();
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    assert_eq!(
+        v["instances"],
+        serde_json::json!([]),
+        "nothing started: {v}"
+    );
+    let failures = v["failures"].as_array().unwrap();
+    let reasons: Vec<&str> = failures
+        .iter()
+        .filter_map(|f| f["reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("isolates store db") && r.contains("no settings")),
+        "{v}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not started") && r.contains("db")),
+        "{v}"
+    );
+    // explain says why, and the branch keeps the baseline's instance
+    let e = get(&c, admin, "/explain?branch=mig&service=api", &[])
+        .await
+        .json();
+    assert!(
+        e["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("not started")),
+        "{e}"
+    );
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "api"), ("x-microstax-branch", "mig")],
+    )
+    .await;
+    assert!(r.text().contains("\"base\""), "{}", r.text());
+    // and a metric counts it
+    let metrics = wait_for(DEADLINE, "the failure gauge", || async {
+        let m = get(&c, admin, "/metrics", &[]).await.text();
+        m.lines()
+            .any(|l| l.starts_with("microstax_environment_failures{kind=\"plan\"} 2"))
+            .then_some(m)
+    })
+    .await;
+    assert!(
+        metrics.contains("microstax_instances{state=\"ready\"} 0"),
+        "{metrics}"
+    );
+    stop_bin(child).await;
+}

@@ -55,16 +55,7 @@ async fn a_migrating_branch_gets_its_own_schema_and_gives_it_back() {
     let cfg = dir.path().join("cfg");
     write_config(&cfg, &base.addr.to_string(), &server.url("orders"));
     let state = dir.path().join("state");
-    let (child, proxy, admin) = spawn_run(
-        &cfg,
-        &[
-            "--executor",
-            "process",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (child, proxy, admin) = spawn_run_processes(&cfg, &state).await;
 
     // the branch declares a migration of orders-db: the plan isolates it (a per-branch schema)
     // and forks orders, which writes it

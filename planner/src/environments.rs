@@ -37,9 +37,18 @@ pub trait Environments: Send + Sync {
 pub type Problems = BTreeMap<(String, String), String>;
 
 /// The desired state of `config`, and what could not be planned, per layer and service.
+///
+/// A forked instance that uses a store gets the connection string of the nearest layer of its
+/// lineage that isolates the store (its own, or an ancestor's whose copy it reuses), else keeps
+/// the baseline's. A store a plan isolates without `stores:` settings cannot be made: it is a
+/// problem of its layer, and the instances that would use it are not started (they would write
+/// to the baseline's store), so their forks stay unplaced and say why.
 pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
     let mut out = Desired::default();
     let mut problems = Problems::new();
+    let mut plans = Vec::new();
+    // per layer: the stores its plan isolates, with the request (None: no settings)
+    let mut isolated: BTreeMap<usize, BTreeMap<String, Option<StoreRequest>>> = BTreeMap::new();
     for layer in config.layers().filter(|l| l.kind != LayerKind::Org) {
         let plan = match planner.plan(config, &layer.name, None) {
             Ok(p) => p,
@@ -51,14 +60,21 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
         let Some(idx) = config.layer_id(&layer.name) else {
             continue;
         };
-        // stores this layer isolates, with settings: (store name) -> request
-        let mut stores: BTreeMap<String, StoreRequest> = BTreeMap::new();
+        let mine = isolated.entry(idx).or_default();
         for e in plan
             .entries
             .iter()
             .filter(|e| e.subject == Subject::Store && matches!(e.decision, Decision::Isolate(_)))
         {
             let Some(s) = config.store_settings(&e.name) else {
+                problems.insert(
+                    (layer.name.clone(), e.name.to_string()),
+                    format!(
+                        "the plan isolates store {} but the org's `stores:` has no settings for it: nothing can create its branch copy",
+                        e.name
+                    ),
+                );
+                mine.insert(e.name.to_string(), None);
                 continue;
             };
             let mode = match (&e.decision, s.copy) {
@@ -76,8 +92,18 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
             };
             out.stores
                 .insert((req.store.clone(), req.branch.clone()), req.clone());
-            stores.insert(e.name.to_string(), req);
+            mine.insert(e.name.to_string(), Some(req));
         }
+        plans.push((layer, idx, plan));
+    }
+    for (layer, idx, plan) in &plans {
+        let lineage = config.lineage(*idx);
+        // the nearest isolation of `store` along the lineage: Some(None) when it has no settings
+        let nearest = |store: &str| -> Option<&Option<StoreRequest>> {
+            lineage
+                .iter()
+                .find_map(|i| isolated.get(i).and_then(|m| m.get(store)))
+        };
         for e in plan
             .entries
             .iter()
@@ -89,18 +115,33 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
             if declared {
                 continue;
             }
-            let Some(eff) = config.effective(idx, &e.name) else {
+            let Some(eff) = config.effective(*idx, &e.name) else {
                 continue;
             };
             let mut store_env = Vec::new();
+            let mut unmade = Vec::new();
             if let Some(svc) = config.service(&e.name) {
                 for st in &svc.stores {
-                    if let (Some(req), Some(s)) =
-                        (stores.get(&st.name), config.store_settings(&st.name))
-                    {
-                        store_env.push((s.env, (req.store.clone(), req.branch.clone())));
+                    match nearest(&st.name) {
+                        Some(Some(req)) => {
+                            if let Some(s) = config.store_settings(&st.name) {
+                                store_env.push((s.env, (req.store.clone(), req.branch.clone())));
+                            }
+                        }
+                        Some(None) => unmade.push(st.name.as_str()),
+                        None => {}
                     }
                 }
+            }
+            if !unmade.is_empty() {
+                problems.insert(
+                    (layer.name.clone(), e.name.to_string()),
+                    format!(
+                        "not started: it needs the branch copy of {}, which nothing can create (no `stores:` settings)",
+                        unmade.join(", ")
+                    ),
+                );
+                continue;
             }
             let id = InstanceId(Arc::from(e.instance.hex()));
             let run = eff.run.as_ref().map(|r| RunSpec {
@@ -362,6 +403,58 @@ impl Runtime {
         }
     }
 
+    /// The planned instance `key` of `service` in `layer` as the executor runs it (state,
+    /// address, pid), and why it is not running when something stands in its way (a planning
+    /// problem, a failed store or start). For `explain`.
+    pub fn status(
+        &self,
+        layer: &str,
+        service: &str,
+        key: InstanceKey,
+    ) -> (Option<String>, Option<String>) {
+        let v = self.view();
+        let id = InstanceId(Arc::from(key.hex()));
+        let mut problem = v
+            .problems
+            .get(&(layer.to_string(), service.to_string()))
+            .or_else(|| v.problems.get(&(layer.to_string(), "*".to_string())))
+            .cloned();
+        for f in &v.failures {
+            match f {
+                Failure::Instance {
+                    id: fid, reason, ..
+                } if *fid == id => {
+                    problem.get_or_insert_with(|| format!("instance {}: {reason}", id.short()));
+                }
+                Failure::Store { key, reason } if &*key.1 == layer => {
+                    problem.get_or_insert_with(|| format!("store {}: {reason}", key.0));
+                }
+                _ => {}
+            }
+        }
+        let Some(d) = v.desired.instances.get(&id) else {
+            return (None, problem);
+        };
+        let o = v.observed.get(&id);
+        let state = match o.map(|o| &o.state) {
+            None if self.is_parked(&id) => "scaled to zero".to_string(),
+            None => "not started".to_string(),
+            Some(s) => state_text(s),
+        };
+        let mut text = format!("{} ({state})", id.short());
+        if let Some(a) = v.placements.get(&id) {
+            text.push_str(&format!(" at {a}"));
+        }
+        if let Some(pid) = o.and_then(|o| o.pid) {
+            text.push_str(&format!(", pid {pid}"));
+        }
+        if d.branches.len() > 1 {
+            let b: Vec<&str> = d.branches.iter().map(|b| &**b).collect();
+            text.push_str(&format!(", shared by {}", b.join(", ")));
+        }
+        (Some(text), problem)
+    }
+
     async fn planner(&self, config: &Config) -> Option<Arc<Planner>> {
         // the planner indexes the org catalog: rebuild it only when the org layer changed
         let org = Arc::as_ptr(config.org()) as usize;
@@ -403,6 +496,22 @@ impl Environments for Runtime {
     }
 }
 
+/// An instance state as `/instances` and `explain` show it.
+fn state_text(s: &microstax_exec::InstanceState) -> String {
+    use microstax_exec::InstanceState as S;
+    match s {
+        S::Starting => "starting".into(),
+        S::Ready { .. } => "ready".into(),
+        S::Failed {
+            reason,
+            gave_up: true,
+        } => format!("failed (gave up): {reason}"),
+        S::Failed { reason, .. } => format!("failed, restarting: {reason}"),
+        S::Stopping => "stopping".into(),
+        S::Rendered => "rendered".into(),
+    }
+}
+
 /// The `/instances` view: every desired instance with the branches that need it, its state,
 /// address, pid and log, and every failure with its reason. With no executor: says so.
 pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
@@ -415,20 +524,8 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
         });
     };
     let v = rt.view();
-    let state_text = |o: Option<&Observed>| match o.map(|o| &o.state) {
-        None => "not started".to_string(),
-        Some(microstax_exec::InstanceState::Starting) => "starting".into(),
-        Some(microstax_exec::InstanceState::Ready { .. }) => "ready".into(),
-        Some(microstax_exec::InstanceState::Failed { reason, gave_up }) => {
-            if *gave_up {
-                format!("failed (gave up): {reason}")
-            } else {
-                format!("failed, restarting: {reason}")
-            }
-        }
-        Some(microstax_exec::InstanceState::Stopping) => "stopping".into(),
-        Some(microstax_exec::InstanceState::Rendered) => "rendered".into(),
-    };
+    let state_text =
+        |o: Option<&Observed>| o.map_or_else(|| "not started".into(), |o| state_text(&o.state));
     let mut instances: Vec<serde_json::Value> = v
         .desired
         .instances

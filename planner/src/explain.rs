@@ -45,10 +45,24 @@ pub struct Explanation {
     pub decision: Option<Entry>,
     /// A warning when the plan and the routing table disagree.
     pub note: Option<String>,
+    /// The planned instance as the executor runs it (a running proxy with an executor only).
+    pub instance: Option<String>,
 }
 
-/// Explain `service` in the branch, team or `baseline` called `branch`.
+/// Explain `service` in the branch, team or `baseline` called `branch`, routing by the table
+/// `config` compiles to without environments (what `microstax explain` shows offline).
 pub fn explain(config: &Config, branch: &str, service: &str) -> Result<Explanation, PlanError> {
+    explain_in(config, &compile(config, 0), branch, service)
+}
+
+/// [`explain`] with the route looked up in `table`, the one actually served (a running proxy's
+/// table routes planned forks to their instances).
+pub fn explain_in(
+    config: &Config,
+    table: &microstax_config::RoutingTable,
+    branch: &str,
+    service: &str,
+) -> Result<Explanation, PlanError> {
     let idx = config
         .layer_id(branch)
         .ok_or_else(|| PlanError::UnknownLayer(branch.to_string()))?;
@@ -61,7 +75,6 @@ pub fn explain(config: &Config, branch: &str, service: &str) -> Result<Explanati
         .filter_map(|&i| config.layer(i))
         .map(|l| l.label.clone())
         .collect();
-    let table = compile(config, 0);
     let route = table
         .services
         .names
@@ -91,7 +104,7 @@ pub fn explain(config: &Config, branch: &str, service: &str) -> Result<Explanati
     let layer = eff.layer.clone();
     let note = match (&decision, &route) {
         (Some(d), Some(r)) if d.decision.is_moved() && r.layer != layer => Some(format!(
-            "the plan needs a {layer} instance of {service}, but no layer from {layer} to {} declares its endpoints: requests go to {}'s upstreams until one does (or the org sets routing.instance_address)",
+            "the plan needs a {layer} instance of {service}, but no layer from {layer} to {} declares its endpoints: requests go to {}'s upstreams until one does, the org sets routing.instance_address, or an executor runs it (`--executor process`)",
             r.layer, r.layer
         )),
         _ => None,
@@ -104,6 +117,7 @@ pub fn explain(config: &Config, branch: &str, service: &str) -> Result<Explanati
         route,
         decision,
         note,
+        instance: None,
     })
 }
 
@@ -143,6 +157,9 @@ impl Explanation {
                 d.reason(usize::MAX)
             ));
         }
+        if let Some(i) = &self.instance {
+            out.push_str(&format!("instance: {i}\n"));
+        }
         if let Some(n) = &self.note {
             out.push_str(&format!("note: {n}\n"));
         }
@@ -170,6 +187,7 @@ impl Explanation {
             })),
             "decision": self.decision.as_ref().map(entry_json),
             "note": self.note,
+            "instance": self.instance,
         })
     }
 }

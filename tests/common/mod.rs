@@ -487,8 +487,30 @@ pub async fn spawn_run(
     spawn_bin(&args, &[]).await
 }
 
-/// Stop a child started by the test (by its pid, through the handle) and wait for it.
+/// [`spawn_run`] with the process executor keeping its state in `state`.
+pub async fn spawn_run_processes(
+    config: &std::path::Path,
+    state: &std::path::Path,
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    let state = state.to_str().expect("utf-8 path");
+    spawn_run(config, &["--executor", "process", "--state-dir", state]).await
+}
+
+/// Stop a child started by the test by its pid: SIGTERM (so it stops its own instances and
+/// removes what it made), SIGKILL if it has not exited within 10 s; and wait for it.
 pub async fn stop_bin(mut child: tokio::process::Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

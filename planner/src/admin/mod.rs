@@ -142,7 +142,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             &crate::environments::instances_json(state.runtime.as_deref()),
         ),
         (Method::GET, "/plan") => reads::plan(&state.control, req.uri().query()),
-        (Method::GET, "/explain") => reads::explain(&state.control, req.uri().query()),
+        (Method::GET, "/explain") => {
+            reads::explain(&state.control, state.runtime.as_deref(), req.uri().query()).await
+        }
         (Method::GET, _) if branch.is_some() => branches::get(&state.control, branch.unwrap_or("")),
         (Method::PUT, _) if branch.is_some() => {
             if let Err(r) = authorize(state, &req) {
