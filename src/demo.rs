@@ -156,7 +156,7 @@ pub async fn start_upstreams(
     proxy: SocketAddr,
 ) -> Result<()> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let context_names = Arc::new(config.settings.context.clone());
+    let context_header: Arc<str> = Arc::from(config.settings.context.header.as_str());
     for (addr, (service, instance)) in instances(config) {
         let listener = match listeners.remove(&addr) {
             Some(l) => l,
@@ -169,7 +169,8 @@ pub async fn start_upstreams(
             instance,
             proxy,
             client: client.clone(),
-            names: context_names.clone(),
+            header: context_header.clone(),
+            extra: serde_json::Map::new(),
         });
         tokio::spawn(serve_app(listener, app));
     }
@@ -181,7 +182,69 @@ struct DemoApp {
     instance: String,
     proxy: SocketAddr,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    names: Arc<microstax_config::model::ContextSettings>,
+    /// The branch header to propagate (the config's `context.header`).
+    header: Arc<str>,
+    /// More fields of every answer (a process instance's pid and database).
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `microstax demo-service`: one demo upstream as a process of its own, as the process executor
+/// starts the demo's branch-local instances.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServiceArgs {
+    /// The service it answers for.
+    #[arg(long)]
+    service: String,
+    /// The instance it names in its answers (e.g. `branch/feature-a`).
+    #[arg(long)]
+    instance: String,
+    /// The instance's content address (short form), named in its answers as `instance_id`.
+    #[arg(long)]
+    id: Option<String>,
+    /// The loopback port to listen on.
+    #[arg(long)]
+    port: u16,
+    /// Where `web` sends its calls (default: `$UPSTREAM_VIA`, else http://127.0.0.1:8080).
+    #[arg(long)]
+    proxy: Option<String>,
+    /// The branch header to propagate.
+    #[arg(long, default_value = "x-microstax-branch")]
+    context_header: String,
+}
+
+/// Serve one demo upstream until the process is stopped. Answers also name the process's pid
+/// and, when it has one, the `DATABASE_URL` it was given (a branch's isolated store).
+pub async fn serve_service(args: ServiceArgs) -> Result<()> {
+    let via = args
+        .proxy
+        .or_else(|| std::env::var("UPSTREAM_VIA").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let proxy: SocketAddr = via
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("--proxy {via}: not http://IP:PORT"))?;
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, args.port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+    let mut extra = serde_json::Map::new();
+    if let Some(id) = args.id {
+        extra.insert("instance_id".into(), id.into());
+    }
+    extra.insert("pid".into(), std::process::id().into());
+    if let Ok(db) = std::env::var("DATABASE_URL") {
+        extra.insert("database_url".into(), db.into());
+    }
+    let app = Arc::new(DemoApp {
+        service: args.service,
+        instance: args.instance,
+        proxy,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        header: Arc::from(args.context_header.as_str()),
+        extra,
+    });
+    serve_app(listener, app).await;
+    Ok(())
 }
 
 async fn serve_app(listener: TcpListener, app: Arc<DemoApp>) {
@@ -206,7 +269,7 @@ impl DemoApp {
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let ctx_header = get(&self.names.header);
+        let ctx_header = get(&self.header);
         let baggage = get("baggage");
         let mut body = serde_json::json!({
             "service": self.service,
@@ -218,6 +281,9 @@ impl DemoApp {
                 "baggage": baggage,
             },
         });
+        for (k, v) in &self.extra {
+            body[k] = v.clone();
+        }
         if self.service == "web" {
             let mut calls = serde_json::Map::new();
             for callee in ["orders", "payments"] {
@@ -247,7 +313,7 @@ impl DemoApp {
         let uri = format!("http://{}/", self.proxy);
         let mut b = Request::get(uri).header(header::HOST, service);
         if let Some(v) = branch {
-            b = b.header(self.names.header.as_str(), v);
+            b = b.header(&*self.header, v);
         }
         if let Some(v) = baggage {
             b = b.header("baggage", v);

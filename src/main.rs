@@ -113,6 +113,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// One demo upstream as a process of its own: what the demo's `run:` blocks start for a
+    /// branch's own instance (answers with its service, instance, pid and context).
+    DemoService(demo::ServiceArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -212,6 +215,7 @@ fn real_main() -> Result<()> {
             let (cfg, sources) = load_tolerant(&config)?;
             run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
         }),
+        Command::DemoService(args) => runtime()?.block_on(demo::serve_service(args)),
         Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
         Command::Demo {
             net,
@@ -336,9 +340,10 @@ async fn run(
     let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
-    let envs = environments::build(exec, &cfg).await?;
-    let expiry_metrics =
-        environments::ExpiryMetrics::new(&registry).context("registering expiry metrics")?;
+    let (kind, state_dir, _demo_state) = exec.resolve(demo_listeners.is_some());
+    let envs = environments::build(exec, kind, &state_dir, &cfg).await?;
+    let expiry_metrics = environments::EnvironmentMetrics::new(&registry)
+        .context("registering environment metrics")?;
     let control = ControlPlane::with_environments(
         cfg.clone(),
         Arc::new(ProxySink(proxy.clone())),

@@ -45,8 +45,8 @@ async fn demo_shows_a_whole_request_tree() {
     assert_eq!(j["service"], "web");
     assert_eq!(j["instance"], "baseline");
     assert_eq!(
-        j["calls"]["orders"]["instance"], "branch/feature-a",
-        "feature-b inherits orders from feature-a"
+        j["calls"]["orders"]["instance"], "branch/feature-b",
+        "feature-b's plan forks orders (it references inventory, which feature-b forks)"
     );
     assert_eq!(
         j["calls"]["orders"]["context"]["branch_header"], "feature-b",
@@ -239,7 +239,7 @@ async fn plan_and_explain_on_the_written_demo() {
         "{text}"
     );
     assert!(
-        text.contains("image changed in branch/feature-a (branches/feature-a.yaml:5)"),
+        text.contains("image changed in branch/feature-a (branches/feature-a.yaml:4)"),
         "{text}"
     );
     assert!(text.contains("payments        service   reuse"), "{text}");
@@ -272,7 +272,7 @@ async fn plan_and_explain_on_the_written_demo() {
         .expect("explain");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("branch/feature-a (branches/feature-a.yaml:5)"),
+        text.contains("branch/feature-a (branches/feature-a.yaml:4)"),
         "{text}"
     );
     // an unknown branch is a one-line error and exit 1
