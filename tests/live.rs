@@ -8,141 +8,35 @@
 
 mod common;
 
+use common::live::*;
 use common::*;
 use http::Method;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "s3cret-token";
-const DEADLINE: Duration = Duration::from_secs(10);
-
-struct Live {
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    client: TestClient,
-    base: Upstream,
-    v1: Upstream,
-    v2: Upstream,
+trait Metrics {
+    async fn metrics(&self) -> BTreeMap<String, f64>;
 }
 
-fn org(base: SocketAddr) -> String {
-    format!("kind: org\nrouting: {{debug_header: true}}\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{base}\"]\n")
-}
-
-fn branch(parent: &str, endpoint: SocketAddr, extra: &str) -> String {
-    format!("parent: {parent}\nservices:\n  api:\n    endpoints: [\"{endpoint}\"]\n{extra}")
-}
-
-/// Lay out `root` as a config directory.
-fn write_config(root: &Path, org_text: &str, branches: &[(&str, String)]) {
-    std::fs::create_dir_all(root.join("branches")).expect("mkdir");
-    std::fs::write(root.join("org.yaml"), org_text).expect("write org");
-    for (name, text) in branches {
-        std::fs::write(root.join("branches").join(format!("{name}.yaml")), text)
-            .expect("write branch");
-    }
-}
-
-impl Live {
-    async fn start() -> Live {
-        Live::start_in(
-            |root, base, v1| write_config(root, &org(base), &[("dev", branch("baseline", v1, ""))]),
-            None,
-        )
-        .await
-    }
-
-    /// Start with the config laid out by `layout`; `config_path` overrides the path given to
-    /// `--config` (relative to the temp dir).
-    async fn start_in(
-        layout: impl FnOnce(&Path, SocketAddr, SocketAddr),
-        config_path: Option<&str>,
-    ) -> Live {
-        let base = Upstream::start("base").await;
-        let v1 = Upstream::start("v1").await;
-        let v2 = Upstream::start("v2").await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        layout(dir.path(), base.addr, v1.addr);
-        let cfg: PathBuf =
-            config_path.map_or_else(|| dir.path().to_path_buf(), |p| dir.path().join(p));
-        let cfg = cfg.to_str().expect("utf8").to_string();
-        let (child, proxy, admin) = spawn_bin(
-            &[
-                "run",
-                "--config",
-                &cfg,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-            ],
-            &[("MICROSTAX_ADMIN_TOKEN", TOKEN)],
-        )
-        .await;
-        Live {
-            dir,
-            child: Some(child),
-            proxy,
-            admin,
-            client: h1_client(),
-            base,
-            v1,
-            v2,
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    async fn upstream_for(&self, branch: &str) -> String {
-        let r = get(
-            &self.client,
-            self.proxy,
-            "/",
-            &[("host", "api"), ("x-microstax-branch", branch)],
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.upstream()
-    }
-
-    /// Poll until requests for `branch` reach `want`.
-    async fn wait_route(&self, branch: &str, want: &str) {
-        wait_for(DEADLINE, &format!("{branch} -> {want}"), || async {
-            (self.upstream_for(branch).await == want).then_some(())
-        })
-        .await;
-    }
-
-    async fn admin(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut h = vec![];
-        if let Some(a) = &auth {
-            h.push(("authorization", a.as_str()));
-        }
-        send(&self.client, method, self.admin, path, &h, body).await
-    }
-
+impl Metrics for Live {
     async fn metrics(&self) -> BTreeMap<String, f64> {
         let r = self.admin(Method::GET, "/metrics", None, "").await;
         assert_eq!(r.status, 200);
         parse_prometheus(&r.text())
     }
+}
 
-    async fn stop(mut self) {
-        if let Some(c) = self.child.take() {
-            stop_bin(c).await;
-        }
-    }
+/// [`Live::start_in`] with two workers and one branch `dev` on `v1`.
+async fn start() -> Live {
+    Live::start_in(
+        |root, u| write_config(root, &org(u.base), &[("dev", branch("baseline", u.v1, ""))]),
+        None,
+        2,
+    )
+    .await
 }
 
 /// Strict parse of the Prometheus text format: every line is a comment (`# HELP`/`# TYPE`) or
@@ -202,7 +96,7 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_edit_rename_and_delete_change_routing() {
-    let live = Live::start().await;
+    let live = start().await;
     assert_eq!(live.upstream_for("dev").await, "v1");
 
     // edit in place
@@ -228,9 +122,9 @@ async fn configmap_symlink_swap_changes_routing() {
     // the layout a Kubernetes ConfigMap volume uses: files are symlinks through `..data`,
     // which is itself a symlink to a timestamped directory, swapped atomically on update
     let live = Live::start_in(
-        |root, base, v1| {
+        |root, u| {
             let v = root.join("cm/..2026_01");
-            write_config(&v, &org(base), &[("dev", branch("baseline", v1, ""))]);
+            write_config(&v, &org(u.base), &[("dev", branch("baseline", u.v1, ""))]);
             std::os::unix::fs::symlink("..2026_01", root.join("cm/..data")).expect("..data");
             std::os::unix::fs::symlink("..data/org.yaml", root.join("cm/org.yaml"))
                 .expect("org link");
@@ -238,6 +132,7 @@ async fn configmap_symlink_swap_changes_routing() {
                 .expect("branches link");
         },
         Some("cm"),
+        2,
     )
     .await;
     assert_eq!(live.upstream_for("dev").await, "v1");
@@ -256,7 +151,7 @@ async fn configmap_symlink_swap_changes_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_file_is_rejected_and_routing_stays() {
-    let live = Live::start().await;
+    let live = start().await;
     let dev = live.root().join("branches/dev.yaml");
     std::fs::write(&dev, branch("no-such-parent", live.v2.addr, "")).expect("bad edit");
     wait_for(DEADLINE, "a counted rejection", || async {
@@ -292,7 +187,7 @@ async fn invalid_file_is_rejected_and_routing_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_reads_writes_and_token() {
-    let live = Live::start().await;
+    let live = start().await;
     let body = format!(
         "parent: dev\nservices:\n  api: {{endpoints: [\"{}\"]}}\n",
         live.v2.addr
@@ -414,7 +309,7 @@ async fn admin_api_reads_writes_and_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_requests() {
-    let live = Live::start().await;
+    let live = start().await;
     for _ in 0..7 {
         assert_eq!(live.upstream_for("dev").await, "v1");
     }
@@ -440,7 +335,7 @@ async fn metrics_parse_and_count_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_policies_and_prewarming() {
-    let live = Live::start().await;
+    let live = start().await;
     let dead: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
@@ -558,7 +453,7 @@ fn generation_of(r: &Reply) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_loss_under_200_swaps() {
-    let live = Live::start().await;
+    let live = start().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();

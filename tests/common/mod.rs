@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod live;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An upstream that answers JSON describing what it received.
