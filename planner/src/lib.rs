@@ -6,11 +6,13 @@
 //! (file watcher, admin API).
 
 pub mod admin;
+mod budget;
 pub mod compile;
 pub mod control;
 pub mod cost;
 mod decision;
 pub mod diff;
+pub mod economy;
 mod engine;
 pub mod environments;
 pub mod error;
