@@ -32,6 +32,7 @@ pub use control::{Applied, Change, ChangeSource, ControlPlane, TableSink};
 pub use cost::{CostModel, DefaultCostModel, Resources};
 pub use decision::{Cause, Decision, Isolation, Subject};
 pub use diff::{diff_service, ChangeKind, FieldChange, ServiceDiff};
+pub use economy::{Chosen, Economics};
 pub use environments::{Environments, Runtime, RuntimeView};
 pub use error::PlanError;
 pub use explain::{explain, Explanation, RouteView};

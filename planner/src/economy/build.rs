@@ -126,7 +126,7 @@ impl Builder<'_> {
             schema = schema.not_allowed(format!("{kind} has no per-branch schemas"));
         }
         let (policy, origin) = self.config.schema_policy(&e.name);
-        let at = origin.map_or_else(String::new, |o| format!(" ({o})"));
+        let at = origin.map_or_else(String::new, |o| format!(": {o}"));
         match policy {
             SchemaPolicy::Always => {}
             SchemaPolicy::Never => {
