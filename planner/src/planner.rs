@@ -4,6 +4,7 @@
 
 use crate::cost::{CostModel, DefaultCostModel, Resources};
 use crate::decision::{Decision, Isolation, Subject};
+use crate::economy::Quality;
 use crate::engine::{base, Base, Engine, LayerPlan, View};
 use crate::error::PlanError;
 use crate::git::SourceChanges;
@@ -88,7 +89,7 @@ impl Planner {
             .layer_id(branch)
             .ok_or_else(|| PlanError::UnknownLayer(branch.to_string()))?;
         let others = self.team_usage(config, idx)?;
-        crate::economy::choose(self, config, idx, &mut plan, others);
+        crate::economy::choose(self, config, idx, &mut plan, others, Quality::Explained);
         Ok(plan)
     }
 
@@ -107,7 +108,7 @@ impl Planner {
                 continue;
             }
             let mut p = self.plan_rules(config, &l.name, None)?;
-            crate::economy::choose(self, config, lid, &mut p, None);
+            crate::economy::choose(self, config, lid, &mut p, None, Quality::Optimum);
             used.cost = used.cost.saturating_add(p.economics.cost);
             used.instances += p.economics.instances;
         }
@@ -116,7 +117,8 @@ impl Planner {
 
     /// Plan every team and branch at once, each within its team's budget given what the
     /// team's other layers use (linear in the layers: each is solved once without budgets,
-    /// then once more with its team's budget if it has one).
+    /// then once more with its team's budget if it has one). For running the plans: the
+    /// choices are exact, but their reasons and runner-ups are not computed (`unresolved`).
     pub fn plan_every(&self, config: &Config) -> Vec<(LayerIdx, Result<Plan, PlanError>)> {
         let mut out: Vec<(LayerIdx, Result<Plan, PlanError>)> = Vec::new();
         let mut by_team: BTreeMap<LayerIdx, Usage> = BTreeMap::new();
@@ -125,7 +127,7 @@ impl Planner {
                 continue;
             };
             let plan = self.plan_rules(config, &l.name, None).map(|mut p| {
-                crate::economy::choose(self, config, lid, &mut p, None);
+                crate::economy::choose(self, config, lid, &mut p, None, Quality::Optimum);
                 p
             });
             if let (Ok(p), Some(b)) = (&plan, config.budget(lid)) {
@@ -144,13 +146,14 @@ impl Planner {
                 instances: all.instances.saturating_sub(p.economics.instances),
                 cost: all.cost.saturating_sub(p.economics.cost),
             };
-            crate::economy::choose(self, config, *lid, p, Some(others));
+            crate::economy::choose(self, config, *lid, p, Some(others), Quality::Optimum);
         }
         out
     }
 
-    /// The rules' plan, before the solver chooses among alternatives.
-    fn plan_rules(
+    /// The rules' plan, before the solver chooses among alternatives (which services fork,
+    /// which stores and topics are isolated, and why).
+    pub(crate) fn plan_rules(
         &self,
         config: &Config,
         branch: &str,

@@ -331,6 +331,7 @@ pub(crate) fn choose(
     idx: LayerIdx,
     plan: &mut Plan,
     others: Option<Usage>,
+    quality: super::Quality,
 ) {
     let mut b = Builder {
         planner,
@@ -372,7 +373,15 @@ pub(crate) fn choose(
         ..Economics::default()
     };
     let p = &b.problem;
-    let solution = match Solver::default().solve(p) {
+    let solver = match quality {
+        super::Quality::Explained => Solver::default(),
+        super::Quality::Optimum => Solver {
+            runner_ups: false,
+            bindings: false,
+            ..Solver::default()
+        },
+    };
+    let solution = match solver.solve(p) {
         Ok(s) => Some(s),
         Err(SolveError::Infeasible(inf)) => {
             let without = inf.cheapest_without_budgets.as_deref().map(|s| {

@@ -11,6 +11,15 @@ mod build;
 pub use crate::solve::Usage;
 pub(crate) use build::choose;
 
+/// How much of the solver's explanation a plan needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quality {
+    /// The exact optimum only (for running plans and counting a team's use).
+    Optimum,
+    /// The optimum with every binding reason and exact runner-up (for people).
+    Explained,
+}
+
 use crate::solve::Baselines;
 use std::sync::Arc;
 
