@@ -119,7 +119,7 @@ fn economics_text(x: &Economics) -> String {
             .checked_div(t.cost)
             .unwrap_or(0);
         format!(
-            "  {name:<34} {:>9}/h  {:>2} instances  (plan saves {pct}%)\n",
+            "  {name:<36} {:>9}/h  {:>2} instances  (plan saves {pct}%)\n",
             money(t.cost),
             t.instances
         )
