@@ -16,12 +16,22 @@ use crate::solve::{
 };
 use microstax_config::economics::{Prices, SchemaPolicy, DEFAULT_COLD_START_MS};
 use microstax_config::{Config, LayerIdx};
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 /// Prices of one instance of `r` per hour, in micro-units.
 fn price(p: &Prices, r: Resources) -> u64 {
     let cpu = r.cpu_m.saturating_mul(p.cpu_core_hour.micros);
     let mem = r.memory_mi.saturating_mul(p.gib_hour.micros);
     (cpu.saturating_add(499) / 1000).saturating_add(mem.saturating_add(511) / 1024)
+}
+
+fn subject_slot(s: Subject) -> usize {
+    match s {
+        Subject::Service => 0,
+        Subject::Store => 1,
+        Subject::Topic => 2,
+    }
 }
 
 fn is_derived(c: &Cause) -> bool {
@@ -32,6 +42,8 @@ fn is_derived(c: &Cause) -> bool {
 }
 
 struct Builder<'a> {
+    /// Decisions by name, per subject (service, store, topic).
+    by_name: [FxHashMap<Arc<str>, usize>; 3],
     planner: &'a Planner,
     config: &'a Config,
     idx: LayerIdx,
@@ -44,11 +56,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn entry_decision(&self, plan: &Plan, name: &str, subject: Subject) -> Option<usize> {
-        plan.entries
-            .iter()
-            .position(|e| e.subject == subject && &*e.name == name)
-            .and_then(|i| self.decision[i])
+    fn entry_decision(&self, name: &str, subject: Subject) -> Option<usize> {
+        self.by_name[subject_slot(subject)].get(name).copied()
     }
 
     fn service(&self, plan: &Plan, e: &Entry) -> (DecisionVar, u32) {
@@ -234,7 +243,7 @@ impl Builder<'_> {
                     _ => continue,
                 };
                 let reason = Reason::new(format!("{}: {c}", e.name));
-                match self.entry_decision(plan, target, subject) {
+                match self.entry_decision(target, subject) {
                     Some(t) => {
                         let triggers: Vec<usize> = self.problem.decisions[t]
                             .alternatives
@@ -309,14 +318,14 @@ impl Builder<'_> {
             });
         }
         let services = cat.len();
+        // stores come after the services, in store order
+        let mut slot = vec![0usize; cat.stores.len()];
+        for (pos, &x) in cat.store_order.iter().enumerate() {
+            slot[x as usize] = services + pos;
+        }
         for (s, node) in nodes.iter_mut().enumerate().take(services) {
             let mut calls: Vec<usize> = cat.deps[s].iter().map(|&d| d as usize).collect();
-            // stores come after the services, in store order
-            for &x in &cat.uses[s] {
-                if let Some(pos) = cat.store_order.iter().position(|&y| y == x) {
-                    calls.push(services + pos);
-                }
-            }
+            calls.extend(cat.uses[s].iter().map(|&x| slot[x as usize]));
             node.calls = calls;
         }
         Topology { nodes }
@@ -334,6 +343,7 @@ pub(crate) fn choose(
     quality: super::Quality,
 ) {
     let mut b = Builder {
+        by_name: Default::default(),
         planner,
         config,
         idx,
@@ -356,6 +366,11 @@ pub(crate) fn choose(
         b.decision[i] = Some(b.problem.decisions.len());
         b.problem.decisions.push(var);
     }
+    for (e, d) in plan.entries.iter().zip(&b.decision) {
+        if let Some(d) = d {
+            b.by_name[subject_slot(e.subject)].insert(e.name.clone(), *d);
+        }
+    }
     b.implications(plan);
     let budget = config.budget(idx);
     if let (Some(bu), Some(used)) = (&budget, others) {
@@ -367,8 +382,13 @@ pub(crate) fn choose(
             already_used: used,
         });
     }
+    // the baselines are for people; a plan that is only run does without them
+    let baselines = match quality {
+        super::Quality::Explained => crate::solve::baselines(&b.topology(plan)),
+        super::Quality::Optimum => Default::default(),
+    };
     let mut econ = Economics {
-        baselines: crate::solve::baselines(&b.topology(plan)),
+        baselines,
         active_fraction_ppm: b.prices.active_fraction.micros,
         ..Economics::default()
     };
