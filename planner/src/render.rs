@@ -165,6 +165,9 @@ fn economics_json(x: &Economics) -> Value {
         "cost_micros": x.cost,
         "instances": x.instances,
         "active_fraction_ppm": x.active_fraction_ppm,
+        "prices": x.prices.iter().map(|(n, v, o)| json!({
+            "name": n, "micros": v, "origin": o,
+        })).collect::<Vec<_>>(),
         "baselines": {
             "clone_all": totals(&x.baselines.clone_all),
             "fork_dependents": totals(&x.baselines.fork_dependents),

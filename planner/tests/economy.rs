@@ -56,6 +56,12 @@ fn demo_feature_a_chooses_the_schema_and_says_why() {
     assert_eq!(x.cost, 20_350);
     assert!(x.cost < x.baselines.kardinal.cost);
     assert!(x.baselines.kardinal.cost < x.baselines.clone_all.cost);
+    // the prices, with where each was set
+    let j = p.to_json();
+    let cpu = &j["economics"]["prices"][0];
+    assert_eq!(cpu["name"], "cpu_core_hour");
+    assert_eq!(cpu["micros"], 40_000);
+    assert_eq!(cpu["origin"], "default (built-in)");
     // deterministic: the same plan again, and the same JSON
     let again = planner.plan(&cfg, "feature-a", None).unwrap();
     assert_eq!(p, again);

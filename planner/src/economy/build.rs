@@ -387,7 +387,24 @@ pub(crate) fn choose(
         super::Quality::Explained => crate::solve::baselines(&b.topology(plan)),
         super::Quality::Optimum => Default::default(),
     };
+    let pr = &b.prices;
+    let mut prices: Vec<(&'static str, u64, String)> = [
+        ("cpu_core_hour", &pr.cpu_core_hour),
+        ("gib_hour", &pr.gib_hour),
+        ("stores.database_from_template", &pr.database_from_template),
+        ("stores.per_branch_schema", &pr.per_branch_schema),
+        ("stores.share", &pr.share),
+        ("per_branch_topic", &pr.per_branch_topic),
+        ("active_fraction", &pr.active_fraction),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n, p.micros, p.origin.to_string()))
+    .collect();
+    if let Some(f) = &pr.forked_instance {
+        prices.push(("stores.forked_instance", f.micros, f.origin.to_string()));
+    }
     let mut econ = Economics {
+        prices,
         baselines,
         active_fraction_ppm: b.prices.active_fraction.micros,
         ..Economics::default()

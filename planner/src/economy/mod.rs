@@ -138,6 +138,9 @@ pub struct Economics {
     pub error: Option<String>,
     /// The active fraction used for scale-to-zero (parts per million).
     pub active_fraction_ppm: u64,
+    /// The prices the plan was made with: (name, micro-units per hour or parts per million,
+    /// where it was set).
+    pub prices: Vec<(&'static str, u64, String)>,
 }
 
 /// Micro-units as a decimal amount with six digits, trailing zeros trimmed to at least two.
