@@ -188,7 +188,9 @@ fn real_main() -> Result<()> {
                 }
                 None => None,
             };
-            let plan = microstax_planner::plan_branch(&cfg, &branch, changes.as_ref())?;
+            let planner = microstax_planner::Planner::new(&cfg)?;
+            let fleet = planner.plan_all(&cfg)?;
+            let plan = planner.plan_with(&cfg, &branch, changes.as_ref(), Some(&fleet))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
             } else {

@@ -106,6 +106,7 @@ fn branch(j: usize, version: usize) -> ParsedDoc {
             s.migrations = vec![MigrationDoc {
                 store: format!("db{i}"),
                 name: format!("m{j}"),
+                additive: false,
             }];
         }
         if k == 2 && j.is_multiple_of(20) && i % 10 == 0 {

@@ -11,16 +11,29 @@
 //! - a fleet re-plan: 10,000 independent branches of 5 changed services each, each against its
 //!   team's budget (100 teams).
 //!
+//! - the same through the planner on a real config (`Planner::plan`: the rules' plan, the
+//!   problem built from it, the solve and the write-back): one branch overriding the image of
+//!   200 of 2,000 services (migrations on every 10th, a team budget), and `Planner::plan_every`
+//!   over 10,000 branches of 5 overrides each in 100 budgeted teams (timed three times).
+//!
 //! Run: `cargo bench -p microstax-bench --bench solver`
 
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use microstax_config::load::ParsedDoc;
+use microstax_config::schema::{
+    BudgetDoc, Document, LayerKind, MigrationDoc, ResourcesDoc, ServiceDoc, StoreDoc,
+};
+use microstax_config::spans::Spans;
+use microstax_config::Config;
 use microstax_planner::solve::{
     baselines, solve, Alternative, Binding, Budget, Choice, Constraint, DecisionVar, Node, Problem,
     Solver, SubjectKind, Topology, Usage,
 };
+use microstax_planner::Planner;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const SERVICES: usize = 2_000;
 const TOUCHED: usize = 200;
@@ -474,12 +487,145 @@ fn bench(c: &mut Criterion) {
     grp.finish();
 }
 
+fn parsed(file: String, doc: Document) -> ParsedDoc {
+    ParsedDoc {
+        file: Arc::from(file),
+        doc,
+        spans: Arc::new(Spans::default()),
+    }
+}
+
+/// A real config: 2,000 services (each calls up to three lower ones, every 4th owns a postgres
+/// store), 100 teams with a budget, and `branches` branches of `per` image overrides each
+/// (a migration on the first override of every 10th service touched).
+fn world(branches: usize, per: usize) -> Config {
+    let services = (0..SERVICES)
+        .map(|i| {
+            let deps = (1..=3)
+                .filter(|k| i >= k * 7)
+                .map(|k| format!("s{}", i - k * 7))
+                .collect();
+            let s = ServiceDoc {
+                hosts: vec![format!("s{i}")],
+                endpoints: Some(vec![format!("10.0.{}.{}:8080", i / 250, i % 250)]),
+                image: Some(format!("registry/s{i}:1")),
+                resources: Some(ResourcesDoc {
+                    cpu_m: 100 + (i % 4) as u32 * 50,
+                    memory_mi: 128,
+                }),
+                depends_on: deps,
+                stores: if i.is_multiple_of(4) {
+                    vec![StoreDoc {
+                        name: format!("db{i}"),
+                        kind: "postgres".into(),
+                    }]
+                } else {
+                    vec![]
+                },
+                ..ServiceDoc::default()
+            };
+            (format!("s{i}"), s)
+        })
+        .collect();
+    let org = Document {
+        kind: Some(LayerKind::Org),
+        services,
+        ..Document::default()
+    };
+    let mut docs = vec![parsed("org.yaml".into(), org)];
+    for t in 0..TEAMS {
+        docs.push(parsed(
+            format!("teams/t{t}.yaml"),
+            Document {
+                kind: Some(LayerKind::Team),
+                name: Some(format!("t{t}")),
+                parent: Some("baseline".into()),
+                budget: Some(BudgetDoc {
+                    max_instances: Some(100_000),
+                    max_cost_per_hour: None,
+                }),
+                ..Document::default()
+            },
+        ));
+    }
+    for j in 0..branches {
+        let mut services = BTreeMap::new();
+        for k in 0..per {
+            let i = (j * 13 + k * 397) % SERVICES;
+            let mut s = ServiceDoc {
+                image: Some(format!("registry/s{i}:b{j}")),
+                ..ServiceDoc::default()
+            };
+            if k.is_multiple_of(10) && i.is_multiple_of(4) {
+                s.migrations = vec![MigrationDoc {
+                    store: format!("db{i}"),
+                    name: format!("m{j}"),
+                    additive: false,
+                }];
+            }
+            services.insert(format!("s{i}"), s);
+        }
+        docs.push(parsed(
+            format!("branches/b{j}.yaml"),
+            Document {
+                kind: Some(LayerKind::Branch),
+                name: Some(format!("b{j}")),
+                parent: Some(format!("t{}", j % TEAMS)),
+                services,
+                ..Document::default()
+            },
+        ));
+    }
+    Config::build(docs).unwrap()
+}
+
+fn real(c: &mut Criterion) {
+    let one = world(1, TOUCHED);
+    let planner = Planner::new(&one).unwrap();
+    let p = planner.plan(&one, "b0", None).unwrap();
+    let x = &p.economics;
+    eprintln!(
+        "real config, one branch of 200 overrides: {} choices, {} micro/h, {} instances; \
+         clone all {} ({}), fork dependents {} ({}), kardinal {} ({})",
+        p.entries.iter().filter(|e| e.chosen.is_some()).count(),
+        x.cost,
+        x.instances,
+        x.baselines.clone_all.cost,
+        x.baselines.clone_all.instances,
+        x.baselines.fork_dependents.cost,
+        x.baselines.fork_dependents.instances,
+        x.baselines.kardinal.cost,
+        x.baselines.kardinal.instances,
+    );
+    let mut grp = c.benchmark_group("planner+solver");
+    grp.bench_function("Planner::plan, one branch, 200 of 2k services", |b| {
+        b.iter(|| planner.plan(black_box(&one), "b0", None).unwrap())
+    });
+    grp.finish();
+    let fleet = world(BRANCHES, FLEET_TOUCHED);
+    let planner = Planner::new(&fleet).unwrap();
+    for run in 0..3 {
+        let t0 = std::time::Instant::now();
+        let plans = planner.plan_every(&fleet);
+        let took = t0.elapsed();
+        let cost: u64 = plans
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok())
+            .map(|p| p.economics.cost)
+            .sum();
+        eprintln!(
+            "real config, Planner::plan_every over {} layers (10k branches, 100 teams), run {run}: {took:?} ({cost} micro/h in all)",
+            plans.len()
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(4));
-    targets = bench
+    targets = bench, real
 }
 criterion_main!(benches);

@@ -207,10 +207,33 @@ pub(crate) fn check_stores(doc: &ParsedDoc, report: &mut Report) {
             );
             continue;
         };
+        if let Some(v) = &s.per_branch_schema {
+            if crate::economics::schema_policy(v).is_none() {
+                report.at(
+                    doc,
+                    &format!("{base}.per_branch_schema"),
+                    format!("unknown value `{v}`: use always, additive or never"),
+                );
+            }
+        }
+        if !has_plugin_settings(s) {
+            // only economic facts (per_branch_schema): no plugin makes the copies
+            continue;
+        }
         if let Err((field, why)) = settings_of(name, &kind, s) {
             report.at(doc, &format!("{base}.{field}"), why);
         }
     }
+}
+
+/// Whether a `stores:` entry says how copies are made (anything but `per_branch_schema`).
+fn has_plugin_settings(s: &StoreSettingsDoc) -> bool {
+    s.plugin.is_some()
+        || s.url.is_some()
+        || s.mode.is_some()
+        || s.env.is_some()
+        || !s.create.is_empty()
+        || !s.delete.is_empty()
 }
 
 fn catalog_kind(doc: &ParsedDoc, store: &str) -> Option<String> {
@@ -328,7 +351,11 @@ impl Config {
     /// How branch copies of `store` are made, if the org layer says.
     pub fn store_settings(&self, store: &str) -> Option<StoreSettings> {
         let doc = &self.org().doc;
-        let s = doc.doc.stores.get(store)?;
+        let s = doc
+            .doc
+            .stores
+            .get(store)
+            .filter(|s| has_plugin_settings(s))?;
         let kind = catalog_kind(doc, store)?;
         settings_of(store, &kind, s).ok()
     }

@@ -4,6 +4,7 @@
 //! (re-exported here) so that the data plane builds without this crate and its YAML parsers.
 
 mod catalog;
+pub mod economics;
 pub mod environments;
 pub mod error;
 mod lineage;

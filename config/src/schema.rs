@@ -35,6 +35,54 @@ pub struct Document {
     /// Org only: how branch copies of the catalog's stores are made, by store name.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreSettingsDoc>,
+    /// Org: what branch environments cost (the cheapest-plan solver prices alternatives with
+    /// it). A team may override any price for its branches.
+    pub prices: Option<PricesDoc>,
+    /// Team only: limits across all of the team's live branches (and the team layer itself).
+    pub budget: Option<BudgetDoc>,
+}
+
+/// Prices, per hour, in one currency unit of the operator's choosing (the plan prints them with
+/// up to six decimals). Unset prices keep the built-in defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PricesDoc {
+    /// One CPU core for an hour (default 0.04).
+    pub cpu_core_hour: Option<f64>,
+    /// One GiB of memory for an hour (default 0.005).
+    pub gib_hour: Option<f64>,
+    /// Per store alternative, per hour.
+    pub stores: Option<StorePricesDoc>,
+    /// A per-branch topic on the shared broker, per hour (default 0.0001).
+    pub per_branch_topic: Option<f64>,
+    /// The expected share of the time a branch is in use, in (0, 1] (default 0.25): what a
+    /// service scaled to zero costs against one kept warm.
+    pub active_fraction: Option<f64>,
+}
+
+/// What each way of isolating a store costs per hour.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorePricesDoc {
+    /// A forked instance of the store (default: its resources at the CPU and memory prices,
+    /// 250m/512Mi, a cache 100m/256Mi).
+    pub forked_instance: Option<f64>,
+    /// A per-branch database copied from a template on the shared server (default 0.002).
+    pub database_from_template: Option<f64>,
+    /// A per-branch schema on the shared server (default 0.0005).
+    pub per_branch_schema: Option<f64>,
+    /// Sharing the parent's store (default 0).
+    pub share: Option<f64>,
+}
+
+/// A team's limits across all of its live branches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetDoc {
+    /// At most this many branch-local instances (services, replicas and forked stores).
+    pub max_instances: Option<u64>,
+    /// At most this cost per hour, at the team's prices.
+    pub max_cost_per_hour: Option<f64>,
 }
 
 /// Lifecycle of branch environments.
@@ -66,6 +114,10 @@ pub struct StoreSettingsDoc {
     /// The env variable of each using service that receives the branch's connection string
     /// (default `DATABASE_URL`).
     pub env: Option<String>,
+    /// Whether a branch may get a per-branch schema: `always` (default where the kind has
+    /// schemas), `additive` (only when each of the branch's migrations is `additive`) or
+    /// `never`. Needs no plugin settings of its own.
+    pub per_branch_schema: Option<String>,
     /// Command plugin: the create command (program, then arguments); its last line of output
     /// is the connection string. Placeholders `{store}`, `{branch}`, `{kind}`, `{name}`,
     /// `{baseline}`.
@@ -199,6 +251,14 @@ pub struct ServiceDoc {
     /// Scale to zero: stop a branch-local instance after this many seconds without a request
     /// (absent: keep it running). The next request waits while it starts again.
     pub idle_after_s: Option<u64>,
+    /// Org only: the longest a request may wait for the service to start (milliseconds); a
+    /// branch-local instance whose cold start is longer is kept warm instead of scaled to zero.
+    pub latency_objective_ms: Option<u64>,
+    /// Org only: the service's expected cold start, in milliseconds (default 2000).
+    pub cold_start_ms: Option<u64>,
+    /// Org only: the reliability floor: a branch-local instance runs at least this many
+    /// replicas (default 1).
+    pub min_replicas: Option<u32>,
     /// Environment and config values; merged key by key along the lineage.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -255,6 +315,10 @@ pub struct MigrationDoc {
     pub store: String,
     /// A name or version of the migration.
     pub name: String,
+    /// Whether the migration only adds (columns, tables, indexes), so it may run in a
+    /// per-branch schema where the store allows that for additive migrations only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub additive: bool,
 }
 
 /// A source branch to diff for a branch layer.

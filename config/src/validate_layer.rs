@@ -10,13 +10,16 @@ use crate::values::{readiness_from_doc, Endpoint, LayerIdx};
 use std::sync::Arc;
 
 /// Service fields only the org layer sets.
-const ORG_ONLY: [&str; 6] = [
+const ORG_ONLY: [&str; 9] = [
     "hosts",
     "path_prefixes",
     "depends_on",
     "stores",
     "topics",
     "paths",
+    "latency_objective_ms",
+    "cold_start_ms",
+    "min_replicas",
 ];
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
         if let Some(l) = &doc.doc.lifecycle {
             crate::environments::check_lifecycle(&doc, kind, l, report);
         }
+        crate::economics::check(&doc, kind, report);
         if kind == LayerKind::Team && doc.doc.source.is_some() {
             report.at(&doc, "source", "only branch layers have a source branch");
         }

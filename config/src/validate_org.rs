@@ -39,6 +39,7 @@ impl Config {
                 Some(_) => {}
             }
             check_service_values(&doc, &base, s, report);
+            crate::economics::check_service(&doc, &base, s, report);
             for f in ["local", "migrations", "contracts"] {
                 if doc.spans.has(&format!("{base}.{f}")) {
                     report.at(
@@ -89,6 +90,7 @@ impl Config {
         }
         crate::catalog::check(&doc, report);
         crate::environments::check_stores(&doc, report);
+        crate::economics::check(&doc, LayerKind::Org, report);
         if let Some(l) = &doc.doc.lifecycle {
             crate::environments::check_lifecycle(&doc, LayerKind::Org, l, report);
         }

@@ -362,7 +362,9 @@ impl Compiler {
         let Some(layer) = config.layer(idx) else {
             return;
         };
-        let plan = match planner.plan(config, &layer.name, None) {
+        // routes need only which services fork and their instances, which the rules decide
+        // (the solver chooses how forks run, not whether): no solve on the compile path
+        let plan = match planner.plan_rules(config, &layer.name, None) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(branch = %layer.name, error = %e, "branch not planned");

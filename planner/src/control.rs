@@ -414,7 +414,10 @@ fn apply_org(
         });
     };
     let alone = match current.upsert((**org).clone()) {
-        Ok((cfg, _)) => return Ok((cfg, false)),
+        Ok((cfg, _)) => {
+            crate::budget::check(&cfg, 0, &org.file)?;
+            return Ok((cfg, false));
+        }
         Err(e) => e,
     };
     let mut layers: BTreeMap<&str, ParsedDoc> = current
@@ -443,7 +446,12 @@ fn apply_org(
 
 fn apply_one(cfg: &Config, c: &Change) -> Result<(Config, LayerIdx), ConfigError> {
     match c {
-        Change::Upsert(doc) => cfg.upsert((**doc).clone()),
+        Change::Upsert(doc) => {
+            let (next, id) = cfg.upsert((**doc).clone())?;
+            // a write that takes its team over budget is refused, never trimmed
+            crate::budget::check(&next, id, &doc.file)?;
+            Ok((next, id))
+        }
         Change::Remove { name, origin } => {
             if let Some(idx) = cfg.layer_id(name) {
                 let children: Vec<&str> = cfg

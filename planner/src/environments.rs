@@ -13,7 +13,7 @@ use crate::instance::InstanceKey;
 use crate::planner::Planner;
 use arc_swap::ArcSwap;
 use microstax_config::environments::{StoreCopy, DEFAULT_START_TIMEOUT_MS};
-use microstax_config::{Config, LayerKind};
+use microstax_config::Config;
 use microstax_exec::{
     BoxFuture, Desired, DesiredInstance, Failure, InstanceId, InstanceSpec, Observed, Pass,
     Reconciler, RunSpec, StoreMode, StoreRequest,
@@ -49,16 +49,16 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
     let mut plans = Vec::new();
     // per layer: the stores its plan isolates, with the request (None: no settings)
     let mut isolated: BTreeMap<usize, BTreeMap<String, Option<StoreRequest>>> = BTreeMap::new();
-    for layer in config.layers().filter(|l| l.kind != LayerKind::Org) {
-        let plan = match planner.plan(config, &layer.name, None) {
+    for (idx, plan) in planner.plan_every(config) {
+        let Some(layer) = config.layer(idx) else {
+            continue;
+        };
+        let plan = match plan {
             Ok(p) => p,
             Err(e) => {
                 problems.insert((layer.name.clone(), "*".into()), e.to_string());
                 continue;
             }
-        };
-        let Some(idx) = config.layer_id(&layer.name) else {
-            continue;
         };
         let mine = isolated.entry(idx).or_default();
         for e in plan
@@ -77,9 +77,15 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
                 mine.insert(e.name.to_string(), None);
                 continue;
             };
+            // the solver's choice: a per-branch schema, or a database (from a template unless
+            // the store's settings ask for empty ones)
             let mode = match (&e.decision, s.copy) {
+                (Decision::Isolate(Isolation::Schema), _) => StoreMode::Schema,
+                (Decision::Isolate(Isolation::Database), StoreCopy::Database) => {
+                    StoreMode::Database
+                }
+                (Decision::Isolate(Isolation::Database), _) => StoreMode::DatabaseFromTemplate,
                 (_, StoreCopy::DatabaseFromTemplate) => StoreMode::DatabaseFromTemplate,
-                (Decision::Isolate(Isolation::Schema), StoreCopy::Schema) => StoreMode::Schema,
                 (_, StoreCopy::Schema) => StoreMode::Schema,
                 (_, StoreCopy::Database) => StoreMode::Database,
             };
@@ -173,9 +179,15 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
                 cpu_millis: eff.resources.as_ref().map(|r| r.value.cpu_m),
                 memory_mib: eff.resources.as_ref().map(|r| r.value.memory_mi),
             };
+            // scaled to zero only where the solver chose it (a latency objective may keep it warm)
+            let scaled = e
+                .chosen
+                .as_ref()
+                .is_none_or(|c| &*c.label == crate::economy::labels::SCALED);
             let idle_after = eff
                 .idle_after_s
                 .as_ref()
+                .filter(|_| scaled)
                 .map(|i| Duration::from_secs(i.value));
             let entry = out.instances.entry(id).or_insert_with(|| DesiredInstance {
                 spec,

@@ -6,11 +6,13 @@
 //! (file watcher, admin API).
 
 pub mod admin;
+mod budget;
 pub mod compile;
 pub mod control;
 pub mod cost;
 mod decision;
 pub mod diff;
+pub mod economy;
 mod engine;
 pub mod environments;
 pub mod error;
@@ -30,6 +32,7 @@ pub use control::{Applied, Change, ChangeSource, ControlPlane, TableSink};
 pub use cost::{CostModel, DefaultCostModel, Resources};
 pub use decision::{Cause, Decision, Isolation, Subject};
 pub use diff::{diff_service, ChangeKind, FieldChange, ServiceDiff};
+pub use economy::{Chosen, Economics};
 pub use environments::{Environments, Runtime, RuntimeView};
 pub use error::PlanError;
 pub use explain::{explain, Explanation, RouteView};

@@ -35,6 +35,7 @@
 
 use crate::cost::Resources;
 pub use crate::decision::{Cause, Decision, Isolation, Subject, REASON_PATHS};
+pub use crate::economy::{Chosen, Economics};
 use crate::instance::InstanceKey;
 use std::fmt;
 use std::sync::Arc;
@@ -59,6 +60,12 @@ pub struct Entry {
     /// Other layers that need the identical instance (filled by
     /// [`Plan::annotate_sharing`]).
     pub shared_with: Vec<Arc<str>>,
+    /// What one instance of it requests (a service's `resources`, a forked store's size),
+    /// whatever the decision: the solver and the baselines price it.
+    pub resources: Resources,
+    /// The solver's choice, for each entry with alternatives (a forked service, an isolated
+    /// store or topic).
+    pub chosen: Option<Chosen>,
 }
 
 impl Entry {
@@ -152,6 +159,8 @@ pub struct Plan {
     pub summary: Summary,
     /// The compared source range and how many paths changed, when source changes were given.
     pub source: Option<(Arc<str>, usize)>,
+    /// The solver's totals, baselines and budget.
+    pub economics: Economics,
 }
 
 impl Plan {

@@ -4,13 +4,16 @@
 
 use crate::cost::{CostModel, DefaultCostModel, Resources};
 use crate::decision::{Decision, Isolation, Subject};
+use crate::economy::Quality;
 use crate::engine::{base, Base, Engine, LayerPlan, View};
 use crate::error::PlanError;
 use crate::git::SourceChanges;
 use crate::graph::Catalog;
 use crate::instance::InstanceKey;
 use crate::plan::{Entry, Plan, Summary};
-use microstax_config::{Config, Layer, LayerIdx};
+use crate::solve::Usage;
+use microstax_config::{Config, Layer, LayerIdx, LayerKind};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Plans environments of one org catalog. Building it indexes the catalog and addresses the
@@ -57,8 +60,100 @@ impl Planner {
         })
     }
 
-    /// Plan the branch or team `branch` of `config`, with the changed source paths if known.
+    /// Plan the branch or team `branch` of `config`, with the changed source paths if known:
+    /// the rules' decisions, then the solver's cheapest choice among their alternatives within
+    /// the team's budget (counting what the team's other live layers use).
     pub fn plan(
+        &self,
+        config: &Config,
+        branch: &str,
+        changes: Option<&SourceChanges>,
+    ) -> Result<Plan, PlanError> {
+        self.plan_with(config, branch, changes, None)
+    }
+
+    /// [`Planner::plan`], offering each fork an instance shared with the layers of `fleet`
+    /// that need the identical one.
+    pub fn plan_with(
+        &self,
+        config: &Config,
+        branch: &str,
+        changes: Option<&SourceChanges>,
+        fleet: Option<&crate::fleet::Fleet>,
+    ) -> Result<Plan, PlanError> {
+        let mut plan = self.plan_rules(config, branch, changes)?;
+        if let Some(f) = fleet {
+            plan.annotate_sharing(f);
+        }
+        let idx = config
+            .layer_id(branch)
+            .ok_or_else(|| PlanError::UnknownLayer(branch.to_string()))?;
+        let others = self.team_usage(config, idx)?;
+        crate::economy::choose(self, config, idx, &mut plan, others, Quality::Explained);
+        Ok(plan)
+    }
+
+    /// What the other live layers of `idx`'s budgeted team use, each at its own cheapest plan
+    /// without the budget (`None`: no budget applies).
+    fn team_usage(&self, config: &Config, idx: LayerIdx) -> Result<Option<Usage>, PlanError> {
+        let Some(b) = config.budget(idx) else {
+            return Ok(None);
+        };
+        let mut used = Usage::default();
+        for l in config.layers().filter(|l| l.kind != LayerKind::Org) {
+            let Some(lid) = config.layer_id(&l.name) else {
+                continue;
+            };
+            if lid == idx || config.budget(lid).map(|x| x.team) != Some(b.team) {
+                continue;
+            }
+            let mut p = self.plan_rules(config, &l.name, None)?;
+            crate::economy::choose(self, config, lid, &mut p, None, Quality::Optimum);
+            used.cost = used.cost.saturating_add(p.economics.cost);
+            used.instances += p.economics.instances;
+        }
+        Ok(Some(used))
+    }
+
+    /// Plan every team and branch at once, each within its team's budget given what the
+    /// team's other layers use (linear in the layers: each is solved once without budgets,
+    /// then once more with its team's budget if it has one). For running the plans: the
+    /// choices are exact, but their reasons and runner-ups are not computed (`unresolved`).
+    pub fn plan_every(&self, config: &Config) -> Vec<(LayerIdx, Result<Plan, PlanError>)> {
+        let mut out: Vec<(LayerIdx, Result<Plan, PlanError>)> = Vec::new();
+        let mut by_team: BTreeMap<LayerIdx, Usage> = BTreeMap::new();
+        for l in config.layers().filter(|l| l.kind != LayerKind::Org) {
+            let Some(lid) = config.layer_id(&l.name) else {
+                continue;
+            };
+            let plan = self.plan_rules(config, &l.name, None).map(|mut p| {
+                crate::economy::choose(self, config, lid, &mut p, None, Quality::Optimum);
+                p
+            });
+            if let (Ok(p), Some(b)) = (&plan, config.budget(lid)) {
+                let u = by_team.entry(b.team).or_default();
+                u.cost = u.cost.saturating_add(p.economics.cost);
+                u.instances += p.economics.instances;
+            }
+            out.push((lid, plan));
+        }
+        for (lid, plan) in &mut out {
+            let (Ok(p), Some(b)) = (plan, config.budget(*lid)) else {
+                continue;
+            };
+            let all = by_team.get(&b.team).copied().unwrap_or_default();
+            let others = Usage {
+                instances: all.instances.saturating_sub(p.economics.instances),
+                cost: all.cost.saturating_sub(p.economics.cost),
+            };
+            crate::economy::choose(self, config, *lid, p, Some(others), Quality::Optimum);
+        }
+        out
+    }
+
+    /// The rules' plan, before the solver chooses among alternatives (which services fork,
+    /// which stores and topics are isolated, and why).
+    pub(crate) fn plan_rules(
         &self,
         config: &Config,
         branch: &str,
@@ -139,6 +234,7 @@ impl Planner {
             entries,
             summary: s,
             source: changes.map(|c| (Arc::from(c.range().as_str()), c.paths.len())),
+            economics: Default::default(),
         }
     }
 
@@ -192,6 +288,8 @@ impl Planner {
                 cost,
                 instance,
                 shared_with: Vec::new(),
+                resources,
+                chosen: None,
             });
         }
     }
@@ -200,7 +298,8 @@ impl Planner {
         let target = view.target();
         for &x in &self.catalog.store_order {
             let st = &self.catalog.stores[x as usize];
-            s.clone_cost += self.cost.store(&st.name, &st.kind, Isolation::Instance);
+            let resources = self.cost.store(&st.name, &st.kind, Isolation::Instance);
+            s.clone_cost += resources;
             let (decision, causes, cost, instance) = match target.and_then(|t| t.stores.get(&x)) {
                 Some(m) => {
                     s.stores_isolated += 1;
@@ -232,6 +331,8 @@ impl Planner {
                 cost,
                 instance,
                 shared_with: Vec::new(),
+                resources,
+                chosen: None,
             });
         }
     }
@@ -272,6 +373,8 @@ impl Planner {
                 cost,
                 instance,
                 shared_with: Vec::new(),
+                resources: self.cost.topic(&tp.name),
+                chosen: None,
             });
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::cost::Resources;
 use crate::diff::FieldChange;
+use crate::economy::{money, Chosen, Economics};
 use crate::plan::{Cause, Decision, Entry, Plan, Summary, REASON_PATHS};
 use microstax_config::Origin;
 use serde_json::{json, Value};
@@ -49,6 +50,45 @@ impl Plan {
         out.push('\n');
         out.push_str(&self.summary_line());
         out.push('\n');
+        out.push_str(&self.choices_table());
+        out
+    }
+
+    /// The solver's part: per decision the chosen alternative, its cost, the runner-up and the
+    /// binding reason; the totals against the baselines; the budget.
+    pub fn choices_table(&self) -> String {
+        let mut out = String::new();
+        let rows: Vec<Vec<String>> = self
+            .entries
+            .iter()
+            .filter_map(|e| e.chosen.as_ref().map(|c| (e, c)))
+            .map(|(e, c)| {
+                let mut chosen = c.label.to_string();
+                if c.replicas > 1 {
+                    chosen.push_str(&format!(" x{}", c.replicas));
+                }
+                vec![
+                    e.name.to_string(),
+                    chosen,
+                    money(c.cost),
+                    c.runner_up.as_ref().map_or_else(
+                        || "-".to_string(),
+                        |r| format!("{} {} (+{})", r.label, money(r.cost), money(r.delta)),
+                    ),
+                    c.reason.clone(),
+                ]
+            })
+            .collect();
+        let x = &self.economics;
+        if !rows.is_empty() {
+            out.push_str("\nchoices (cost per hour):\n");
+            out.push_str(&table(
+                &["NAME", "CHOSEN", "COST", "RUNNER-UP (PLAN +)", "BINDING"],
+                &rows,
+            ));
+        }
+        out.push('\n');
+        out.push_str(&economics_text(x));
         out
     }
 
@@ -60,6 +100,7 @@ impl Plan {
             "source": self.source.as_ref().map(|(r, n)| json!({ "range": &**r, "changed_paths": n })),
             "entries": self.entries.iter().map(entry_json).collect::<Vec<_>>(),
             "summary": summary_json(&self.summary),
+            "economics": economics_json(&self.economics),
         })
     }
 }
@@ -69,6 +110,105 @@ fn cost_cell(e: &Entry) -> String {
         Decision::Reuse { .. } => "-".into(),
         _ => e.cost.to_string(),
     }
+}
+
+fn economics_text(x: &Economics) -> String {
+    let b = &x.baselines;
+    let vs = |name: &str, t: &crate::solve::Totals| {
+        let pct = (t.cost.saturating_sub(x.cost).saturating_mul(100))
+            .checked_div(t.cost)
+            .unwrap_or(0);
+        format!(
+            "  {name:<36} {:>9}/h  {:>2} instances  (plan saves {pct}%)\n",
+            money(t.cost),
+            t.instances
+        )
+    };
+    let mut out = format!("plan: {}/h, {} instances\n", money(x.cost), x.instances);
+    out.push_str(&vs("clone everything", &b.clone_all));
+    out.push_str(&vs("fork changed + their dependents", &b.fork_dependents));
+    out.push_str(&vs("Kardinal (changed + stateful below)", &b.kardinal));
+    if let Some(u) = &x.budget {
+        let lim = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or_else(|| "-".into(), f);
+        out.push_str(&format!(
+            "budget of {} ({}): {} of {} instances, {}/h of {}/h across its live branches\n",
+            u.team,
+            u.origin,
+            u.total.instances,
+            lim(u.max_instances, &|v| v.to_string()),
+            money(u.total.cost),
+            lim(u.max_cost, &|v| money(v)),
+        ));
+    }
+    if let Some(r) = &x.refused {
+        out.push_str(&format!("REFUSED: {}\n", r.reason));
+        for c in &r.conflicting {
+            out.push_str(&format!("  conflicting: {c}\n"));
+        }
+        if let Some((names, cost, inst)) = &r.without_budget {
+            out.push_str(&format!(
+                "  cheapest without the budget: {}/h, {inst} instances: {}\n",
+                money(*cost),
+                names.join(", ")
+            ));
+        }
+    }
+    if let Some(e) = &x.error {
+        out.push_str(&format!("solver: {e}\n"));
+    }
+    out
+}
+
+fn economics_json(x: &Economics) -> Value {
+    let totals = |t: &crate::solve::Totals| json!({ "cost_micros": t.cost, "instances": t.instances, "nodes": t.nodes });
+    json!({
+        "cost_micros": x.cost,
+        "instances": x.instances,
+        "active_fraction_ppm": x.active_fraction_ppm,
+        "prices": x.prices.iter().map(|(n, v, o)| json!({
+            "name": n, "micros": v, "origin": o,
+        })).collect::<Vec<_>>(),
+        "baselines": {
+            "clone_all": totals(&x.baselines.clone_all),
+            "fork_dependents": totals(&x.baselines.fork_dependents),
+            "kardinal": totals(&x.baselines.kardinal),
+        },
+        "budget": x.budget.as_ref().map(|u| json!({
+            "team": &*u.team,
+            "origin": u.origin,
+            "max_instances": u.max_instances,
+            "max_cost_micros": u.max_cost,
+            "others": { "instances": u.others.instances, "cost_micros": u.others.cost },
+            "total": { "instances": u.total.instances, "cost_micros": u.total.cost },
+        })),
+        "refused": x.refused.as_ref().map(|r| json!({
+            "reason": r.reason,
+            "conflicting": r.conflicting,
+            "without_budget": r.without_budget.as_ref().map(|(n, c, i)| json!({
+                "choices": n, "cost_micros": c, "instances": i,
+            })),
+        })),
+        "error": x.error,
+    })
+}
+
+fn chosen_json(c: &Chosen) -> Value {
+    json!({
+        "alternative": &*c.label,
+        "cost_micros": c.cost,
+        "instances": c.instances,
+        "replicas": c.replicas,
+        "reason": c.reason,
+        "runner_up": c.runner_up.as_ref().map(|r| json!({
+            "alternative": &*r.label, "cost_micros": r.cost, "plan_delta_micros": r.delta,
+        })),
+        "alternatives": c.alternatives.iter().map(|a| json!({
+            "alternative": &*a.label,
+            "cost_micros": a.cost,
+            "instances": a.instances,
+            "not_allowed": a.not_allowed,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub(crate) fn summary_text(s: &Summary) -> String {
@@ -119,7 +259,11 @@ pub(crate) fn entry_json(e: &Entry) -> Value {
         "cost": e.cost.to_json(),
         "instance": e.instance.hex(),
         "shared_with": e.shared_with.iter().map(|s| &**s).collect::<Vec<_>>(),
+        "resources": e.resources.to_json(),
     });
+    if let Some(c) = &e.chosen {
+        v["chosen"] = chosen_json(c);
+    }
     if let Some(k) = &e.kind {
         v["kind"] = json!(&**k);
     }
