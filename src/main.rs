@@ -2,6 +2,7 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod edge;
 mod environments;
 mod instances;
 mod serve;
@@ -96,6 +97,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a signed branch token (for an `--trust edge` listener, e.g. a preview link).
+    Token {
+        /// The branch the token selects.
+        #[arg(long)]
+        branch: String,
+        /// How long the token is valid: 90s, 30m, 8h, 2d.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        /// The key file (its first key signs).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The audience (the listener's --token-audience).
+        #[arg(long, default_value = edge::DEFAULT_AUDIENCE)]
+        audience: String,
+    },
     /// Run the embedded demo: proxy, planner and demo upstreams, no files needed.
     Demo {
         #[command(flatten)]
@@ -137,6 +153,8 @@ pub(crate) struct NetArgs {
     /// (0 turns prewarming off).
     #[arg(long, default_value_t = 2)]
     prewarm_connections: usize,
+    #[command(flatten)]
+    trust: edge::TrustArgs,
 }
 
 fn default_workers() -> usize {
@@ -165,6 +183,12 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Token {
+            branch,
+            ttl,
+            key_file,
+            audience,
+        } => edge::mint(&branch, &ttl, &key_file, &audience),
         Command::Plan {
             config,
             branch,
@@ -333,7 +357,11 @@ async fn run(
         .context("no proxy listener")?
         .local_addr()?;
     // workers start before the planner and the admin API, so every publish prewarms their pools
-    let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
+    let server_options = ServerOptions {
+        trust: Arc::new(net.trust.policy(&registry)?),
+        ..ServerOptions::default()
+    };
+    let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
     let envs = environments::build(exec, &cfg).await?;

@@ -16,6 +16,7 @@ use crate::options::ProxyOptions;
 use crate::pool::Lease;
 use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
+use crate::trust::{self, TrustPolicy};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
@@ -46,16 +47,22 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The listener's request-head limit, in bytes.
     pub max_header_bytes: usize,
+    /// Whether this peer's carriers are honoured (its listener's trust policy, decided once).
+    pub trusted: bool,
+    /// The listener's trust policy (consulted for untrusted peers only).
+    pub trust: Arc<TrustPolicy>,
 }
 
 impl ConnInfo {
     /// Facts of a connection from `peer` to a listener accepting heads up to
-    /// `max_header_bytes`.
-    pub fn new(peer: SocketAddr, max_header_bytes: usize) -> ConnInfo {
+    /// `max_header_bytes`, under `trust`.
+    pub fn new(peer: SocketAddr, max_header_bytes: usize, trust: &Arc<TrustPolicy>) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
             max_header_bytes,
+            trusted: trust.trusts_peer(peer.ip()),
+            trust: trust.clone(),
         }
     }
 }
@@ -72,6 +79,10 @@ pub(crate) struct Decision<'s> {
     pub(crate) fallback: bool,
     /// How long admission held the request for its upstream to start or become ready.
     pub(crate) held: Option<Duration>,
+    /// The client's carriers are honoured (see `crate::trust`).
+    pub(crate) trusted: bool,
+    /// The preview cookie to set (a token shown in the header or the query).
+    pub(crate) set_cookie: Option<HeaderValue>,
 }
 
 impl Decision<'_> {
@@ -171,6 +182,10 @@ impl Proxy {
                 }
             },
         };
+        let mut resp = resp;
+        if !conn.trusted {
+            crate::reply::redact(&mut resp);
+        }
         let secs = start.elapsed().as_secs_f64();
         snap.metrics
             .request(service, kind, layer, resp.status().as_u16(), secs);
@@ -250,6 +265,9 @@ impl Proxy {
         if snap.table.settings.debug_header {
             add_route_header(snap, &d, resp.headers_mut());
         }
+        if let Some(c) = d.set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
         resp.map(Either::Left)
     }
 }
@@ -276,7 +294,12 @@ fn decide<'s>(
     }
     let table = &snap.table;
     let host = request_host(req)?;
-    let branch = snap.rules.extract(req.headers(), host);
+    let (branch, set_cookie) = if conn.trusted {
+        (snap.rules.extract(req.headers(), host), None)
+    } else {
+        let g = conn.trust.grant(req.headers(), req.uri());
+        (g.branch, g.set_cookie)
+    };
     let layer = match &branch {
         None => BASELINE_ID,
         Some((name, _)) => match table.branch(name.as_str()) {
@@ -319,6 +342,8 @@ fn decide<'s>(
         upstream,
         fallback: false,
         held: None,
+        trusted: conn.trusted,
+        set_cookie,
     })
 }
 
@@ -397,11 +422,25 @@ fn prepare(
         *req.uri_mut() = origin_form(req.uri());
     }
     *req.version_mut() = http::Version::HTTP_11;
+    if !d.trusted {
+        // `Request` lends its target and headers one at a time: the target is moved out and back
+        let mut uri = std::mem::take(req.uri_mut());
+        let stripped = trust::strip_untrusted(req.headers_mut(), &mut uri, &snap.rules);
+        *req.uri_mut() = uri;
+        if stripped {
+            conn.trust.metrics.stripped.inc();
+        }
+    }
     let h = req.headers_mut();
     headers::strip_request(h, upgrade, &snap.rules.header)?;
     headers::append_forwarded_for(h, &conn.peer_ip);
-    h.entry(headers::X_FORWARDED_PROTO)
-        .or_insert(HeaderValue::from_static("http"));
+    if d.trusted {
+        h.entry(headers::X_FORWARDED_PROTO)
+            .or_insert(HeaderValue::from_static("http"));
+    } else {
+        // an untrusted client does not say how it reached us
+        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
     let policy = &d.route.policy;
@@ -544,12 +583,15 @@ fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) 
     let layer = t.layer(d.route.layer).map_or("?", |l| &*l.label);
     let _ = write!(
         v,
-        "; service={}; layer={}; kind={}; upstream={}",
+        "; service={}; layer={}; kind={}",
         t.service_name(d.service),
         layer,
         d.route.kind.as_str(),
-        d.upstream.key
     );
+    // upstream addresses are for the mesh, not for whoever reached an edge listener
+    if d.trusted {
+        let _ = write!(v, "; upstream={}", d.upstream.key);
+    }
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(ROUTE_HEADER, v);
     }

@@ -22,6 +22,8 @@ pub mod publish;
 pub mod reply;
 pub mod router;
 pub mod server;
+pub mod token;
+pub mod trust;
 pub mod upstream;
 
 pub use activity::Activity;
@@ -34,3 +36,5 @@ pub use publish::PublishReport;
 pub use reply::ResponseBody;
 pub use router::{Router, Snapshot};
 pub use server::{reuseport_listeners, serve, serve_sharded, ServeError, ServerOptions, Workers};
+pub use token::TokenKeys;
+pub use trust::{Cidr, TrustMetrics, TrustMode, TrustPolicy};

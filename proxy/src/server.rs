@@ -10,6 +10,7 @@ use crate::deadline::{self, CoarseTimer};
 use crate::forward::{ConnInfo, Proxy};
 use crate::pool;
 use crate::preface::Guarded;
+use crate::trust::TrustPolicy;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -36,6 +37,8 @@ pub struct ServerOptions {
     /// parsed head: hyper's read-buffer limit alone (~408 KiB) let a head that arrived in large
     /// reads through.
     pub max_header_bytes: usize,
+    /// Who may select a branch through this listener (`crate::trust`).
+    pub trust: Arc<TrustPolicy>,
 }
 
 /// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
@@ -47,6 +50,7 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            trust: Arc::default(),
         }
     }
 }
@@ -92,7 +96,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
-                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes)));
+                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes, &options.trust)));
                 let svc = service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }

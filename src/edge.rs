@@ -1,0 +1,106 @@
+//! Edge flags of `microstax run`: the listener's trust policy (who may select a branch) and
+//! the branch-token keys, and the `microstax token` command that mints a token.
+
+use anyhow::{Context as _, Result};
+use microstax_proxy::{Cidr, TokenKeys, TrustMetrics, TrustMode, TrustPolicy};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default token audience (`--token-audience`).
+pub(crate) const DEFAULT_AUDIENCE: &str = "microstax";
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct TrustArgs {
+    /// Who may select a branch: `trust-all` (a sidecar behind a trusted mesh) or `edge`
+    /// (carriers only from --trusted-cidr peers; others need a signed token).
+    #[arg(long, default_value = "trust-all")]
+    trust: String,
+    /// A peer block whose carriers an edge listener honours (repeatable), e.g. 10.0.0.0/8.
+    #[arg(long = "trusted-cidr")]
+    trusted_cidrs: Vec<String>,
+    /// Branch-token keys, one per line: the first mints, all are accepted (rotation).
+    #[arg(long)]
+    token_key_file: Option<PathBuf>,
+    /// The audience branch tokens must name.
+    #[arg(long, default_value = DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// Mark the preview cookie Secure (clients reach the proxy over HTTPS).
+    #[arg(long)]
+    secure_cookie: bool,
+}
+
+impl TrustArgs {
+    /// The trust policy these flags describe, counting on `registry`.
+    pub(crate) fn policy(&self, registry: &prometheus::Registry) -> Result<TrustPolicy> {
+        let mode: TrustMode = self.trust.parse()?;
+        let trusted = self
+            .trusted_cidrs
+            .iter()
+            .map(|c| c.parse::<Cidr>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = self.token_key_file.as_deref().map(read_keys).transpose()?;
+        if mode == TrustMode::Edge && keys.is_none() {
+            tracing::warn!("edge trust without --token-key-file: branch tokens are refused");
+        }
+        let policy = TrustPolicy {
+            mode,
+            trusted,
+            keys,
+            audience: self.token_audience.as_str().into(),
+            secure_cookie: self.secure_cookie,
+            metrics: TrustMetrics::new(registry).context("registering trust metrics")?,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+pub(crate) fn read_keys(path: &Path) -> Result<TokenKeys> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token keys {}", path.display()))?;
+    TokenKeys::from_file_text(&text).with_context(|| format!("token keys {}", path.display()))
+}
+
+/// `microstax token`: print a token for `branch` valid for `ttl`.
+pub(crate) fn mint(branch: &str, ttl: &str, key_file: &Path, audience: &str) -> Result<()> {
+    let ttl = parse_ttl(ttl)?;
+    let keys = read_keys(key_file)?;
+    let expires = microstax_proxy::token::unix_now().saturating_add(ttl.as_secs());
+    let token = keys.mint(branch, audience, expires).with_context(|| {
+        format!("`{branch}` is not a valid branch name, or the audience is too long")
+    })?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `90`, `90s`, `15m`, `8h`, `2d`.
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid TTL `{s}` (expected e.g. 30m, 8h, 2d)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("invalid TTL unit in `{s}` (s, m, h or d)"),
+    };
+    anyhow::ensure!(n > 0, "the TTL must be positive");
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("8h").unwrap(), Duration::from_secs(8 * 3600));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("8x").is_err());
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}
