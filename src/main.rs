@@ -13,9 +13,9 @@ use microstax_config::SourceText;
 use microstax_planner::admin::{AdminOptions, AdminState};
 use microstax_planner::ControlPlane;
 use microstax_proxy::{
-    PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
+    Drain, PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use serve::{admin_token, load_tolerant, shutdown_signal, ProxySink};
+use serve::{admin_token, load_tolerant, ProxySink, Shutdown};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,15 +155,37 @@ pub(crate) struct NetArgs {
     prewarm_connections: usize,
     #[command(flatten)]
     trust: edge::TrustArgs,
+    /// After SIGTERM: how long the proxy keeps accepting (with /readyz 503 and
+    /// `Connection: close` on HTTP/1 responses) so load balancers stop sending, in ms.
+    #[arg(long, default_value_t = 5000)]
+    drain_grace_ms: u64,
+    /// Then: how long in-flight requests may take to finish before they are cut, in ms.
+    #[arg(long, default_value_t = 10000)]
+    drain_timeout_ms: u64,
+    /// Join the listeners of another process already on --listen (a hand-over: the old
+    /// process drains while this one serves). Without it, a listen address in use is an error.
+    #[arg(long)]
+    handover: bool,
 }
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Exit status of a drain whose timeout cut requests still in flight.
+const EXIT_DRAIN_CUT: u8 = 3;
+
 fn main() -> std::process::ExitCode {
     match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Drained(r)) if r.cut == 0 => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Drained(r)) => {
+            eprintln!(
+                "error: the drain timeout cut {} connections with requests in flight",
+                r.cut
+            );
+            std::process::ExitCode::from(EXIT_DRAIN_CUT)
+        }
         Err(e) => {
             // one readable chain, no backtrace: these are user-facing errors
             eprintln!("error: {e:#}");
@@ -172,7 +194,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
+/// How a command ended.
+enum Exit {
+    Done,
+    /// `run` or `demo` stopped after a drain.
+    Drained(microstax_proxy::DrainReport),
+}
+
+impl From<()> for Exit {
+    fn from((): ()) -> Exit {
+        Exit::Done
+    }
+}
+
+fn real_main() -> Result<Exit> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -182,13 +217,13 @@ fn real_main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check(&config).map(Exit::from),
         Command::Token {
             branch,
             ttl,
             key_file,
             audience,
-        } => edge::mint(&branch, &ttl, &key_file, &audience),
+        } => edge::mint(&branch, &ttl, &key_file, &audience).map(Exit::from),
         Command::Plan {
             config,
             branch,
@@ -215,7 +250,7 @@ fn real_main() -> Result<()> {
             } else {
                 print!("{}", plan.to_table());
             }
-            Ok(())
+            Ok(Exit::Done)
         }
         Command::Explain {
             config,
@@ -230,13 +265,15 @@ fn real_main() -> Result<()> {
             } else {
                 print!("{}", e.to_text());
             }
-            Ok(())
+            Ok(Exit::Done)
         }
         Command::Run { config, net, exec } => runtime()?.block_on(async {
             let (cfg, sources) = load_tolerant(&config)?;
             run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
         }),
-        Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
+        Command::Instances { admin, json } => runtime()?
+            .block_on(instances::print(admin, json))
+            .map(Exit::from),
         Command::Demo {
             net,
             exec,
@@ -253,7 +290,7 @@ fn real_main() -> Result<()> {
                     w.unchanged
                 );
                 println!("run it with: microstax demo --config {}", dir.display());
-                return Ok(());
+                return Ok(Exit::Done);
             }
             runtime()?.block_on(async {
                 match &config {
@@ -335,7 +372,10 @@ async fn run(
     exec: &environments::ExecArgs,
     demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
     watch: Option<(PathBuf, Vec<SourceText>)>,
-) -> Result<()> {
+) -> Result<Exit> {
+    // installed first: from here on SIGHUP reloads instead of killing the process
+    let mut hangups = serve::hangups()?;
+    let mut signals = Shutdown::install()?;
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
     let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
@@ -350,15 +390,28 @@ async fn run(
         ..defaults
     };
     let proxy = Proxy::new(router, ProxyOptions { prewarm });
-    let listeners = microstax_proxy::reuseport_listeners(net.listen, net.workers.max(1))
-        .with_context(|| format!("binding the proxy listener {}", net.listen))?;
+    let listeners = if net.handover {
+        microstax_proxy::reuseport_listeners_handover(net.listen, net.workers.max(1))
+    } else {
+        microstax_proxy::reuseport_listeners(net.listen, net.workers.max(1))
+    };
+    let listeners = listeners.with_context(|| {
+        format!(
+            "binding the proxy listener {} (is another microstax running there? pass \
+             --handover to share it while the old one drains)",
+            net.listen
+        )
+    })?;
     let listen = listeners
         .first()
         .context("no proxy listener")?
         .local_addr()?;
     // workers start before the planner and the admin API, so every publish prewarms their pools
+    let drain = Arc::new(Drain::default());
     let server_options = ServerOptions {
         trust: Arc::new(net.trust.policy(&registry)?),
+        drain: drain.clone(),
+        drain_timeout: Duration::from_millis(net.drain_timeout_ms),
         ..ServerOptions::default()
     };
     let workers = Workers::start(listeners, proxy.clone(), server_options)
@@ -395,7 +448,7 @@ async fn run(
         std::future::pending(),
     ));
     control.publish_initial().await;
-    let _watcher = match watch {
+    let watcher = match watch {
         Some((path, sources)) => Some(microstax_planner::watch(
             path,
             &sources,
@@ -423,10 +476,42 @@ async fn run(
             expiry_metrics,
         ));
     }
-    workers.serve_until(shutdown_signal()).await;
+    let watcher = watcher.map(Arc::new);
+    let reloads = {
+        let watcher = watcher.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match &watcher {
+                    Some(w) => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        w.reload();
+                    }
+                    None => tracing::info!("SIGHUP: no config path to reload"),
+                }
+            }
+        })
+    };
+    let grace = Duration::from_millis(net.drain_grace_ms);
+    let report = workers
+        .serve_until_drained(async {
+            signals.recv().await;
+            tracing::info!("shutting down: draining connections");
+            // /readyz says 503 first; HTTP/1 responses ask clients to close
+            serving.store(false, Ordering::Release);
+            drain.start();
+            tokio::spawn(serve::force_exit_on_second_signal(signals));
+            tracing::info!(
+                grace_ms = net.drain_grace_ms,
+                "draining: still accepting for the grace"
+            );
+            tokio::time::sleep(grace).await;
+            tracing::info!("draining: listeners closed, finishing in-flight requests");
+        })
+        .await;
+    reloads.abort();
     if let Some(rt) = &envs {
         // no orphan survives the proxy: every instance is stopped (SIGTERM, then SIGKILL)
         rt.reconciler().executor().shutdown().await;
     }
-    Ok(())
+    Ok(Exit::Drained(report))
 }

@@ -10,6 +10,7 @@ pub mod client;
 pub mod context;
 pub mod cookie;
 pub mod deadline;
+pub mod drain;
 pub mod forward;
 pub mod headers;
 pub mod lifecycle;
@@ -29,12 +30,16 @@ pub mod upstream;
 pub use activity::Activity;
 pub use body::UpstreamBody;
 pub use context::{BranchName, ContextRules, ContextSource};
+pub use drain::{Drain, DrainReport};
 pub use forward::{ConnInfo, Proxy};
 pub use metrics::ProxyMetrics;
 pub use options::{PrewarmOptions, ProxyOptions};
 pub use publish::PublishReport;
 pub use reply::ResponseBody;
 pub use router::{Router, Snapshot};
-pub use server::{reuseport_listeners, serve, serve_sharded, ServeError, ServerOptions, Workers};
+pub use server::{
+    reuseport_listeners, reuseport_listeners_handover, serve, serve_reporting, serve_sharded,
+    ServeError, ServerOptions, Workers,
+};
 pub use token::TokenKeys;
 pub use trust::{Cidr, TrustMetrics, TrustMode, TrustPolicy};

@@ -7,6 +7,7 @@
 //! stop them cleanly.
 
 use crate::deadline::{self, CoarseTimer};
+use crate::drain::{Drain, DrainReport};
 use crate::forward::{ConnInfo, Proxy};
 use crate::pool;
 use crate::preface::Guarded;
@@ -39,6 +40,8 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     /// Who may select a branch through this listener (`crate::trust`).
     pub trust: Arc<TrustPolicy>,
+    /// The drain flag: set it to make HTTP/1 responses close their connections (`crate::drain`).
+    pub drain: Arc<Drain>,
 }
 
 /// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
@@ -51,6 +54,7 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(10),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             trust: Arc::default(),
+            drain: Arc::default(),
         }
     }
 }
@@ -62,6 +66,16 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_reporting(listener, proxy, options, shutdown).await;
+}
+
+/// [`serve`], saying how the drain ended.
+pub async fn serve_reporting(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> DrainReport {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -80,6 +94,8 @@ pub async fn serve(
     }
     let graceful = GracefulShutdown::new();
     let active = proxy.router().metrics().active_connections.clone();
+    // this listener's open connections: those left when the drain timeout passes were cut
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -96,21 +112,32 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
-                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes, &options.trust)));
-                let svc = service_fn(move |req| {
+                let ctx = Arc::new((
+                    proxy.clone(),
+                    ConnInfo::new(peer, options.max_header_bytes, &options.trust),
+                    options.drain.clone(),
+                ));
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
+                    async move {
+                        let version = req.version();
+                        let mut resp = ctx.0.handle(req, &ctx.1).await;
+                        ctx.2.mark(version, &mut resp);
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
                 let conn = graceful.watch(conn);
-                let active = active.clone();
+                let (active, open) = (active.clone(), open.clone());
                 active.inc();
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     active.dec();
+                    open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
             }
             () = &mut shutdown => break,
@@ -118,9 +145,11 @@ pub async fn serve(
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = graceful.shutdown() => DrainReport::default(),
         () = tokio::time::sleep(options.drain_timeout) => {
-            tracing::warn!("drain timeout reached with connections still open");
+            let cut = open.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(cut, "drain timeout reached with connections still open");
+            DrainReport { cut }
         }
     }
 }
@@ -165,7 +194,22 @@ pub enum ServeError {
 
 /// Bind `n` listeners on `addr` with `SO_REUSEPORT`, so the kernel spreads connections over
 /// one listener per worker. Port 0 is resolved by the first bind and shared by the rest.
+/// The address must be free: `SO_REUSEPORT` would let this process silently join another
+/// process's listeners (and take half its traffic), so a listener already there is an
+/// `AddrInUse` error (see [`reuseport_listeners_handover`] to share it on purpose).
 pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        ensure_free(addr)?;
+    }
+    reuseport_listeners_handover(addr, n)
+}
+
+/// [`reuseport_listeners`] without the check that the address is free: for a hand-over, where
+/// a new process joins the old one's listeners until the old one drains.
+pub fn reuseport_listeners_handover(
+    addr: SocketAddr,
+    n: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_reuseport(addr)?;
     let addr = first.local_addr()?;
     let mut all = vec![first];
@@ -173,6 +217,23 @@ pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::ne
         all.push(bind_reuseport(addr)?);
     }
     Ok(all)
+}
+
+/// Fail with `AddrInUse` if something listens on `addr`: a probe without `SO_REUSEPORT` (but
+/// with `SO_REUSEADDR`, so connections in TIME_WAIT do not count) cannot bind next to a
+/// listening socket.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    match s.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use by another listener"),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -191,7 +252,7 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// runtime with its own accept loop and upstream pools. Dropping this stops them.
 pub struct Workers {
     stop: watch::Sender<bool>,
-    done: Vec<(oneshot::Receiver<()>, std::thread::JoinHandle<()>)>,
+    done: Vec<(oneshot::Receiver<DrainReport>, std::thread::JoinHandle<()>)>,
 }
 
 impl Workers {
@@ -233,16 +294,17 @@ impl Workers {
                 .name(format!("microstax-worker-{worker}"))
                 .spawn(move || {
                     deadline::install();
-                    rt.block_on(async move {
+                    let report = rt.block_on(async move {
                         let ticker = tokio::spawn(deadline::ticker());
                         let reaper = tokio::spawn(reap_pools());
-                        serve(listener, proxy, options, stopped).await;
+                        let report = serve_reporting(listener, proxy, options, stopped).await;
                         reaper.abort();
                         ticker.abort();
+                        report
                     });
                     // tunnels and upstream connections still open are cancelled here
                     rt.shutdown_timeout(Duration::from_secs(1));
-                    let _ = finished.send(());
+                    let _ = finished.send(report);
                 })
                 .map_err(|source| ServeError::Thread { worker, source })?;
             done.push((finished_rx, thread));
@@ -255,13 +317,22 @@ impl Workers {
 
     /// Serve until `shutdown` completes, then let every worker drain and stop.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
+        self.serve_until_drained(shutdown).await;
+    }
+
+    /// [`Workers::serve_until`], saying how many connections the drain timeout cut.
+    pub async fn serve_until_drained(self, shutdown: impl Future<Output = ()>) -> DrainReport {
         shutdown.await;
         let _ = self.stop.send(true);
+        let mut report = DrainReport::default();
         for (finished, thread) in self.done {
             // waiting asynchronously first keeps this runtime free while workers drain
-            let _ = finished.await;
+            if let Ok(r) = finished.await {
+                report = report.merge(r);
+            }
             let _ = thread.join();
         }
+        report
     }
 }
 
