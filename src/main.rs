@@ -166,6 +166,28 @@ pub(crate) struct NetArgs {
     /// process drains while this one serves). Without it, a listen address in use is an error.
     #[arg(long)]
     handover: bool,
+    /// Time for a client to send a request's headers (and a new connection its first bytes);
+    /// an idle HTTP/1 keep-alive connection is closed after it too, in ms.
+    #[arg(long, default_value_t = 10000)]
+    header_read_timeout_ms: u64,
+    /// A connection with no request in flight this long is shut down (HTTP/2: GOAWAY), in ms.
+    #[arg(long, default_value_t = 60000)]
+    idle_timeout_ms: u64,
+    /// Largest request head, in bytes (larger: 431).
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Most header fields in a request (more: 431).
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_HEADERS)]
+    max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
+    /// Most open client connections in all (more are closed at accept).
+    #[arg(long, default_value_t = microstax_proxy::limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most open client connections from one peer address.
+    #[arg(long, default_value_t = microstax_proxy::limits::DEFAULT_MAX_PER_PEER)]
+    max_connections_per_peer: u32,
 }
 
 fn default_workers() -> usize {
@@ -412,7 +434,15 @@ async fn run(
         trust: Arc::new(net.trust.policy(&registry)?),
         drain: drain.clone(),
         drain_timeout: Duration::from_millis(net.drain_timeout_ms),
-        ..ServerOptions::default()
+        header_read_timeout: Duration::from_millis(net.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(net.idle_timeout_ms),
+        max_header_bytes: net.max_header_bytes,
+        max_headers: net.max_headers,
+        max_concurrent_streams: net.max_concurrent_streams,
+        limits: Arc::new(microstax_proxy::ConnLimits::new(
+            net.max_connections,
+            net.max_connections_per_peer,
+        )),
     };
     let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;

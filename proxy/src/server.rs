@@ -9,13 +9,13 @@
 use crate::deadline::{self, CoarseTimer};
 use crate::drain::{Drain, DrainReport};
 use crate::forward::{ConnInfo, Proxy};
+use crate::limits::{ConnActivity, ConnLimits};
 use crate::pool;
 use crate::preface::Guarded;
 use crate::trust::TrustPolicy;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -42,7 +42,22 @@ pub struct ServerOptions {
     pub trust: Arc<TrustPolicy>,
     /// The drain flag: set it to make HTTP/1 responses close their connections (`crate::drain`).
     pub drain: Arc<Drain>,
+    /// A connection with no request in flight for this long is shut down (HTTP/2: GOAWAY).
+    /// An idle HTTP/1 connection is closed sooner, by the header-read timeout: hyper starts
+    /// it as soon as the connection waits for its next request.
+    pub idle_timeout: Duration,
+    /// Most header fields in a request (HTTP/1: hyper answers `431`; HTTP/2: `431` here).
+    pub max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Global and per-peer connection limits, shared by the listener's workers.
+    pub limits: Arc<ConnLimits>,
 }
+
+/// Default [`ServerOptions::max_headers`] (hyper's own default for HTTP/1).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default [`ServerOptions::max_concurrent_streams`].
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -55,6 +70,10 @@ impl Default for ServerOptions {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             trust: Arc::default(),
             drain: Arc::default(),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            limits: Arc::default(),
         }
     }
 }
@@ -80,10 +99,12 @@ pub async fn serve_reporting(
     builder
         .http1()
         .header_read_timeout(options.header_read_timeout)
+        .max_headers(options.max_headers)
         .keep_alive(true);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.max_concurrent_streams);
     // every request arms a header-read timer: on a worker, the cheap coarse one
     if deadline::installed() {
         builder.http1().timer(CoarseTimer);
@@ -92,7 +113,9 @@ pub async fn serve_reporting(
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
     }
-    let graceful = GracefulShutdown::new();
+    // every connection watches this: true shuts it down gracefully (HTTP/2 GOAWAY)
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let all_closed = Arc::new(tokio::sync::Notify::new());
     let active = proxy.router().metrics().active_connections.clone();
     // this listener's open connections: those left when the drain timeout passes were cut
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -109,49 +132,106 @@ pub async fn serve_reporting(
                         continue;
                     }
                 };
+                let Some(permit) = options.limits.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "connection limit reached: closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
+                let activity = Arc::new(ConnActivity::new());
                 let ctx = Arc::new((
                     proxy.clone(),
                     ConnInfo::new(peer, options.max_header_bytes, &options.trust),
                     options.drain.clone(),
+                    activity.clone(),
+                    options.max_headers,
                 ));
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
                     async move {
                         let version = req.version();
-                        let mut resp = ctx.0.handle(req, &ctx.1).await;
+                        ctx.3.begin();
+                        let mut resp = if req.headers().len() > ctx.4 {
+                            too_many_headers(ctx.4)
+                        } else {
+                            ctx.0.handle(req, &ctx.1).await
+                        };
+                        ctx.3.end();
                         ctx.2.mark(version, &mut resp);
                         Ok::<_, Infallible>(resp)
                     }
                 });
                 let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
-                let conn = graceful.watch(conn);
-                let (active, open) = (active.clone(), open.clone());
+                let (active, open, all_closed) = (active.clone(), open.clone(), all_closed.clone());
+                let (mut drain_rx, idle_timeout) = (drain_rx.clone(), options.idle_timeout);
                 active.inc();
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let _permit = permit;
+                    tokio::pin!(conn);
+                    let idle = activity.idle(idle_timeout);
+                    tokio::pin!(idle);
+                    let mut shutting = false;
+                    loop {
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "connection ended with an error");
+                                }
+                                break;
+                            }
+                            _ = drain_rx.wait_for(|d| *d), if !shutting => {
+                                conn.as_mut().graceful_shutdown();
+                                shutting = true;
+                            }
+                            () = &mut idle, if !shutting => {
+                                conn.as_mut().graceful_shutdown();
+                                shutting = true;
+                            }
+                        }
                     }
                     active.dec();
-                    open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                        all_closed.notify_waiters();
+                    }
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    let _ = drain_tx.send(true);
+    let closed = async {
+        loop {
+            let notified = all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if open.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => DrainReport::default(),
+        () = closed => DrainReport::default(),
         () = tokio::time::sleep(options.drain_timeout) => {
             let cut = open.load(std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(cut, "drain timeout reached with connections still open");
             DrainReport { cut }
         }
     }
+}
+
+/// `431` for a request with more than `max` header fields (HTTP/2: hyper counts only bytes).
+fn too_many_headers(max: usize) -> http::Response<crate::ResponseBody> {
+    let body = format!("microstax: more than {max} header fields\n");
+    let mut resp = http::Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from(body),
+    )));
+    *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    resp
 }
 
 /// Why the sharded server could not start.
