@@ -1,8 +1,11 @@
 //! Edge flags of `microstax run`: the listener's trust policy (who may select a branch) and
-//! the branch-token keys, and the `microstax token` command that mints a token.
+//! the branch-token keys, the access log, and the `microstax token` command that mints a
+//! token.
 
 use anyhow::{Context as _, Result};
-use microstax_proxy::{Cidr, TokenKeys, TrustMetrics, TrustMode, TrustPolicy};
+use microstax_proxy::{
+    AccessLog, Cidr, LogMode, LogSink, TokenKeys, TrustMetrics, TrustMode, TrustPolicy,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,6 +62,23 @@ pub(crate) fn read_keys(path: &Path) -> Result<TokenKeys> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token keys {}", path.display()))?;
     TokenKeys::from_file_text(&text).with_context(|| format!("token keys {}", path.display()))
+}
+
+/// The access log `--access-log MODE [--access-log-file F]` asks for.
+pub(crate) fn access_log(mode: &str, file: Option<&Path>) -> Result<AccessLog> {
+    let mode = match mode {
+        "off" => LogMode::Off,
+        "all" => LogMode::All,
+        m => match m
+            .strip_prefix("sample:")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            Some(n) if n > 0 => LogMode::Sampled(n),
+            _ => anyhow::bail!("invalid --access-log `{m}` (off, all or sample:N)"),
+        },
+    };
+    let sink = file.map_or(LogSink::Stderr, |f| LogSink::File(f.to_path_buf()));
+    AccessLog::start(mode, sink).context("opening the access log")
 }
 
 /// `microstax token`: print a token for `branch` valid for `ttl`.

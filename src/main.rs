@@ -30,6 +30,9 @@ use tokio::net::TcpListener;
     about = "Branch-aware routing proxy and planner"
 )]
 struct Cli {
+    /// Process log format (the access log is always JSON).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -188,6 +191,13 @@ pub(crate) struct NetArgs {
     /// Most open client connections from one peer address.
     #[arg(long, default_value_t = microstax_proxy::limits::DEFAULT_MAX_PER_PEER)]
     max_connections_per_peer: u32,
+    /// Access log: `off`, `all`, or `sample:N` (one request in N; proxy-made 502/503/504
+    /// always).
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Write the access log to this file (appended) instead of stderr.
+    #[arg(long)]
+    access_log_file: Option<PathBuf>,
 }
 
 fn default_workers() -> usize {
@@ -230,14 +240,20 @@ impl From<()> for Exit {
 }
 
 fn real_main() -> Result<Exit> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // colour only for a terminal: a file or a log collector gets no escape codes
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Check { config } => check(&config).map(Exit::from),
         Command::Token {
@@ -443,6 +459,10 @@ async fn run(
             net.max_connections,
             net.max_connections_per_peer,
         )),
+        access_log: Arc::new(edge::access_log(
+            &net.access_log,
+            net.access_log_file.as_deref(),
+        )?),
     };
     let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;

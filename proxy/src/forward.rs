@@ -5,6 +5,7 @@
 //! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
 //! route's connect timeout included).
 
+use crate::access_log::{AccessLog, Routed};
 use crate::activity;
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
@@ -51,6 +52,8 @@ pub struct ConnInfo {
     pub trusted: bool,
     /// The listener's trust policy (consulted for untrusted peers only).
     pub trust: Arc<TrustPolicy>,
+    /// The listener's access log (routing facts are attached to responses only when it is on).
+    pub log: Arc<AccessLog>,
 }
 
 impl ConnInfo {
@@ -63,6 +66,7 @@ impl ConnInfo {
             max_header_bytes,
             trusted: trust.trusts_peer(peer.ip()),
             trust: trust.clone(),
+            log: Arc::default(),
         }
     }
 }
@@ -161,17 +165,20 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.router.load();
+        let mut routed = None;
         let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
             Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
             Ok(d) => match self.admit(&snap, self.record(d, start)).await {
                 Err((reply, d)) => {
                     let kind = d.kind();
+                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
                     (local(&snap, reply), Some(d.service), kind, d.layer)
                 }
                 Ok(d) => {
                     if d.fallback {
                         d.upstream.touch(activity::stamp(start));
                     }
+                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
                     let (service, kind, layer) = (d.service, d.kind(), d.layer);
                     (
                         self.forward(&snap, d, req, conn, start).await,
@@ -185,6 +192,9 @@ impl Proxy {
         let mut resp = resp;
         if !conn.trusted {
             crate::reply::redact(&mut resp);
+        }
+        if let Some(r) = routed {
+            resp.extensions_mut().insert(r);
         }
         let secs = start.elapsed().as_secs_f64();
         snap.metrics
@@ -269,6 +279,18 @@ impl Proxy {
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
         resp.map(Either::Left)
+    }
+}
+
+/// What the access log says of `d` (only built when the log is on).
+fn routed_of(snap: &Arc<Snapshot>, d: &Decision<'_>) -> Routed {
+    Routed {
+        snap: snap.clone(),
+        branch: d.branch,
+        service: Some(d.service),
+        layer: d.route.layer,
+        kind: d.kind(),
+        upstream: Some(d.upstream.key.clone()),
     }
 }
 

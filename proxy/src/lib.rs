@@ -2,6 +2,7 @@
 //! planner), resolves each request's branch context, picks the route and upstream from one
 //! atomically loaded snapshot, and forwards with the context propagated.
 
+pub mod access_log;
 pub mod activity;
 mod admit;
 pub mod baggage;
@@ -28,6 +29,7 @@ pub mod token;
 pub mod trust;
 pub mod upstream;
 
+pub use access_log::{AccessLog, LogMode, LogSink};
 pub use activity::Activity;
 pub use body::UpstreamBody;
 pub use context::{BranchName, ContextRules, ContextSource};

@@ -72,6 +72,11 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody
             h.insert(ROUTE_HEADER, v);
         }
     }
+    if reply.status.is_server_error() {
+        // for the access log and the process log (never sent)
+        resp.extensions_mut()
+            .insert(crate::access_log::LocalReason(reply.reason));
+    }
     resp
 }
 

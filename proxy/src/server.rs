@@ -6,6 +6,7 @@
 //! it. Both take already bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and
 //! stop them cleanly.
 
+use crate::access_log::{AccessLog, Entry, LocalReason};
 use crate::deadline::{self, CoarseTimer};
 use crate::drain::{Drain, DrainReport};
 use crate::forward::{ConnInfo, Proxy};
@@ -52,6 +53,8 @@ pub struct ServerOptions {
     pub max_concurrent_streams: u32,
     /// Global and per-peer connection limits, shared by the listener's workers.
     pub limits: Arc<ConnLimits>,
+    /// The access log (`crate::access_log`).
+    pub access_log: Arc<AccessLog>,
 }
 
 /// Default [`ServerOptions::max_headers`] (hyper's own default for HTTP/1).
@@ -74,6 +77,7 @@ impl Default for ServerOptions {
             max_headers: DEFAULT_MAX_HEADERS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             limits: Arc::default(),
+            access_log: Arc::default(),
         }
     }
 }
@@ -140,9 +144,11 @@ pub async fn serve_reporting(
                 // one refcount per request, on a per-connection value (not on the proxy, whose
                 // count every connection of every worker would share)
                 let activity = Arc::new(ConnActivity::new());
+                let mut info = ConnInfo::new(peer, options.max_header_bytes, &options.trust);
+                info.log = options.access_log.clone();
                 let ctx = Arc::new((
                     proxy.clone(),
-                    ConnInfo::new(peer, options.max_header_bytes, &options.trust),
+                    info,
                     options.drain.clone(),
                     activity.clone(),
                     options.max_headers,
@@ -152,12 +158,36 @@ pub async fn serve_reporting(
                     async move {
                         let version = req.version();
                         ctx.3.begin();
+                        let log = &ctx.1.log;
+                        // what the access log needs of the request, taken before it is moved
+                        let head = log.enabled().then(|| {
+                            (
+                                Instant::now(),
+                                req.method().clone(),
+                                req.uri().clone(),
+                                req.headers().get(http::header::HOST).cloned(),
+                                Entry::trace_id(req.headers()),
+                            )
+                        });
                         let mut resp = if req.headers().len() > ctx.4 {
                             too_many_headers(ctx.4)
                         } else {
                             ctx.0.handle(req, &ctx.1).await
                         };
                         ctx.3.end();
+                        match head {
+                            Some((start, method, uri, host, trace_id)) => {
+                                let e = Entry {
+                                    method: &method,
+                                    uri: &uri,
+                                    host: host.as_ref(),
+                                    trace_id,
+                                    duration: start.elapsed(),
+                                };
+                                log.log(&e, &resp, log.sample());
+                            }
+                            None => warn_local_failure(&resp),
+                        }
                         ctx.2.mark(version, &mut resp);
                         Ok::<_, Infallible>(resp)
                     }
@@ -220,6 +250,17 @@ pub async fn serve_reporting(
             let cut = open.load(std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(cut, "drain timeout reached with connections still open");
             DrainReport { cut }
+        }
+    }
+}
+
+/// Without an access log, a 502/503/504 the proxy made still goes to the process log with
+/// its reason (an error path: the log's lock is taken only then).
+fn warn_local_failure<B>(resp: &http::Response<B>) {
+    let status = resp.status().as_u16();
+    if matches!(status, 502..=504) {
+        if let Some(r) = resp.extensions().get::<LocalReason>() {
+            tracing::warn!(status, reason = %r.0, "proxy reply");
         }
     }
 }
