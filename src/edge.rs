@@ -4,7 +4,8 @@
 
 use anyhow::{Context as _, Result};
 use microstax_proxy::{
-    AccessLog, Cidr, LogMode, LogSink, TokenKeys, TrustMetrics, TrustMode, TrustPolicy,
+    AccessLog, CertFiles, Cidr, LogMode, LogSink, TlsSettings, TlsTerminator, TokenKeys,
+    TrustMetrics, TrustMode, TrustPolicy,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +63,62 @@ pub(crate) fn read_keys(path: &Path) -> Result<TokenKeys> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the token keys {}", path.display()))?;
     TokenKeys::from_file_text(&text).with_context(|| format!("token keys {}", path.display()))
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct TlsArgs {
+    /// Terminate TLS with this certificate chain and key, `CERT.pem:KEY.pem` (repeatable:
+    /// chosen by SNI, the first is the default). Files are reloaded when they change.
+    #[arg(long = "tls-cert")]
+    tls_certs: Vec<String>,
+    /// Verify client certificates against this CA bundle (mTLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: refuse clients without a certificate.
+    #[arg(long)]
+    tls_require_client_cert: bool,
+    /// A verified client certificate makes its connection trusted for branch selection.
+    #[arg(long)]
+    tls_trust_client_certs: bool,
+    /// How often certificate files are checked for changes, in ms.
+    #[arg(long, default_value_t = 1000)]
+    tls_reload_ms: u64,
+}
+
+impl TlsArgs {
+    /// The TLS terminator these flags describe (`None` without --tls-cert).
+    pub(crate) fn terminator(&self) -> Result<Option<std::sync::Arc<TlsTerminator>>> {
+        if self.tls_certs.is_empty() {
+            anyhow::ensure!(
+                self.tls_client_ca.is_none(),
+                "--tls-client-ca needs --tls-cert"
+            );
+            return Ok(None);
+        }
+        let certs = self
+            .tls_certs
+            .iter()
+            .map(|c| {
+                let (cert, key) = c
+                    .split_once(':')
+                    .with_context(|| format!("--tls-cert `{c}`: expected CERT.pem:KEY.pem"))?;
+                Ok(CertFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let settings = TlsSettings {
+            certs,
+            client_ca: self.tls_client_ca.clone(),
+            require_client_cert: self.tls_require_client_cert,
+            trust_client_certs: self.tls_trust_client_certs,
+            reload_interval: Duration::from_millis(self.tls_reload_ms.max(10)),
+        };
+        Ok(Some(
+            TlsTerminator::new(settings).context("setting up TLS")?,
+        ))
+    }
 }
 
 /// The access log `--access-log MODE [--access-log-file F]` asks for.

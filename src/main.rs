@@ -198,6 +198,8 @@ pub(crate) struct NetArgs {
     /// Write the access log to this file (appended) instead of stderr.
     #[arg(long)]
     access_log_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: edge::TlsArgs,
 }
 
 fn default_workers() -> usize {
@@ -463,10 +465,18 @@ async fn run(
             &net.access_log,
             net.access_log_file.as_deref(),
         )?),
+        tls: net.tls.terminator()?,
+    };
+    let server_options_tls = server_options.tls.clone();
+    let scheme = if server_options_tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
+    let _tls_reloader = server_options_tls.as_ref().map(|t| t.spawn_reloader());
     let envs = environments::build(exec, &cfg).await?;
     let expiry_metrics =
         environments::ExpiryMetrics::new(&registry).context("registering expiry metrics")?;
@@ -514,7 +524,7 @@ async fn run(
             demo::curl_lines(listen)
         );
     } else {
-        println!("microstax: proxy on http://{listen}, admin on http://{admin_addr}");
+        println!("microstax: proxy on {scheme}://{listen}, admin on http://{admin_addr}");
     }
     serving.store(true, Ordering::Release);
     if let Some(rt) = &envs {

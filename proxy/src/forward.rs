@@ -54,6 +54,8 @@ pub struct ConnInfo {
     pub trust: Arc<TrustPolicy>,
     /// The listener's access log (routing facts are attached to responses only when it is on).
     pub log: Arc<AccessLog>,
+    /// `X-Forwarded-Proto` of this connection (`http`, or `https` behind TLS termination).
+    pub proto: HeaderValue,
 }
 
 impl ConnInfo {
@@ -67,6 +69,7 @@ impl ConnInfo {
             trusted: trust.trusts_peer(peer.ip()),
             trust: trust.clone(),
             log: Arc::default(),
+            proto: HeaderValue::from_static("http"),
         }
     }
 }
@@ -458,10 +461,10 @@ fn prepare(
     headers::append_forwarded_for(h, &conn.peer_ip);
     if d.trusted {
         h.entry(headers::X_FORWARDED_PROTO)
-            .or_insert(HeaderValue::from_static("http"));
+            .or_insert_with(|| conn.proto.clone());
     } else {
         // an untrusted client does not say how it reached us
-        h.insert(headers::X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(headers::X_FORWARDED_PROTO, conn.proto.clone());
     }
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);

@@ -25,6 +25,7 @@ pub mod publish;
 pub mod reply;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod trust;
 pub mod upstream;
@@ -45,5 +46,6 @@ pub use server::{
     reuseport_listeners, reuseport_listeners_handover, serve, serve_reporting, serve_sharded,
     ServeError, ServerOptions, Workers,
 };
+pub use tls::{CertFiles, TlsSettings, TlsTerminator};
 pub use token::TokenKeys;
 pub use trust::{Cidr, TrustMetrics, TrustMode, TrustPolicy};

@@ -13,6 +13,7 @@ use crate::forward::{ConnInfo, Proxy};
 use crate::limits::{ConnActivity, ConnLimits};
 use crate::pool;
 use crate::preface::Guarded;
+use crate::tls::TlsTerminator;
 use crate::trust::TrustPolicy;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -55,6 +56,8 @@ pub struct ServerOptions {
     pub limits: Arc<ConnLimits>,
     /// The access log (`crate::access_log`).
     pub access_log: Arc<AccessLog>,
+    /// TLS termination (`crate::tls`); `None`: cleartext.
+    pub tls: Option<Arc<TlsTerminator>>,
 }
 
 /// Default [`ServerOptions::max_headers`] (hyper's own default for HTTP/1).
@@ -78,6 +81,7 @@ impl Default for ServerOptions {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             limits: Arc::default(),
             access_log: Arc::default(),
+            tls: None,
         }
     }
 }
@@ -119,8 +123,13 @@ pub async fn serve_reporting(
     }
     // every connection watches this: true shuts it down gracefully (HTTP/2 GOAWAY)
     let (drain_tx, drain_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        proxy,
+        options: options.clone(),
+        builder,
+    });
     let all_closed = Arc::new(tokio::sync::Notify::new());
-    let active = proxy.router().metrics().active_connections.clone();
+    let active = shared.proxy.router().metrics().active_connections.clone();
     // this listener's open connections: those left when the drain timeout passes were cut
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::pin!(shutdown);
@@ -141,87 +150,16 @@ pub async fn serve_reporting(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                // one refcount per request, on a per-connection value (not on the proxy, whose
-                // count every connection of every worker would share)
-                let activity = Arc::new(ConnActivity::new());
-                let mut info = ConnInfo::new(peer, options.max_header_bytes, &options.trust);
-                info.log = options.access_log.clone();
-                let ctx = Arc::new((
-                    proxy.clone(),
-                    info,
-                    options.drain.clone(),
-                    activity.clone(),
-                    options.max_headers,
-                ));
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let ctx = ctx.clone();
-                    async move {
-                        let version = req.version();
-                        ctx.3.begin();
-                        let log = &ctx.1.log;
-                        // what the access log needs of the request, taken before it is moved
-                        let head = log.enabled().then(|| {
-                            (
-                                Instant::now(),
-                                req.method().clone(),
-                                req.uri().clone(),
-                                req.headers().get(http::header::HOST).cloned(),
-                                Entry::trace_id(req.headers()),
-                            )
-                        });
-                        let mut resp = if req.headers().len() > ctx.4 {
-                            too_many_headers(ctx.4)
-                        } else {
-                            ctx.0.handle(req, &ctx.1).await
-                        };
-                        ctx.3.end();
-                        match head {
-                            Some((start, method, uri, host, trace_id)) => {
-                                let e = Entry {
-                                    method: &method,
-                                    uri: &uri,
-                                    host: host.as_ref(),
-                                    trace_id,
-                                    duration: start.elapsed(),
-                                };
-                                log.log(&e, &resp, log.sample());
-                            }
-                            None => warn_local_failure(&resp),
-                        }
-                        ctx.2.mark(version, &mut resp);
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
-                let (active, open, all_closed) = (active.clone(), open.clone(), all_closed.clone());
-                let (mut drain_rx, idle_timeout) = (drain_rx.clone(), options.idle_timeout);
                 active.inc();
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let conn = Conn {
+                    shared: shared.clone(),
+                    drain_rx: drain_rx.clone(),
+                };
+                let (active, open, all_closed) = (active.clone(), open.clone(), all_closed.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    tokio::pin!(conn);
-                    let idle = activity.idle(idle_timeout);
-                    tokio::pin!(idle);
-                    let mut shutting = false;
-                    loop {
-                        tokio::select! {
-                            r = conn.as_mut() => {
-                                if let Err(e) = r {
-                                    tracing::debug!(error = %e, "connection ended with an error");
-                                }
-                                break;
-                            }
-                            _ = drain_rx.wait_for(|d| *d), if !shutting => {
-                                conn.as_mut().graceful_shutdown();
-                                shutting = true;
-                            }
-                            () = &mut idle, if !shutting => {
-                                conn.as_mut().graceful_shutdown();
-                                shutting = true;
-                            }
-                        }
-                    }
+                    conn.run(stream, peer).await;
                     active.dec();
                     if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
                         all_closed.notify_waiters();
@@ -250,6 +188,131 @@ pub async fn serve_reporting(
             let cut = open.load(std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(cut, "drain timeout reached with connections still open");
             DrainReport { cut }
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// One accepted connection.
+struct Conn {
+    shared: Arc<Shared>,
+    drain_rx: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// TLS handshake (if the listener terminates TLS), then serve until the connection ends,
+    /// it is idle for the idle timeout, or the drain begins (both: a graceful shutdown).
+    async fn run(self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let o = &self.shared.options;
+        let deadline = Instant::now() + o.header_read_timeout;
+        let mut info = ConnInfo::new(peer, o.max_header_bytes, &o.trust);
+        info.log = o.access_log.clone();
+        let Some(tls) = &o.tls else {
+            return self.serve(Guarded::new(stream, deadline), info).await;
+        };
+        // the handshake is bounded like a request head: a silent client is dropped
+        let hs = tokio::time::timeout_at(deadline.into(), tls.acceptor().accept(stream)).await;
+        let Ok(Ok(stream)) = hs else {
+            tls.handshake_failed();
+            tracing::debug!(%peer, "tls handshake failed or timed out");
+            return;
+        };
+        let verified = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
+        if verified && tls.trusts_client_certs() {
+            info.trusted = true;
+        }
+        info.proto = http::HeaderValue::from_static("https");
+        self.serve(Guarded::new(stream, deadline), info).await;
+    }
+
+    async fn serve<S>(self, io: Guarded<S>, info: ConnInfo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            shared,
+            mut drain_rx,
+        } = self;
+        let activity = Arc::new(ConnActivity::new());
+        let (max_headers, idle_timeout) = (shared.options.max_headers, shared.options.idle_timeout);
+        // one refcount per request, on a per-connection value (not on the proxy, whose
+        // count every connection of every worker would share)
+        let ctx = Arc::new((shared.clone(), info, activity.clone()));
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let ctx = ctx.clone();
+            async move {
+                let (shared, info, activity) = (&ctx.0, &ctx.1, &ctx.2);
+                let version = req.version();
+                activity.begin();
+                let log = &info.log;
+                // what the access log needs of the request, taken before it is moved
+                let head = log.enabled().then(|| {
+                    (
+                        Instant::now(),
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.headers().get(http::header::HOST).cloned(),
+                        Entry::trace_id(req.headers()),
+                    )
+                });
+                let mut resp = if req.headers().len() > max_headers {
+                    too_many_headers(max_headers)
+                } else {
+                    shared.proxy.handle(req, info).await
+                };
+                activity.end();
+                match head {
+                    Some((start, method, uri, host, trace_id)) => {
+                        let e = Entry {
+                            method: &method,
+                            uri: &uri,
+                            host: host.as_ref(),
+                            trace_id,
+                            duration: start.elapsed(),
+                        };
+                        log.log(&e, &resp, log.sample());
+                    }
+                    None => warn_local_failure(&resp),
+                }
+                shared.options.drain.mark(version, &mut resp);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        tokio::pin!(conn);
+        let idle = activity.idle(idle_timeout);
+        tokio::pin!(idle);
+        let mut shutting = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = drain_rx.wait_for(|d| *d), if !shutting => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting = true;
+                }
+                () = &mut idle, if !shutting => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting = true;
+                }
+            }
         }
     }
 }
