@@ -468,6 +468,13 @@ async fn run(
         tls: net.tls.terminator()?,
     };
     let server_options_tls = server_options.tls.clone();
+    microstax_proxy::EdgeMetrics::register(
+        &registry,
+        server_options.tls.clone(),
+        server_options.limits.clone(),
+        server_options.access_log.clone(),
+    )
+    .context("registering edge metrics")?;
     let scheme = if server_options_tls.is_some() {
         "https"
     } else {
