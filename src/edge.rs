@@ -53,9 +53,27 @@ impl TrustArgs {
             audience: self.token_audience.as_str().into(),
             secure_cookie: self.secure_cookie,
             metrics: TrustMetrics::new(registry).context("registering trust metrics")?,
+            reloaded: Default::default(),
         };
         policy.validate()?;
         Ok(policy)
+    }
+}
+
+impl TrustArgs {
+    /// SIGHUP: read the token key file again and swap its keys in; a file that does not load
+    /// keeps the keys in use (logged).
+    pub(crate) fn reload_keys(&self, policy: &TrustPolicy) {
+        let Some(path) = &self.token_key_file else {
+            return;
+        };
+        match read_keys(path) {
+            Ok(keys) => {
+                policy.reload_keys(keys);
+                tracing::info!(path = %path.display(), "SIGHUP: token keys reloaded");
+            }
+            Err(e) => tracing::warn!("SIGHUP: token keys kept: {e:#}"),
+        }
     }
 }
 

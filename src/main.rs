@@ -448,8 +448,9 @@ async fn run(
         .local_addr()?;
     // workers start before the planner and the admin API, so every publish prewarms their pools
     let drain = Arc::new(Drain::default());
+    let trust = Arc::new(net.trust.policy(&registry)?);
     let server_options = ServerOptions {
-        trust: Arc::new(net.trust.policy(&registry)?),
+        trust: trust.clone(),
         drain: drain.clone(),
         drain_timeout: Duration::from_millis(net.drain_timeout_ms),
         header_read_timeout: Duration::from_millis(net.header_read_timeout_ms),
@@ -546,8 +547,10 @@ async fn run(
     let watcher = watcher.map(Arc::new);
     let reloads = {
         let watcher = watcher.clone();
+        let trust_args = net.trust.clone();
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
+                trust_args.reload_keys(&trust);
                 match &watcher {
                     Some(w) => {
                         tracing::info!("SIGHUP: reloading the config");

@@ -563,3 +563,66 @@ async fn the_binary_mints_tokens_and_serves_an_edge_listener() {
     assert_eq!(r.upstream(), "dev");
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_token_keys() {
+    let (base, _b) = echo_upstream("base").await;
+    let (dev, _d) = echo_upstream("dev").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("branches")).expect("mkdir");
+    std::fs::write(
+        root.join("org.yaml"),
+        format!("kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{base}\"]\n"),
+    )
+    .expect("write org");
+    std::fs::write(
+        root.join("branches/dev.yaml"),
+        format!("parent: baseline\nservices:\n  api: {{endpoints: [\"{dev}\"]}}\n"),
+    )
+    .expect("write branch");
+    let keys = root.join("keys");
+    std::fs::write(&keys, format!("{KEY}\n")).expect("write keys");
+    let new_key = "edge-test-key-rotated-in-9876";
+    let t = token("dev", 3600, "microstax", new_key);
+    let (child, addr, _admin) = spawn_run(
+        root,
+        &[
+            "--trust",
+            "edge",
+            "--token-key-file",
+            keys.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let c = h1_client();
+    let r = get(&c, addr, "/", &[("host", "api"), ("x-microstax-token", &t)]).await;
+    assert_eq!(
+        r.upstream(),
+        "base",
+        "a token of a key not yet listed was accepted"
+    );
+    // the new key first (it mints), the old one still accepted; then SIGHUP
+    std::fs::write(&keys, format!("{new_key}\n{KEY}\n")).expect("rotate keys");
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"))
+        .expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    wait_for(Duration::from_secs(10), "the rotated key accepted", || {
+        let (c, t) = (c.clone(), t.clone());
+        async move {
+            let r = get(&c, addr, "/", &[("host", "api"), ("x-microstax-token", &t)]).await;
+            (r.upstream() == "dev").then_some(())
+        }
+    })
+    .await;
+    let old = token("dev", 3600, "microstax", KEY);
+    let r = get(
+        &c,
+        addr,
+        "/",
+        &[("host", "api"), ("x-microstax-token", &old)],
+    )
+    .await;
+    assert_eq!(r.upstream(), "dev");
+    stop_bin(child).await;
+}

@@ -14,12 +14,14 @@
 use crate::context::{BranchName, ContextRules, ContextSource};
 use crate::cookie;
 use crate::token::{self, TokenError, TokenKeys};
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The token header.
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-microstax-token");
@@ -217,6 +219,8 @@ pub struct TrustPolicy {
     pub secure_cookie: bool,
     /// Counters.
     pub metrics: TrustMetrics,
+    /// Keys swapped in since (`reload_keys`, e.g. on SIGHUP); they replace `keys`.
+    pub reloaded: Arc<ArcSwapOption<TokenKeys>>,
 }
 
 /// What an untrusted request's token gave.
@@ -234,6 +238,12 @@ impl TrustPolicy {
             return Err(TrustError::Audience);
         }
         Ok(())
+    }
+
+    /// Accept `keys` from now on instead of the keys the policy started with (a rotation
+    /// without a restart). Requests in flight finish with the keys they loaded.
+    pub fn reload_keys(&self, keys: TokenKeys) {
+        self.reloaded.store(Some(Arc::new(keys)));
     }
 
     /// Whether the carriers of a connection from `ip` are honoured (once per connection).
@@ -264,7 +274,8 @@ impl TrustPolicy {
         } else {
             return none;
         };
-        let Some(keys) = &self.keys else {
+        let reloaded = self.reloaded.load();
+        let Some(keys) = reloaded.as_deref().or(self.keys.as_ref()) else {
             self.metrics.refuse(TokenError::BadSignature);
             return none;
         };
