@@ -1,6 +1,8 @@
 //! Connection bounds over real sockets: an idle HTTP/2 connection gets GOAWAY, an idle HTTP/1
 //! keep-alive connection is closed (hyper's header-read timer, verified, not assumed), the
-//! per-peer and global connection limits, and the header-count limit on both protocols.
+//! per-peer and global connection limits, the header-count limit on both protocols, and
+//! HTTP/2 floods by hand-made frames (`tests/fixtures/h2_flood.py`): streams over the limit
+//! refused, a rapid-reset flood answered with GOAWAY.
 #![allow(clippy::expect_used)]
 
 mod common;
@@ -160,4 +162,45 @@ async fn too_many_header_fields_get_431_on_both_protocols() {
     // within the limit: served
     let r = get(&h2_client(), p.addr, "/", &headers[..10]).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Run `tests/fixtures/h2_flood.py MODE ADDR` (python3 with the `h2` package's `hpack`).
+async fn h2_flood(mode: &str, addr: std::net::SocketAddr) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/h2_flood.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("python3")
+            .args([script, mode, &addr.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the flood script ends")
+    .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_floods_are_refused_and_rapid_resets_get_goaway() {
+    let up = Upstream::start("base").await;
+    let p = ProxyUnderTest::start_with(&cfg(&up), ServerOptions::default()).await;
+    // 150 streams at once on a connection that allows 100: the rest are refused
+    let v = h2_flood("streams", p.addr).await;
+    assert_eq!(v["max_concurrent_streams"], 100, "{v}");
+    assert_eq!(v["refused"], 50, "{v}");
+    // 500 streams opened and reset at once: GOAWAY (hyper/h2's reset-flood bound), not 500
+    // upstream requests
+    let v = h2_flood("resets", p.addr).await;
+    assert!(
+        !v["goaway"].as_array().expect("goaway").is_empty() || v["closed"] == true,
+        "{v}"
+    );
+    // the proxy still serves
+    let r = get(&h2_client(), p.addr, "/", &[]).await;
+    assert_eq!(r.status, 200);
 }
