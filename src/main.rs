@@ -2,6 +2,7 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod edge;
 mod environments;
 mod instances;
 mod serve;
@@ -12,9 +13,9 @@ use microstax_config::SourceText;
 use microstax_planner::admin::{AdminOptions, AdminState};
 use microstax_planner::ControlPlane;
 use microstax_proxy::{
-    PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
+    Drain, PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use serve::{admin_token, load_tolerant, shutdown_signal, ProxySink};
+use serve::{admin_token, load_tolerant, ProxySink, Shutdown};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,9 @@ use tokio::net::TcpListener;
     about = "Branch-aware routing proxy and planner"
 )]
 struct Cli {
+    /// Process log format (the access log is always JSON).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +100,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a signed branch token (for an `--trust edge` listener, e.g. a preview link).
+    Token {
+        /// The branch the token selects.
+        #[arg(long)]
+        branch: String,
+        /// How long the token is valid: 90s, 30m, 8h, 2d.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        /// The key file (its first key signs).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The audience (the listener's --token-audience).
+        #[arg(long, default_value = edge::DEFAULT_AUDIENCE)]
+        audience: String,
+    },
     /// Run the embedded demo: proxy, planner and demo upstreams, no files needed.
     Demo {
         #[command(flatten)]
@@ -140,15 +159,70 @@ pub(crate) struct NetArgs {
     /// (0 turns prewarming off).
     #[arg(long, default_value_t = 2)]
     prewarm_connections: usize,
+    #[command(flatten)]
+    trust: edge::TrustArgs,
+    /// After SIGTERM: how long the proxy keeps accepting (with /readyz 503 and
+    /// `Connection: close` on HTTP/1 responses) so load balancers stop sending, in ms.
+    #[arg(long, default_value_t = 5000)]
+    drain_grace_ms: u64,
+    /// Then: how long in-flight requests may take to finish before they are cut, in ms.
+    #[arg(long, default_value_t = 10000)]
+    drain_timeout_ms: u64,
+    /// Join the listeners of another process already on --listen (a hand-over: the old
+    /// process drains while this one serves). Without it, a listen address in use is an error.
+    #[arg(long)]
+    handover: bool,
+    /// Time for a client to send a request's headers (and a new connection its first bytes);
+    /// an idle HTTP/1 keep-alive connection is closed after it too, in ms.
+    #[arg(long, default_value_t = 10000)]
+    header_read_timeout_ms: u64,
+    /// A connection with no request in flight this long is shut down (HTTP/2: GOAWAY), in ms.
+    #[arg(long, default_value_t = 60000)]
+    idle_timeout_ms: u64,
+    /// Largest request head, in bytes (larger: 431).
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Most header fields in a request (more: 431).
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_HEADERS)]
+    max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
+    /// Most open client connections in all (more are closed at accept).
+    #[arg(long, default_value_t = microstax_proxy::limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most open client connections from one peer address.
+    #[arg(long, default_value_t = microstax_proxy::limits::DEFAULT_MAX_PER_PEER)]
+    max_connections_per_peer: u32,
+    /// Access log: `off`, `all`, or `sample:N` (one request in N; proxy-made 502/503/504
+    /// always).
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Write the access log to this file (appended) instead of stderr.
+    #[arg(long)]
+    access_log_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: edge::TlsArgs,
 }
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Exit status of a drain whose timeout cut requests still in flight.
+const EXIT_DRAIN_CUT: u8 = 3;
+
 fn main() -> std::process::ExitCode {
     match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Drained(r)) if r.cut == 0 => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Drained(r)) => {
+            eprintln!(
+                "error: the drain timeout cut {} connections with requests in flight",
+                r.cut
+            );
+            std::process::ExitCode::from(EXIT_DRAIN_CUT)
+        }
         Err(e) => {
             // one readable chain, no backtrace: these are user-facing errors
             eprintln!("error: {e:#}");
@@ -157,17 +231,42 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// How a command ended.
+enum Exit {
+    Done,
+    /// `run` or `demo` stopped after a drain.
+    Drained(microstax_proxy::DrainReport),
+}
+
+impl From<()> for Exit {
+    fn from((): ()) -> Exit {
+        Exit::Done
+    }
+}
+
+fn real_main() -> Result<Exit> {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // colour only for a terminal: a file or a log collector gets no escape codes
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check(&config).map(Exit::from),
+        Command::Token {
+            branch,
+            ttl,
+            key_file,
+            audience,
+        } => edge::mint(&branch, &ttl, &key_file, &audience).map(Exit::from),
         Command::Plan {
             config,
             branch,
@@ -196,7 +295,7 @@ fn real_main() -> Result<()> {
             } else {
                 print!("{}", plan.to_table());
             }
-            Ok(())
+            Ok(Exit::Done)
         }
         Command::Explain {
             config,
@@ -211,14 +310,18 @@ fn real_main() -> Result<()> {
             } else {
                 print!("{}", e.to_text());
             }
-            Ok(())
+            Ok(Exit::Done)
         }
         Command::Run { config, net, exec } => runtime()?.block_on(async {
             let (cfg, sources) = load_tolerant(&config)?;
             run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
         }),
-        Command::DemoService(args) => runtime()?.block_on(demo::serve_service(args)),
-        Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
+        Command::DemoService(args) => runtime()?
+            .block_on(demo::serve_service(args))
+            .map(Exit::from),
+        Command::Instances { admin, json } => runtime()?
+            .block_on(instances::print(admin, json))
+            .map(Exit::from),
         Command::Demo {
             net,
             exec,
@@ -235,7 +338,7 @@ fn real_main() -> Result<()> {
                     w.unchanged
                 );
                 println!("run it with: microstax demo --config {}", dir.display());
-                return Ok(());
+                return Ok(Exit::Done);
             }
             runtime()?.block_on(async {
                 match &config {
@@ -317,7 +420,10 @@ async fn run(
     exec: &environments::ExecArgs,
     demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
     watch: Option<(PathBuf, Vec<SourceText>)>,
-) -> Result<()> {
+) -> Result<Exit> {
+    // installed first: from here on SIGHUP reloads instead of killing the process
+    let mut hangups = serve::hangups()?;
+    let mut signals = Shutdown::install()?;
     let registry = prometheus::Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
     let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
@@ -332,16 +438,61 @@ async fn run(
         ..defaults
     };
     let proxy = Proxy::new(router, ProxyOptions { prewarm });
-    let listeners = microstax_proxy::reuseport_listeners(net.listen, net.workers.max(1))
-        .with_context(|| format!("binding the proxy listener {}", net.listen))?;
+    let listeners = if net.handover {
+        microstax_proxy::reuseport_listeners_handover(net.listen, net.workers.max(1))
+    } else {
+        microstax_proxy::reuseport_listeners(net.listen, net.workers.max(1))
+    };
+    let listeners = listeners.with_context(|| {
+        format!(
+            "binding the proxy listener {} (is another microstax running there? pass \
+             --handover to share it while the old one drains)",
+            net.listen
+        )
+    })?;
     let listen = listeners
         .first()
         .context("no proxy listener")?
         .local_addr()?;
     // workers start before the planner and the admin API, so every publish prewarms their pools
-    let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
+    let drain = Arc::new(Drain::default());
+    let trust = Arc::new(net.trust.policy(&registry)?);
+    let server_options = ServerOptions {
+        trust: trust.clone(),
+        drain: drain.clone(),
+        drain_timeout: Duration::from_millis(net.drain_timeout_ms),
+        header_read_timeout: Duration::from_millis(net.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(net.idle_timeout_ms),
+        max_header_bytes: net.max_header_bytes,
+        max_headers: net.max_headers,
+        max_concurrent_streams: net.max_concurrent_streams,
+        limits: Arc::new(microstax_proxy::ConnLimits::new(
+            net.max_connections,
+            net.max_connections_per_peer,
+        )),
+        access_log: Arc::new(edge::access_log(
+            &net.access_log,
+            net.access_log_file.as_deref(),
+        )?),
+        tls: net.tls.terminator()?,
+    };
+    let server_options_tls = server_options.tls.clone();
+    microstax_proxy::EdgeMetrics::register(
+        &registry,
+        server_options.tls.clone(),
+        server_options.limits.clone(),
+        server_options.access_log.clone(),
+    )
+    .context("registering edge metrics")?;
+    let scheme = if server_options_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;
     let _maintenance = proxy.spawn_maintenance();
+    let _tls_reloader = server_options_tls.as_ref().map(|t| t.spawn_reloader());
     let (kind, state_dir, _demo_state) = exec.resolve(demo_listeners.is_some());
     let envs = environments::build(exec, kind, &state_dir, &cfg).await?;
     let expiry_metrics = environments::EnvironmentMetrics::new(&registry)
@@ -374,7 +525,7 @@ async fn run(
         std::future::pending(),
     ));
     control.publish_initial().await;
-    let _watcher = match watch {
+    let watcher = match watch {
         Some((path, sources)) => Some(microstax_planner::watch(
             path,
             &sources,
@@ -390,7 +541,7 @@ async fn run(
             demo::curl_lines(listen)
         );
     } else {
-        println!("microstax: proxy on http://{listen}, admin on http://{admin_addr}");
+        println!("microstax: proxy on {scheme}://{listen}, admin on http://{admin_addr}");
     }
     serving.store(true, Ordering::Release);
     if let Some(rt) = &envs {
@@ -402,10 +553,44 @@ async fn run(
             expiry_metrics,
         ));
     }
-    workers.serve_until(shutdown_signal()).await;
+    let watcher = watcher.map(Arc::new);
+    let reloads = {
+        let watcher = watcher.clone();
+        let trust_args = net.trust.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                trust_args.reload_keys(&trust);
+                match &watcher {
+                    Some(w) => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        w.reload();
+                    }
+                    None => tracing::info!("SIGHUP: no config path to reload"),
+                }
+            }
+        })
+    };
+    let grace = Duration::from_millis(net.drain_grace_ms);
+    let report = workers
+        .serve_until_drained(async {
+            signals.recv().await;
+            tracing::info!("shutting down: draining connections");
+            // /readyz says 503 first; HTTP/1 responses ask clients to close
+            serving.store(false, Ordering::Release);
+            drain.start();
+            tokio::spawn(serve::force_exit_on_second_signal(signals));
+            tracing::info!(
+                grace_ms = net.drain_grace_ms,
+                "draining: still accepting for the grace"
+            );
+            tokio::time::sleep(grace).await;
+            tracing::info!("draining: listeners closed, finishing in-flight requests");
+        })
+        .await;
+    reloads.abort();
     if let Some(rt) = &envs {
         // no orphan survives the proxy: every instance is stopped (SIGTERM, then SIGKILL)
         rt.reconciler().executor().shutdown().await;
     }
-    Ok(())
+    Ok(Exit::Drained(report))
 }

@@ -67,24 +67,71 @@ pub(crate) fn load_tolerant(
     Ok((cfg, sources))
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), installed when made: made before the proxy says it is
+/// serving, a signal sent as soon as it does is a drain, not the default disposition's kill.
+pub(crate) struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    pub(crate) fn install() -> Result<Shutdown> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Shutdown {
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Shutdown {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining connections");
+
+    /// The next SIGTERM or SIGINT.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A second SIGTERM or Ctrl-C while draining: exit at once, without waiting for requests.
+pub(crate) async fn force_exit_on_second_signal(mut signals: Shutdown) {
+    signals.recv().await;
+    eprintln!("error: second signal while draining: exiting without finishing requests");
+    std::process::exit(i32::from(FORCED_EXIT));
+}
+
+/// Exit status of an exit forced by a second signal.
+pub(crate) const FORCED_EXIT: u8 = 2;
+
+/// SIGHUP deliveries (none on other platforms). Installing the handler is what keeps SIGHUP
+/// from killing the process.
+pub(crate) struct Hangups {
+    #[cfg(unix)]
+    sig: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    pub(crate) async fn recv(&mut self) -> Option<()> {
+        #[cfg(unix)]
+        return self.sig.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}
+
+pub(crate) fn hangups() -> Result<Hangups> {
+    Ok(Hangups {
+        #[cfg(unix)]
+        sig: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?,
+    })
 }

@@ -49,6 +49,16 @@ struct Memory {
 pub struct ConfigWatcher {
     _watcher: RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
+    wake: mpsc::Sender<()>,
+}
+
+impl ConfigWatcher {
+    /// Re-read the config now, as a file event would (e.g. on SIGHUP): every file is validated
+    /// and only the valid changes apply.
+    pub fn reload(&self) {
+        // a full channel already holds a pending reload: nothing is lost
+        let _ = self.wake.try_send(());
+    }
 }
 
 impl Drop for ConfigWatcher {
@@ -72,6 +82,7 @@ pub fn watch(
         reported: BTreeMap::new(),
     };
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    let wake = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // reading the config (as every reconcile does) raises access events: waking on them
         // re-read the files in a loop, ~150 times a second, for as long as the process ran
@@ -111,6 +122,7 @@ pub fn watch(
     Ok(ConfigWatcher {
         _watcher: watcher,
         task,
+        wake,
     })
 }
 

@@ -69,6 +69,8 @@ pub enum ContextSource {
     Cookie,
     /// A host pattern.
     Host,
+    /// A signed branch token (from an untrusted client on an `edge` listener: `crate::trust`).
+    Token,
 }
 
 impl ContextSource {
@@ -79,6 +81,7 @@ impl ContextSource {
             ContextSource::Baggage => "baggage",
             ContextSource::Cookie => "cookie",
             ContextSource::Host => "host",
+            ContextSource::Token => "token",
         }
     }
 }

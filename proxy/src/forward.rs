@@ -5,6 +5,7 @@
 //! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
 //! route's connect timeout included).
 
+use crate::access_log::{AccessLog, Routed};
 use crate::activity;
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
@@ -16,6 +17,7 @@ use crate::options::ProxyOptions;
 use crate::pool::Lease;
 use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
+use crate::trust::{self, TrustPolicy};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
@@ -46,16 +48,28 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The listener's request-head limit, in bytes.
     pub max_header_bytes: usize,
+    /// Whether this peer's carriers are honoured (its listener's trust policy, decided once).
+    pub trusted: bool,
+    /// The listener's trust policy (consulted for untrusted peers only).
+    pub trust: Arc<TrustPolicy>,
+    /// The listener's access log (routing facts are attached to responses only when it is on).
+    pub log: Arc<AccessLog>,
+    /// `X-Forwarded-Proto` of this connection (`http`, or `https` behind TLS termination).
+    pub proto: HeaderValue,
 }
 
 impl ConnInfo {
     /// Facts of a connection from `peer` to a listener accepting heads up to
-    /// `max_header_bytes`.
-    pub fn new(peer: SocketAddr, max_header_bytes: usize) -> ConnInfo {
+    /// `max_header_bytes`, under `trust`.
+    pub fn new(peer: SocketAddr, max_header_bytes: usize, trust: &Arc<TrustPolicy>) -> ConnInfo {
         let ip = peer.ip().to_string();
         ConnInfo {
             peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
             max_header_bytes,
+            trusted: trust.trusts_peer(peer.ip()),
+            trust: trust.clone(),
+            log: Arc::default(),
+            proto: HeaderValue::from_static("http"),
         }
     }
 }
@@ -72,6 +86,10 @@ pub(crate) struct Decision<'s> {
     pub(crate) fallback: bool,
     /// How long admission held the request for its upstream to start or become ready.
     pub(crate) held: Option<Duration>,
+    /// The client's carriers are honoured (see `crate::trust`).
+    pub(crate) trusted: bool,
+    /// The preview cookie to set (a token shown in the header or the query).
+    pub(crate) set_cookie: Option<HeaderValue>,
 }
 
 impl Decision<'_> {
@@ -150,17 +168,20 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.router.load();
+        let mut routed = None;
         let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
             Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
             Ok(d) => match self.admit(&snap, self.record(d, start)).await {
                 Err((reply, d)) => {
                     let kind = d.kind();
+                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
                     (local(&snap, reply), Some(d.service), kind, d.layer)
                 }
                 Ok(d) => {
                     if d.fallback {
                         d.upstream.touch(activity::stamp(start));
                     }
+                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
                     let (service, kind, layer) = (d.service, d.kind(), d.layer);
                     (
                         self.forward(&snap, d, req, conn, start).await,
@@ -171,6 +192,13 @@ impl Proxy {
                 }
             },
         };
+        let mut resp = resp;
+        if !conn.trusted {
+            crate::reply::redact(&mut resp);
+        }
+        if let Some(r) = routed {
+            resp.extensions_mut().insert(r);
+        }
         let secs = start.elapsed().as_secs_f64();
         snap.metrics
             .request(service, kind, layer, resp.status().as_u16(), secs);
@@ -250,7 +278,22 @@ impl Proxy {
         if snap.table.settings.debug_header {
             add_route_header(snap, &d, resp.headers_mut());
         }
+        if let Some(c) = d.set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
         resp.map(Either::Left)
+    }
+}
+
+/// What the access log says of `d` (only built when the log is on).
+fn routed_of(snap: &Arc<Snapshot>, d: &Decision<'_>) -> Routed {
+    Routed {
+        snap: snap.clone(),
+        branch: d.branch,
+        service: Some(d.service),
+        layer: d.route.layer,
+        kind: d.kind(),
+        upstream: Some(d.upstream.key.clone()),
     }
 }
 
@@ -276,7 +319,12 @@ fn decide<'s>(
     }
     let table = &snap.table;
     let host = request_host(req)?;
-    let branch = snap.rules.extract(req.headers(), host);
+    let (branch, set_cookie) = if conn.trusted {
+        (snap.rules.extract(req.headers(), host), None)
+    } else {
+        let g = conn.trust.grant(req.headers(), req.uri());
+        (g.branch, g.set_cookie)
+    };
     let layer = match &branch {
         None => BASELINE_ID,
         Some((name, _)) => match table.branch(name.as_str()) {
@@ -319,6 +367,8 @@ fn decide<'s>(
         upstream,
         fallback: false,
         held: None,
+        trusted: conn.trusted,
+        set_cookie,
     })
 }
 
@@ -397,11 +447,25 @@ fn prepare(
         *req.uri_mut() = origin_form(req.uri());
     }
     *req.version_mut() = http::Version::HTTP_11;
+    if !d.trusted {
+        // `Request` lends its target and headers one at a time: the target is moved out and back
+        let mut uri = std::mem::take(req.uri_mut());
+        let stripped = trust::strip_untrusted(req.headers_mut(), &mut uri, &snap.rules);
+        *req.uri_mut() = uri;
+        if stripped {
+            conn.trust.metrics.stripped.inc();
+        }
+    }
     let h = req.headers_mut();
     headers::strip_request(h, upgrade, &snap.rules.header)?;
     headers::append_forwarded_for(h, &conn.peer_ip);
-    h.entry(headers::X_FORWARDED_PROTO)
-        .or_insert(HeaderValue::from_static("http"));
+    if d.trusted {
+        h.entry(headers::X_FORWARDED_PROTO)
+            .or_insert_with(|| conn.proto.clone());
+    } else {
+        // an untrusted client does not say how it reached us
+        h.insert(headers::X_FORWARDED_PROTO, conn.proto.clone());
+    }
     h.append(header::VIA, headers::via(version));
     propagate_context(snap, d, h);
     let policy = &d.route.policy;
@@ -544,12 +608,15 @@ fn add_route_header(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) 
     let layer = t.layer(d.route.layer).map_or("?", |l| &*l.label);
     let _ = write!(
         v,
-        "; service={}; layer={}; kind={}; upstream={}",
+        "; service={}; layer={}; kind={}",
         t.service_name(d.service),
         layer,
         d.route.kind.as_str(),
-        d.upstream.key
     );
+    // upstream addresses are for the mesh, not for whoever reached an edge listener
+    if d.trusted {
+        let _ = write!(v, "; upstream={}", d.upstream.key);
+    }
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(ROUTE_HEADER, v);
     }

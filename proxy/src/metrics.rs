@@ -43,7 +43,7 @@ impl KindLabel {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KindLabel::Route(k) => k.as_str(),
             KindLabel::Fallback => "fallback",

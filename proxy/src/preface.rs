@@ -18,15 +18,15 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// An accepted connection whose reads fail with `TimedOut` if its protocol is not known by
 /// the deadline.
-pub struct Guarded {
-    stream: TcpStream,
+pub struct Guarded<S = TcpStream> {
+    stream: S,
     /// Until the protocol is known: the deadline, and how much of the preface has been seen.
     phase: Option<(CoarseSleep, usize)>,
 }
 
-impl Guarded {
+impl<S> Guarded<S> {
     /// Guard `stream` until `deadline`.
-    pub fn new(stream: TcpStream, deadline: Instant) -> Guarded {
+    pub fn new(stream: S, deadline: Instant) -> Guarded<S> {
         Guarded {
             stream,
             phase: Some((CoarseSleep::until(deadline), 0)),
@@ -44,7 +44,7 @@ fn observe(matched: usize, read: &[u8]) -> Option<usize> {
     Some(matched + read.len())
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -81,7 +81,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -72,5 +72,22 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody
             h.insert(ROUTE_HEADER, v);
         }
     }
+    if reply.status.is_server_error() {
+        // for the access log and the process log (never sent)
+        resp.extensions_mut()
+            .insert(crate::access_log::LocalReason(reply.reason));
+    }
     resp
+}
+
+/// Replace the reason of a local 5xx reply by its status's generic text: reasons name upstream
+/// addresses, which are not for untrusted clients (the debug header keeps branch and service).
+pub(crate) fn redact(resp: &mut Response<ResponseBody>) {
+    let status = resp.status();
+    if !status.is_server_error() || !matches!(resp.body(), Either::Right(_)) {
+        return;
+    }
+    let text = status.canonical_reason().unwrap_or("error");
+    let body = format!("microstax: {}\n", text.to_ascii_lowercase());
+    *resp.body_mut() = Either::Right(Full::new(Bytes::from(body)));
 }

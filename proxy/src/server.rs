@@ -6,14 +6,18 @@
 //! it. Both take already bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and
 //! stop them cleanly.
 
+use crate::access_log::{AccessLog, Entry, LocalReason};
 use crate::deadline::{self, CoarseTimer};
+use crate::drain::{Drain, DrainReport};
 use crate::forward::{ConnInfo, Proxy};
+use crate::limits::{ConnActivity, ConnLimits};
 use crate::pool;
 use crate::preface::Guarded;
+use crate::tls::TlsTerminator;
+use crate::trust::TrustPolicy;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -36,7 +40,30 @@ pub struct ServerOptions {
     /// parsed head: hyper's read-buffer limit alone (~408 KiB) let a head that arrived in large
     /// reads through.
     pub max_header_bytes: usize,
+    /// Who may select a branch through this listener (`crate::trust`).
+    pub trust: Arc<TrustPolicy>,
+    /// The drain flag: set it to make HTTP/1 responses close their connections (`crate::drain`).
+    pub drain: Arc<Drain>,
+    /// A connection with no request in flight for this long is shut down (HTTP/2: GOAWAY).
+    /// An idle HTTP/1 connection is closed sooner, by the header-read timeout: hyper starts
+    /// it as soon as the connection waits for its next request.
+    pub idle_timeout: Duration,
+    /// Most header fields in a request (HTTP/1: hyper answers `431`; HTTP/2: `431` here).
+    pub max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Global and per-peer connection limits, shared by the listener's workers.
+    pub limits: Arc<ConnLimits>,
+    /// The access log (`crate::access_log`).
+    pub access_log: Arc<AccessLog>,
+    /// TLS termination (`crate::tls`); `None`: cleartext.
+    pub tls: Option<Arc<TlsTerminator>>,
 }
+
+/// Default [`ServerOptions::max_headers`] (hyper's own default for HTTP/1).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default [`ServerOptions::max_concurrent_streams`].
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Default [`ServerOptions::max_header_bytes`]: 64 KiB (Envoy's default is 60 KiB).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -47,6 +74,14 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            trust: Arc::default(),
+            drain: Arc::default(),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            limits: Arc::default(),
+            access_log: Arc::default(),
+            tls: None,
         }
     }
 }
@@ -58,14 +93,26 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_reporting(listener, proxy, options, shutdown).await;
+}
+
+/// [`serve`], saying how the drain ended.
+pub async fn serve_reporting(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> DrainReport {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .header_read_timeout(options.header_read_timeout)
+        .max_headers(options.max_headers)
         .keep_alive(true);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.max_concurrent_streams);
     // every request arms a header-read timer: on a worker, the cheap coarse one
     if deadline::installed() {
         builder.http1().timer(CoarseTimer);
@@ -74,8 +121,17 @@ pub async fn serve(
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
     }
-    let graceful = GracefulShutdown::new();
-    let active = proxy.router().metrics().active_connections.clone();
+    // every connection watches this: true shuts it down gracefully (HTTP/2 GOAWAY)
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        proxy,
+        options: options.clone(),
+        builder,
+    });
+    let all_closed = Arc::new(tokio::sync::Notify::new());
+    let active = shared.proxy.router().metrics().active_connections.clone();
+    // this listener's open connections: those left when the drain timeout passes were cut
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,36 +145,197 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(permit) = options.limits.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "connection limit reached: closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                // one refcount per request, on a per-connection value (not on the proxy, whose
-                // count every connection of every worker would share)
-                let ctx = Arc::new((proxy.clone(), ConnInfo::new(peer, options.max_header_bytes)));
-                let svc = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(ctx.0.handle(req, &ctx.1).await) }
-                });
-                let io = Guarded::new(stream, Instant::now() + options.header_read_timeout);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
-                let conn = graceful.watch(conn);
-                let active = active.clone();
                 active.inc();
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let conn = Conn {
+                    shared: shared.clone(),
+                    drain_rx: drain_rx.clone(),
+                };
+                let (active, open, all_closed) = (active.clone(), open.clone(), all_closed.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                    let _permit = permit;
+                    conn.run(stream, peer).await;
                     active.dec();
+                    if open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                        all_closed.notify_waiters();
+                    }
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    let _ = drain_tx.send(true);
+    let closed = async {
+        loop {
+            let notified = all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if open.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = closed => DrainReport::default(),
         () = tokio::time::sleep(options.drain_timeout) => {
-            tracing::warn!("drain timeout reached with connections still open");
+            let cut = open.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(cut, "drain timeout reached with connections still open");
+            DrainReport { cut }
         }
     }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    options: ServerOptions,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// One accepted connection.
+struct Conn {
+    shared: Arc<Shared>,
+    drain_rx: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// TLS handshake (if the listener terminates TLS), then serve until the connection ends,
+    /// it is idle for the idle timeout, or the drain begins (both: a graceful shutdown).
+    async fn run(self, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let o = &self.shared.options;
+        let deadline = Instant::now() + o.header_read_timeout;
+        let mut info = ConnInfo::new(peer, o.max_header_bytes, &o.trust);
+        info.log = o.access_log.clone();
+        let Some(tls) = &o.tls else {
+            return self.serve(Guarded::new(stream, deadline), info).await;
+        };
+        // the handshake is bounded like a request head: a silent client is dropped
+        let hs = tokio::time::timeout_at(deadline.into(), tls.acceptor().accept(stream)).await;
+        let Ok(Ok(stream)) = hs else {
+            tls.handshake_failed();
+            tracing::debug!(%peer, "tls handshake failed or timed out");
+            return;
+        };
+        let verified = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
+        if verified && tls.trusts_client_certs() {
+            info.trusted = true;
+        }
+        info.proto = http::HeaderValue::from_static("https");
+        self.serve(Guarded::new(stream, deadline), info).await;
+    }
+
+    async fn serve<S>(self, io: Guarded<S>, info: ConnInfo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            shared,
+            mut drain_rx,
+        } = self;
+        let activity = Arc::new(ConnActivity::new());
+        let (max_headers, idle_timeout) = (shared.options.max_headers, shared.options.idle_timeout);
+        // one refcount per request, on a per-connection value (not on the proxy, whose
+        // count every connection of every worker would share)
+        let ctx = Arc::new((shared.clone(), info, activity.clone()));
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let ctx = ctx.clone();
+            async move {
+                let (shared, info, activity) = (&ctx.0, &ctx.1, &ctx.2);
+                let version = req.version();
+                activity.begin();
+                let log = &info.log;
+                // what the access log needs of the request, taken before it is moved
+                let head = log.enabled().then(|| {
+                    (
+                        Instant::now(),
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.headers().get(http::header::HOST).cloned(),
+                        Entry::trace_id(req.headers()),
+                    )
+                });
+                let mut resp = if req.headers().len() > max_headers {
+                    too_many_headers(max_headers)
+                } else {
+                    shared.proxy.handle(req, info).await
+                };
+                activity.end();
+                match head {
+                    Some((start, method, uri, host, trace_id)) => {
+                        let e = Entry {
+                            method: &method,
+                            uri: &uri,
+                            host: host.as_ref(),
+                            trace_id,
+                            duration: start.elapsed(),
+                        };
+                        log.log(&e, &resp, log.sample());
+                    }
+                    None => warn_local_failure(&resp),
+                }
+                shared.options.drain.mark(version, &mut resp);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        tokio::pin!(conn);
+        let idle = activity.idle(idle_timeout);
+        tokio::pin!(idle);
+        let mut shutting = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = drain_rx.wait_for(|d| *d), if !shutting => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting = true;
+                }
+                () = &mut idle, if !shutting => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting = true;
+                }
+            }
+        }
+    }
+}
+
+/// Without an access log, a 502/503/504 the proxy made still goes to the process log with
+/// its reason (an error path: the log's lock is taken only then).
+fn warn_local_failure<B>(resp: &http::Response<B>) {
+    let status = resp.status().as_u16();
+    if matches!(status, 502..=504) {
+        if let Some(r) = resp.extensions().get::<LocalReason>() {
+            tracing::warn!(status, reason = %r.0, "proxy reply");
+        }
+    }
+}
+
+/// `431` for a request with more than `max` header fields (HTTP/2: hyper counts only bytes).
+fn too_many_headers(max: usize) -> http::Response<crate::ResponseBody> {
+    let body = format!("microstax: more than {max} header fields\n");
+    let mut resp = http::Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from(body),
+    )));
+    *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    resp
 }
 
 /// Why the sharded server could not start.
@@ -161,7 +378,22 @@ pub enum ServeError {
 
 /// Bind `n` listeners on `addr` with `SO_REUSEPORT`, so the kernel spreads connections over
 /// one listener per worker. Port 0 is resolved by the first bind and shared by the rest.
+/// The address must be free: `SO_REUSEPORT` would let this process silently join another
+/// process's listeners (and take half its traffic), so a listener already there is an
+/// `AddrInUse` error (see [`reuseport_listeners_handover`] to share it on purpose).
 pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        ensure_free(addr)?;
+    }
+    reuseport_listeners_handover(addr, n)
+}
+
+/// [`reuseport_listeners`] without the check that the address is free: for a hand-over, where
+/// a new process joins the old one's listeners until the old one drains.
+pub fn reuseport_listeners_handover(
+    addr: SocketAddr,
+    n: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_reuseport(addr)?;
     let addr = first.local_addr()?;
     let mut all = vec![first];
@@ -169,6 +401,23 @@ pub fn reuseport_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::ne
         all.push(bind_reuseport(addr)?);
     }
     Ok(all)
+}
+
+/// Fail with `AddrInUse` if something listens on `addr`: a probe without `SO_REUSEPORT` (but
+/// with `SO_REUSEADDR`, so connections in TIME_WAIT do not count) cannot bind next to a
+/// listening socket.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    match s.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use by another listener"),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -187,7 +436,7 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// runtime with its own accept loop and upstream pools. Dropping this stops them.
 pub struct Workers {
     stop: watch::Sender<bool>,
-    done: Vec<(oneshot::Receiver<()>, std::thread::JoinHandle<()>)>,
+    done: Vec<(oneshot::Receiver<DrainReport>, std::thread::JoinHandle<()>)>,
 }
 
 impl Workers {
@@ -229,16 +478,17 @@ impl Workers {
                 .name(format!("microstax-worker-{worker}"))
                 .spawn(move || {
                     deadline::install();
-                    rt.block_on(async move {
+                    let report = rt.block_on(async move {
                         let ticker = tokio::spawn(deadline::ticker());
                         let reaper = tokio::spawn(reap_pools());
-                        serve(listener, proxy, options, stopped).await;
+                        let report = serve_reporting(listener, proxy, options, stopped).await;
                         reaper.abort();
                         ticker.abort();
+                        report
                     });
                     // tunnels and upstream connections still open are cancelled here
                     rt.shutdown_timeout(Duration::from_secs(1));
-                    let _ = finished.send(());
+                    let _ = finished.send(report);
                 })
                 .map_err(|source| ServeError::Thread { worker, source })?;
             done.push((finished_rx, thread));
@@ -251,13 +501,22 @@ impl Workers {
 
     /// Serve until `shutdown` completes, then let every worker drain and stop.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
+        self.serve_until_drained(shutdown).await;
+    }
+
+    /// [`Workers::serve_until`], saying how many connections the drain timeout cut.
+    pub async fn serve_until_drained(self, shutdown: impl Future<Output = ()>) -> DrainReport {
         shutdown.await;
         let _ = self.stop.send(true);
+        let mut report = DrainReport::default();
         for (finished, thread) in self.done {
             // waiting asynchronously first keeps this runtime free while workers drain
-            let _ = finished.await;
+            if let Ok(r) = finished.await {
+                report = report.merge(r);
+            }
             let _ = thread.join();
         }
+        report
     }
 }
 

@@ -435,8 +435,16 @@ pub async fn spawn_bin(
     envs: &[(&str, &str)],
 ) -> (tokio::process::Child, SocketAddr, SocketAddr) {
     use tokio::io::{AsyncBufReadExt, BufReader};
+    // a test stops the binary with SIGTERM: no drain grace unless the test asks for one
+    let serves = matches!(args.first(), Some(&"run" | &"demo"));
+    let grace: &[&str] = if serves && !args.contains(&"--drain-grace-ms") {
+        &["--drain-grace-ms", "0"]
+    } else {
+        &[]
+    };
     let mut child = tokio::process::Command::new(BIN)
         .args(args)
+        .args(grace)
         .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         // MICROSTAX_TEST_LOG=1 shows the child's log when debugging a test
