@@ -3,6 +3,7 @@
 
 mod demo;
 mod environments;
+mod fleet;
 mod instances;
 mod serve;
 
@@ -14,7 +15,7 @@ use microstax_planner::ControlPlane;
 use microstax_proxy::{
     PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use serve::{admin_token, load_tolerant, shutdown_signal, ProxySink};
+use serve::{admin_token, load_tolerant, shutdown_signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,12 +39,14 @@ enum Command {
     /// Run the proxy and planner on a config directory (or single file).
     Run {
         /// Config directory (org.yaml, teams/, branches/) or a single multi-document file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "source")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         net: NetArgs,
         #[command(flatten)]
         exec: environments::ExecArgs,
+        #[command(flatten)]
+        fleet: fleet::FleetArgs,
     },
     /// List the instances a running proxy's executor runs for the live plans (from its admin
     /// API's `/instances`).
@@ -208,9 +211,29 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, net, exec } => runtime()?.block_on(async {
+        Command::Run {
+            config,
+            net,
+            exec,
+            fleet,
+        } => runtime()?.block_on(async {
+            let Some(config) = config else {
+                let source = fleet
+                    .source
+                    .as_ref()
+                    .context("--config or --source is needed")?;
+                return fleet::run_source(source, &net).await;
+            };
             let (cfg, sources) = load_tolerant(&config)?;
-            run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
+            run(
+                cfg,
+                &net,
+                &exec,
+                &fleet,
+                None,
+                Some((config.clone(), sources)),
+            )
+            .await
         }),
         Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
         Command::Demo {
@@ -239,6 +262,7 @@ fn real_main() -> Result<()> {
                             cfg,
                             &net,
                             &exec,
+                            &Default::default(),
                             Some(Default::default()),
                             Some((path.clone(), sources)),
                         )
@@ -246,7 +270,7 @@ fn real_main() -> Result<()> {
                     }
                     None => {
                         let (cfg, listeners) = demo::embedded().await?;
-                        run(cfg, &net, &exec, Some(listeners), None).await
+                        run(cfg, &net, &exec, &Default::default(), Some(listeners), None).await
                     }
                 }
             })
@@ -303,18 +327,23 @@ fn check(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
-/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
-async fn run(
-    cfg: microstax_config::Config,
+/// A proxy serving on its listeners, with the table of `cfg`.
+pub(crate) struct Started {
+    proxy: Arc<Proxy>,
+    workers: Workers,
+    listen: SocketAddr,
+    _maintenance: tokio::task::JoinHandle<()>,
+}
+
+/// Build the proxy for `cfg` (its metrics in `registry`), bind its listeners and start its
+/// workers (before the planner and the admin API, so every publish prewarms their pools).
+pub(crate) fn start_proxy(
+    cfg: &microstax_config::Config,
     net: &NetArgs,
-    exec: &environments::ExecArgs,
-    demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
-    watch: Option<(PathBuf, Vec<SourceText>)>,
-) -> Result<()> {
-    let registry = prometheus::Registry::new();
-    let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
-    let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
+    registry: &prometheus::Registry,
+) -> Result<Started> {
+    let metrics = ProxyMetrics::new(registry).context("registering proxy metrics")?;
+    let router = Router::with_metrics(microstax_planner::compile(cfg, 1), metrics);
     let defaults = PrewarmOptions::default();
     let prewarm = PrewarmOptions {
         connections: net.prewarm_connections,
@@ -332,41 +361,70 @@ async fn run(
         .first()
         .context("no proxy listener")?
         .local_addr()?;
-    // workers start before the planner and the admin API, so every publish prewarms their pools
     let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
         .context("starting the proxy workers")?;
-    let _maintenance = proxy.spawn_maintenance();
-    let envs = environments::build(exec, &cfg).await?;
-    let expiry_metrics =
-        environments::ExpiryMetrics::new(&registry).context("registering expiry metrics")?;
-    let control = ControlPlane::with_environments(
-        cfg.clone(),
-        Arc::new(ProxySink(proxy.clone())),
-        &registry,
-        envs.clone()
-            .map(|r| r as Arc<dyn microstax_planner::Environments>),
-    )
-    .context("registering planner metrics")?;
-    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
+    let maintenance = proxy.spawn_maintenance();
+    Ok(Started {
+        proxy,
+        workers,
+        listen,
+        _maintenance: maintenance,
+    })
+}
+
+/// Bind the admin listener (and the health listener, when `--health` is given) and serve them.
+pub(crate) async fn serve_admin(net: &NetArgs, state: Arc<AdminState>) -> Result<SocketAddr> {
     let admin = TcpListener::bind(net.admin)
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
     let admin_addr = admin.local_addr()?;
-    let serving = Arc::new(AtomicBool::new(false));
-    let state = Arc::new(AdminState {
-        control: control.clone(),
-        registry,
-        token: admin_token(net)?,
-        serving: serving.clone(),
-        options: AdminOptions::default(),
-        runtime: envs.clone(),
-    });
     tokio::spawn(microstax_planner::admin::serve(
         admin,
         state,
         std::future::pending(),
     ));
+    Ok(admin_addr)
+}
+
+/// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
+/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
+async fn run(
+    cfg: microstax_config::Config,
+    net: &NetArgs,
+    exec: &environments::ExecArgs,
+    fleet: &fleet::FleetArgs,
+    demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
+    watch: Option<(PathBuf, Vec<SourceText>)>,
+) -> Result<()> {
+    let registry = prometheus::Registry::new();
+    let started = start_proxy(&cfg, net, &registry)?;
+    let (proxy, listen) = (started.proxy.clone(), started.listen);
+    let envs = environments::build(exec, &cfg).await?;
+    let expiry_metrics =
+        environments::ExpiryMetrics::new(&registry).context("registering expiry metrics")?;
+    let (sink, published) = fleet::sink(fleet, proxy.clone());
+    let control = ControlPlane::with_environments(
+        cfg.clone(),
+        sink,
+        &registry,
+        envs.clone()
+            .map(|r| r as Arc<dyn microstax_planner::Environments>),
+    )
+    .context("registering planner metrics")?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AdminState {
+        control: control.clone(),
+        registry: registry.clone(),
+        token: admin_token(net)?,
+        serving: serving.clone(),
+        options: AdminOptions::default(),
+        runtime: envs.clone(),
+        source: None,
+    });
+    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
+    let admin_addr = serve_admin(net, state).await?;
     control.publish_initial().await;
+    let publisher = fleet::publisher(fleet, &control, published, &registry)?;
     let _watcher = match watch {
         Some((path, sources)) => Some(microstax_planner::watch(
             path,
@@ -395,7 +453,11 @@ async fn run(
             expiry_metrics,
         ));
     }
-    workers.serve_until(shutdown_signal()).await;
+    started.workers.serve_until(shutdown_signal()).await;
+    if let Some(p) = publisher {
+        // a standby takes over at once rather than after the lease's TTL
+        p.resign().await;
+    }
     if let Some(rt) = &envs {
         // no orphan survives the proxy: every instance is stopped (SIGTERM, then SIGKILL)
         rt.reconciler().executor().shutdown().await;

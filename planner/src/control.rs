@@ -38,6 +38,8 @@ pub enum ChangeSource {
     File,
     /// The admin API.
     Api,
+    /// A shared store followed by a proxy (etcd).
+    Etcd,
 }
 
 impl ChangeSource {
@@ -45,6 +47,7 @@ impl ChangeSource {
         match self {
             ChangeSource::File => "file",
             ChangeSource::Api => "api",
+            ChangeSource::Etcd => "etcd",
         }
     }
 }

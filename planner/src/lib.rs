@@ -14,6 +14,7 @@ pub mod diff;
 mod engine;
 pub mod environments;
 pub mod error;
+pub mod etcd;
 pub mod explain;
 pub mod fleet;
 pub mod git;

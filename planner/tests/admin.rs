@@ -54,6 +54,7 @@ async fn start(
         serving: serving.clone(),
         options,
         runtime: None,
+        source: None,
     });
     tokio::spawn(serve(listener, state, std::future::pending()));
     (addr, control, serving)

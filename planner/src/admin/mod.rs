@@ -66,6 +66,8 @@ pub struct AdminState {
     pub options: AdminOptions,
     /// The environments runtime, when an executor runs the plans (`/instances`).
     pub runtime: Option<Arc<crate::environments::Runtime>>,
+    /// The shared store this proxy follows, if any (its sync state is `/readyz` detail).
+    pub source: Option<Arc<crate::etcd::SyncStatus>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -165,22 +167,31 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 /// `200` once the first complete config is published to the proxy and the proxy listeners
-/// serve; else `503` with the reason.
+/// serve; else `503` with the reason. A proxy following a shared store adds its sync state
+/// (`source`: connected, revision, staleness in seconds).
 fn readyz(state: &AdminState) -> Reply {
-    let reason = if !state.control.is_ready() {
+    let reason = if state.source.as_ref().is_some_and(|s| !s.is_synced()) {
+        Some("the first complete load from the shared store is not done yet")
+    } else if !state.control.is_ready() {
         Some("the first config is not yet published to the proxy")
     } else if !state.serving.load(Ordering::Acquire) {
         Some("the proxy listeners are not serving yet")
     } else {
         None
     };
-    match reason {
-        None => json(StatusCode::OK, &serde_json::json!({"ready": true})),
-        Some(r) => json(
+    let (status, mut body) = match reason {
+        None => (StatusCode::OK, serde_json::json!({"ready": true})),
+        Some(r) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"ready": false, "reason": r}),
+            serde_json::json!({"ready": false, "reason": r}),
         ),
+    };
+    // a proxy that lost its store stays ready (it serves its last good table) and says how
+    // stale that table may be
+    if let Some(s) = &state.source {
+        body["source"] = s.to_json();
     }
+    json(status, &body)
 }
 
 /// Why a write is refused, if it is.
