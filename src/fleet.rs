@@ -6,7 +6,7 @@
 use crate::serve::{admin_token, shutdown_signal, ProxySink};
 use crate::NetArgs;
 use anyhow::{Context as _, Result};
-use microstax_planner::admin::{AdminOptions, AdminState};
+use microstax_planner::admin::AdminState;
 use microstax_planner::etcd::{Endpoint, FollowOptions, NotifySink, PublishOptions, Publisher};
 use microstax_planner::{ControlPlane, TableSink};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +102,7 @@ pub(crate) async fn run_source(endpoint: &Endpoint, net: &NetArgs) -> Result<()>
         registry,
         token: admin_token(net)?,
         serving: serving.clone(),
-        options: AdminOptions::default(),
+        options: crate::admin_options(net),
         runtime: None,
         source: Some(following.status.clone()),
     });

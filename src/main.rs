@@ -5,6 +5,7 @@ mod demo;
 mod environments;
 mod fleet;
 mod instances;
+mod probe;
 mod serve;
 
 use anyhow::{Context as _, Result};
@@ -57,6 +58,19 @@ enum Command {
         /// Print the JSON as served.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask a health endpoint (default: the health listener's /readyz) and exit 0 when it
+    /// answers 2xx: a container HEALTHCHECK or an exec probe.
+    Probe {
+        /// The address of the listener to ask.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        addr: SocketAddr,
+        /// The path to ask.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Longest wait for the answer, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Validate a config; print every error with file:line and exit non-zero if any.
     Check {
@@ -126,6 +140,15 @@ pub(crate) struct NetArgs {
     /// Admin listen address (loopback by default).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
+    /// Health listen address serving only /healthz, /readyz and /metrics (no write, no config
+    /// value): bind it where kubelet and Prometheus reach, e.g. 0.0.0.0:9902. Off by default.
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Whether the admin reads that reveal config values (/routes, /plan, /explain, /branches,
+    /// /instances) need the admin token: `auto` (only when --admin is not loopback), `token`
+    /// or `open`.
+    #[arg(long, value_enum, default_value_t = AdminReads::Auto)]
+    admin_reads: AdminReads,
     /// Proxy workers: threads each with its own runtime, listener and upstream pools.
     #[arg(long, default_value_t = default_workers())]
     workers: usize,
@@ -136,10 +159,42 @@ pub(crate) struct NetArgs {
     /// Quiet time gathered after a config file event before reloading, in milliseconds.
     #[arg(long, default_value_t = 5)]
     debounce_ms: u64,
+    /// Seconds open connections get to finish after SIGTERM before they are closed (keep it
+    /// below the pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_s: u64,
     /// Connections opened to each new upstream before a table naming it is published
     /// (0 turns prewarming off).
     #[arg(long, default_value_t = 2)]
     prewarm_connections: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AdminReads {
+    /// Token needed unless the admin listener is on loopback.
+    Auto,
+    /// Token always needed.
+    Token,
+    /// Open to anyone who reaches the admin listener.
+    Open,
+}
+
+impl AdminReads {
+    fn protect(self, admin: SocketAddr) -> bool {
+        match self {
+            AdminReads::Auto => !admin.ip().is_loopback(),
+            AdminReads::Token => true,
+            AdminReads::Open => false,
+        }
+    }
+}
+
+/// The admin listener's bounds for `net`.
+pub(crate) fn admin_options(net: &NetArgs) -> AdminOptions {
+    AdminOptions {
+        protect_reads: net.admin_reads.protect(net.admin),
+        ..AdminOptions::default()
+    }
 }
 
 fn default_workers() -> usize {
@@ -236,6 +291,11 @@ fn real_main() -> Result<()> {
             .await
         }),
         Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
+        Command::Probe {
+            addr,
+            path,
+            timeout_ms,
+        } => runtime()?.block_on(probe::probe(addr, &path, Duration::from_millis(timeout_ms))),
         Command::Demo {
             net,
             exec,
@@ -361,8 +421,12 @@ pub(crate) fn start_proxy(
         .first()
         .context("no proxy listener")?
         .local_addr()?;
-    let workers = Workers::start(listeners, proxy.clone(), ServerOptions::default())
-        .context("starting the proxy workers")?;
+    let server = ServerOptions {
+        drain_timeout: Duration::from_secs(net.drain_timeout_s),
+        ..ServerOptions::default()
+    };
+    let workers =
+        Workers::start(listeners, proxy.clone(), server).context("starting the proxy workers")?;
     let maintenance = proxy.spawn_maintenance();
     Ok(Started {
         proxy,
@@ -378,6 +442,17 @@ pub(crate) async fn serve_admin(net: &NetArgs, state: Arc<AdminState>) -> Result
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
     let admin_addr = admin.local_addr()?;
+    if let Some(at) = net.health {
+        let health = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the health listener {at}"))?;
+        tracing::info!("health on http://{}", health.local_addr()?);
+        tokio::spawn(microstax_planner::admin::serve_health(
+            health,
+            state.clone(),
+            std::future::pending(),
+        ));
+    }
     tokio::spawn(microstax_planner::admin::serve(
         admin,
         state,
@@ -417,7 +492,7 @@ async fn run(
         registry: registry.clone(),
         token: admin_token(net)?,
         serving: serving.clone(),
-        options: AdminOptions::default(),
+        options: admin_options(net),
         runtime: envs.clone(),
         source: None,
     });

@@ -66,6 +66,7 @@ fn short() -> AdminOptions {
         body_timeout: Duration::from_millis(300),
         max_body: 1024,
         max_connections: 512,
+        protect_reads: false,
     }
 }
 
