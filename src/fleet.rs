@@ -32,7 +32,7 @@ pub(crate) struct FleetArgs {
     /// about this long after the leader dies.
     #[arg(long, default_value_t = 5)]
     pub(crate) etcd_lease_ttl: u64,
-    /// Most operations per etcd transaction (etcd's --max-txn-ops, 128 by default).
+    /// Most operations per etcd transaction (etcd's own max-txn-ops setting, 128 by default).
     #[arg(long, default_value_t = 128)]
     pub(crate) etcd_max_txn_ops: usize,
     /// This planner's name in the election (default: planner-PID).
