@@ -2,6 +2,7 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod dev;
 mod environments;
 mod fleet;
 mod instances;
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local development proxy: the services named by --local go to local processes,
+    /// everything else to the shared gateway at --remote, all on --branch.
+    Dev(dev::DevArgs),
     /// Ask a health endpoint (default: the health listener's /readyz) and exit 0 when it
     /// answers 2xx: a container HEALTHCHECK or an exec probe.
     Probe {
@@ -291,6 +295,7 @@ fn real_main() -> Result<()> {
             .await
         }),
         Command::Instances { admin, json } => runtime()?.block_on(instances::print(admin, json)),
+        Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Probe {
             addr,
             path,
