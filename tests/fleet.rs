@@ -179,6 +179,9 @@ async fn a_planner_and_three_proxies_converge_on_a_change() {
             .as_deref(),
         Some("base")
     );
+    // a removed branch is removed from every proxy
+    std::fs::remove_file(dir.path().join("branches/dev.yaml")).expect("remove");
+    wait_all(&client, &all, "dev", "base").await;
     for p in proxies {
         stop_bin(p.child).await;
     }

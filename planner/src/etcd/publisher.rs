@@ -20,6 +20,7 @@ use super::{Endpoint, EtcdError};
 use crate::control::{ControlPlane, TableSink};
 use microstax_config::{ParsedDoc, RoutingTable};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -157,9 +158,33 @@ impl Publisher {
     }
 }
 
-/// What was last written per layer key: the document (by pointer, to skip unchanged layers
-/// cheaply) and its encoding.
-type Published = BTreeMap<String, (Arc<ParsedDoc>, Vec<u8>)>;
+/// What was last written for one layer.
+struct Entry {
+    /// The etcd key.
+    key: String,
+    /// The document (by pointer, to skip unchanged layers cheaply: an unchanged layer keeps its
+    /// `Arc` from one config to the next).
+    doc: Arc<ParsedDoc>,
+    /// Its encoding as written.
+    value: Vec<u8>,
+    /// The diff pass that last saw the layer in the config.
+    seen: u64,
+}
+
+/// What was last written, by layer label (`baseline`, `team/NAME`, `branch/NAME`): unique per
+/// layer and already allocated by the config, so a diff of 10k unchanged layers allocates
+/// nothing and hashes short strings only.
+#[derive(Default)]
+struct Published {
+    layers: FxHashMap<Arc<str>, Entry>,
+    pass: u64,
+}
+
+impl Published {
+    fn clear(&mut self) {
+        self.layers.clear();
+    }
+}
 
 struct Campaign {
     client: Client,
@@ -236,7 +261,7 @@ impl Campaign {
 
     /// Publish while leading (election key created at `created`).
     async fn lead(&mut self, created: i64, mut lost: watch::Receiver<bool>) -> Stop {
-        let mut published = Published::new();
+        let mut published = Published::default();
         let mut marker: Option<i64> = None;
         loop {
             // the config is stored after the sink returns: taking the state lock waits for a
@@ -307,12 +332,20 @@ impl Campaign {
             let key = self.layout.layer_key(l.kind, &l.name);
             let value = encode(&l.doc);
             if existing.remove(&key).as_deref() != Some(value.as_slice()) {
-                ops.push(Write::Put(key.clone(), value.clone(), l.doc.clone()));
+                ops.push(Write::Put(l.label.clone(), key, value, l.doc.clone()));
             } else {
-                published.insert(key, (l.doc.clone(), value));
+                published.layers.insert(
+                    l.label.clone(),
+                    Entry {
+                        key,
+                        doc: l.doc.clone(),
+                        value,
+                        seen: published.pass,
+                    },
+                );
             }
         }
-        ops.extend(existing.into_keys().map(Write::Delete));
+        ops.extend(existing.into_keys().map(|k| Write::Delete(None, k)));
         let marker = meta.map_or(0, |kv| kv.mod_revision);
         self.commit(created, marker, ops, published).await
     }
@@ -342,8 +375,7 @@ impl Campaign {
         for (i, writes) in chunks.into_iter().enumerate() {
             let mut txn: Vec<Op> = writes.iter().map(Write::op).collect();
             if i == last {
-                let meta =
-                    serde_json::json!({"planner": self.options.id, "layers": published.len() + n});
+                let meta = serde_json::json!({"planner": self.options.id});
                 txn.push(Op::Put {
                     key: self.layout.meta(),
                     value: meta.to_string().into_bytes(),
@@ -366,14 +398,25 @@ impl Campaign {
             if i == last {
                 marker = t.revision;
             }
+            let pass = published.pass;
             for w in writes {
                 match w {
-                    Write::Put(k, v, doc) => {
-                        published.insert(k, (doc, v));
+                    Write::Put(label, key, value, doc) => {
+                        let seen = pass;
+                        published.layers.insert(
+                            label,
+                            Entry {
+                                key,
+                                doc,
+                                value,
+                                seen,
+                            },
+                        );
                     }
-                    Write::Delete(k) => {
-                        published.remove(&k);
+                    Write::Delete(Some(label), _) => {
+                        published.layers.remove(&label);
                     }
+                    Write::Delete(None, _) => {}
                 }
             }
         }
@@ -389,28 +432,29 @@ enum Failure {
     Etcd(EtcdError),
 }
 
-/// One layer write.
+/// One layer write: the layer's label (None for a key no layer of ours holds), the key, and
+/// for a put the value and the document.
 enum Write {
-    Put(String, Vec<u8>, Arc<ParsedDoc>),
-    Delete(String),
+    Put(Arc<str>, String, Vec<u8>, Arc<ParsedDoc>),
+    Delete(Option<Arc<str>>, String),
 }
 
 impl Write {
     fn op(&self) -> Op {
         match self {
-            Write::Put(k, v, _) => Op::Put {
+            Write::Put(_, k, v, _) => Op::Put {
                 key: k.clone(),
                 value: v.clone(),
                 lease: 0,
             },
-            Write::Delete(k) => Op::Delete(k.clone()),
+            Write::Delete(_, k) => Op::Delete(k.clone()),
         }
     }
 
     fn size(&self) -> usize {
         match self {
-            Write::Put(k, v, _) => k.len() + v.len(),
-            Write::Delete(k) => k.len(),
+            Write::Put(_, k, v, _) => k.len() + v.len(),
+            Write::Delete(_, k) => k.len(),
         }
     }
 }
@@ -437,29 +481,35 @@ fn chunk(ops: Vec<Write>, max_ops: usize, max_bytes: usize) -> Vec<Vec<Write>> {
 /// The writes that turn `published` into `cfg`: layers whose document changed (compared by
 /// pointer first: an unchanged layer keeps its `Arc`), and the ones that are gone.
 fn diff(layout: &Layout, cfg: &microstax_config::Config, published: &mut Published) -> Vec<Write> {
+    published.pass += 1;
+    let pass = published.pass;
     let mut ops = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
     for l in cfg.layers() {
-        let key = layout.layer_key(l.kind, &l.name);
-        match published.get_mut(&key) {
-            Some((doc, _)) if Arc::ptr_eq(doc, &l.doc) => {}
-            Some((doc, value)) => {
+        match published.layers.get_mut(&*l.label) {
+            Some(e) if Arc::ptr_eq(&e.doc, &l.doc) => e.seen = pass,
+            Some(e) => {
+                e.seen = pass;
                 let v = encode(&l.doc);
-                if v == *value {
-                    *doc = l.doc.clone();
+                if v == e.value {
+                    e.doc = l.doc.clone();
                 } else {
-                    ops.push(Write::Put(key.clone(), v, l.doc.clone()));
+                    ops.push(Write::Put(l.label.clone(), e.key.clone(), v, l.doc.clone()));
                 }
             }
-            None => ops.push(Write::Put(key.clone(), encode(&l.doc), l.doc.clone())),
+            None => ops.push(Write::Put(
+                l.label.clone(),
+                layout.layer_key(l.kind, &l.name),
+                encode(&l.doc),
+                l.doc.clone(),
+            )),
         }
-        seen.insert(key);
     }
     ops.extend(
         published
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .map(|k| Write::Delete(k.clone())),
+            .layers
+            .iter()
+            .filter(|(_, e)| e.seen != pass)
+            .map(|(label, e)| Write::Delete(Some(label.clone()), e.key.clone())),
     );
     ops
 }
@@ -488,7 +538,7 @@ mod tests {
 
     #[test]
     fn writes_are_chunked_by_count_and_bytes() {
-        let doc = |k: &str| Write::Delete(k.to_string());
+        let doc = |k: &str| Write::Delete(None, k.to_string());
         let c = chunk((0..5).map(|i| doc(&format!("k{i}"))).collect(), 2, 1 << 20);
         assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
         let c = chunk(vec![doc("aaaa"), doc("bbbb"), doc("c")], 10, 8);
