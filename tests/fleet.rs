@@ -389,3 +389,45 @@ async fn a_corrupt_value_is_refused_while_the_table_keeps_serving() {
     stop_bin(proxy.child).await;
     stop_bin(planner.child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_value_at_the_first_load_is_left_out_and_the_rest_serves() {
+    let etcd = EtcdServer::start().await;
+    let (base, v1, v2) = (
+        Upstream::start("base").await,
+        Upstream::start("v1").await,
+        Upstream::start("v2").await,
+    );
+    let client = h1_client();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), base.addr, v1.addr);
+    let planner = planner(dir.path(), &etcd, "a").await;
+    let api = etcd.api();
+    let marker = format!("/{PREFIX}/meta");
+    wait_for(DEADLINE, "the planner's first publish", || async {
+        api.get(&marker).await.ok()?.1.map(|_| ())
+    })
+    .await;
+    let bad = format!("/{PREFIX}/layers/branch/bad");
+    etcd.put(&bad, b"services: [").await;
+    etcd.put(
+        &format!("/{PREFIX}/layers/branch/orphan"),
+        b"parent: no-such-layer\n",
+    )
+    .await;
+    let proxy = follower(&etcd).await;
+    wait_all(&client, &[&proxy], "dev", "v1").await;
+    let (status, body) = readyz(&client, proxy.admin).await;
+    assert_eq!(status, 200, "{body}");
+    let rejected = "microstax_config_rejected_total{source=\"etcd\"}";
+    assert_eq!(metric(&client, proxy.admin, rejected).await, Some(2.0));
+    assert_eq!(
+        upstream_for(&client, proxy.proxy, "bad").await.as_deref(),
+        Some("base")
+    );
+    // fixed in place: it applies
+    etcd.put(&bad, branch(v2.addr).as_bytes()).await;
+    wait_all(&client, &[&proxy], "bad", "v2").await;
+    stop_bin(proxy.child).await;
+    stop_bin(planner.child).await;
+}

@@ -268,6 +268,16 @@ impl ControlPlane {
             .await)
     }
 
+    /// Replace the whole config with `next`, already validated (a first load from a shared
+    /// store, built in one pass instead of layer by layer), compiled in full and published as
+    /// the next generation.
+    pub async fn replace(&self, next: Config, source: ChangeSource) -> Applied {
+        let mut state = self.state.lock().await;
+        let names = vec![format!("{} layers", next.layers().count())];
+        self.publish(&mut state, next, Vec::new(), names, true, source)
+            .await
+    }
+
     /// Apply `changes` one by one: each is accepted or rejected on its own (a rejected change
     /// leaves its layer's last good version in place). Everything accepted is published as one
     /// generation. Rejections are returned, not counted: the caller reports them.

@@ -14,9 +14,11 @@ use super::client::{Client, Event};
 use super::layout::{decode, Layout};
 use super::{Endpoint, EtcdError};
 use crate::control::{Change, ChangeSource, ControlPlane};
-use microstax_config::{parse_text, Config, ConfigError, LayerKind};
+use crate::watch::build_tolerant;
+use microstax_config::{parse_text, Config, ConfigError, LayerKind, SourceText};
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,11 +324,64 @@ impl Follower {
         );
         // what was pending is replaced by what the store holds now
         self.pending.clear();
-        self.apply(updates).await;
+        if need_marker && self.applied.is_empty() {
+            self.load_all(&desired, updates).await;
+        } else {
+            self.apply(updates).await;
+        }
         self.revision = revision;
         self.status.set_revision(revision);
         self.status.relists.inc();
         Ok(true)
+    }
+
+    /// The first load: every layer at once, built in one pass (applying 10k layers one by one
+    /// costs a config copy each). Values that do not decode or validate are left out, refused
+    /// and retried like any other; an org that does not validate falls back to `apply`, which
+    /// refuses it.
+    async fn load_all(&mut self, desired: &BTreeMap<String, Vec<u8>>, updates: Vec<Update>) {
+        let mut sources = Vec::new();
+        let mut refused: Vec<(String, ConfigError)> = Vec::new();
+        for (key, value) in desired {
+            let Some((kind, name)) = self.layout.parse_key(key) else {
+                continue;
+            };
+            match decode(key, kind, name, value) {
+                Ok(_) => sources.push(SourceText {
+                    rel: format!("etcd:{key}"),
+                    text: String::from_utf8_lossy(value).into_owned(),
+                    kind: Some(kind),
+                    stem: (kind != LayerKind::Org).then(|| name.to_string()),
+                }),
+                Err(e) => refused.push((key.clone(), e)),
+            }
+        }
+        let (cfg, left_out) = match build_tolerant(&sources) {
+            Ok(v) => v,
+            Err(_) => return self.apply(updates).await,
+        };
+        for e in left_out {
+            let files: BTreeSet<String> = e
+                .diagnostics()
+                .iter()
+                .filter_map(|d| d.file.strip_prefix("etcd:").map(str::to_string))
+                .collect();
+            for key in files {
+                let diagnostics = e.diagnostics().to_vec();
+                refused.push((key, ConfigError::Invalid { diagnostics }));
+            }
+        }
+        self.control.replace(cfg, ChangeSource::Etcd).await;
+        let refused_keys: BTreeSet<&String> = refused.iter().map(|(k, _)| k).collect();
+        self.applied = desired
+            .iter()
+            .filter(|(k, _)| !refused_keys.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, e) in refused {
+            let value = desired.get(&key).cloned();
+            self.refuse(key, value, &e);
+        }
     }
 
     /// One watch from the next revision, until it breaks, is compacted, or a reconnect is asked.
