@@ -279,11 +279,17 @@ impl Follower {
     /// List until a complete publish is there, apply it, publish the control plane.
     async fn first_load(&mut self) {
         let mut backoff = Backoff::new(self.max_retry);
+        // each distinct reason is logged once, not at every attempt
+        let mut said = String::new();
         loop {
-            match self.relist(true).await {
+            let why = match self.relist(true).await {
                 Ok(true) => break,
-                Ok(false) => tracing::info!("waiting for a planner to publish to etcd"),
-                Err(e) => tracing::warn!("first load from etcd failed, retrying: {e}"),
+                Ok(false) => "waiting for a planner to publish to etcd".to_string(),
+                Err(e) => format!("first load from etcd failed, retrying: {e}"),
+            };
+            if why != said {
+                tracing::warn!("{why}");
+                said = why;
             }
             backoff.wait().await;
         }
