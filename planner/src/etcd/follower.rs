@@ -46,6 +46,9 @@ impl Default for FollowOptions {
     }
 }
 
+/// Interval of the marker read while no planner has published yet.
+const MARKER_POLL: Duration = Duration::from_millis(50);
+
 /// Where a follower stands, for `/readyz` and the metrics.
 pub struct SyncStatus {
     endpoint: String,
@@ -282,9 +285,18 @@ impl Follower {
         // each distinct reason is logged once, not at every attempt
         let mut said = String::new();
         loop {
-            let why = match self.relist(true).await {
-                Ok(true) => break,
-                Ok(false) => "waiting for a planner to publish to etcd".to_string(),
+            // the marker alone is a cheap read: poll it often, list the prefix once it is there
+            let why = match self.client.get(&self.layout.meta()).await {
+                Ok((_, None)) => {
+                    self.status.set_connected(true);
+                    backoff = Backoff::new(MARKER_POLL);
+                    "waiting for a planner to publish to etcd".to_string()
+                }
+                Ok((_, Some(_))) => match self.relist(true).await {
+                    Ok(true) => break,
+                    Ok(false) => "waiting for a planner to publish to etcd".to_string(),
+                    Err(e) => format!("first load from etcd failed, retrying: {e}"),
+                },
                 Err(e) => format!("first load from etcd failed, retrying: {e}"),
             };
             if why != said {
