@@ -2,9 +2,12 @@
 //! loads and validates, the planner compiles tables, the proxy serves them.
 
 mod demo;
+mod dev;
 mod edge;
 mod environments;
+mod fleet;
 mod instances;
+mod probe;
 mod serve;
 
 use anyhow::{Context as _, Result};
@@ -15,7 +18,7 @@ use microstax_planner::ControlPlane;
 use microstax_proxy::{
     Drain, PrewarmOptions, Proxy, ProxyMetrics, ProxyOptions, Router, ServerOptions, Workers,
 };
-use serve::{admin_token, load_tolerant, ProxySink, Shutdown};
+use serve::{admin_token, load_tolerant, Shutdown};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,12 +45,14 @@ enum Command {
     /// Run the proxy and planner on a config directory (or single file).
     Run {
         /// Config directory (org.yaml, teams/, branches/) or a single multi-document file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "source")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         net: NetArgs,
         #[command(flatten)]
         exec: environments::ExecArgs,
+        #[command(flatten)]
+        fleet: fleet::FleetArgs,
     },
     /// List the instances a running proxy's executor runs for the live plans (from its admin
     /// API's `/instances`).
@@ -58,6 +63,22 @@ enum Command {
         /// Print the JSON as served.
         #[arg(long)]
         json: bool,
+    },
+    /// The local development proxy: the services named by --local go to local processes,
+    /// everything else to the shared gateway at --remote, all on --branch.
+    Dev(dev::DevArgs),
+    /// Ask a health endpoint (default: the health listener's /readyz) and exit 0 when it
+    /// answers 2xx: a container HEALTHCHECK or an exec probe.
+    Probe {
+        /// The address of the listener to ask.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        addr: SocketAddr,
+        /// The path to ask.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Longest wait for the answer, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Validate a config; print every error with file:line and exit non-zero if any.
     Check {
@@ -145,6 +166,15 @@ pub(crate) struct NetArgs {
     /// Admin listen address (loopback by default).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
+    /// Health listen address serving only /healthz, /readyz and /metrics (no write, no config
+    /// value): bind it where kubelet and Prometheus reach, e.g. 0.0.0.0:9902. Off by default.
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Whether the admin reads that reveal config values (/routes, /plan, /explain, /branches,
+    /// /instances) need the admin token: `auto` (only when --admin is not loopback), `token`
+    /// or `open`.
+    #[arg(long, value_enum, default_value_t = AdminReads::Auto)]
+    admin_reads: AdminReads,
     /// Proxy workers: threads each with its own runtime, listener and upstream pools.
     #[arg(long, default_value_t = default_workers())]
     workers: usize,
@@ -205,6 +235,34 @@ pub(crate) struct NetArgs {
     tls: edge::TlsArgs,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AdminReads {
+    /// Token needed unless the admin listener is on loopback.
+    Auto,
+    /// Token always needed.
+    Token,
+    /// Open to anyone who reaches the admin listener.
+    Open,
+}
+
+impl AdminReads {
+    fn protect(self, admin: SocketAddr) -> bool {
+        match self {
+            AdminReads::Auto => !admin.ip().is_loopback(),
+            AdminReads::Token => true,
+            AdminReads::Open => false,
+        }
+    }
+}
+
+/// The admin listener's bounds for `net`.
+pub(crate) fn admin_options(net: &NetArgs) -> AdminOptions {
+    AdminOptions {
+        protect_reads: net.admin_reads.protect(net.admin),
+        ..AdminOptions::default()
+    }
+}
+
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -232,7 +290,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// How a command ended.
-enum Exit {
+pub(crate) enum Exit {
     Done,
     /// `run` or `demo` stopped after a drain.
     Drained(microstax_proxy::DrainReport),
@@ -312,15 +370,43 @@ fn real_main() -> Result<Exit> {
             }
             Ok(Exit::Done)
         }
-        Command::Run { config, net, exec } => runtime()?.block_on(async {
+        Command::Run {
+            config,
+            net,
+            exec,
+            fleet,
+        } => runtime()?.block_on(async {
+            let Some(config) = config else {
+                let source = fleet
+                    .source
+                    .as_ref()
+                    .context("--config or --source is needed")?;
+                return fleet::run_source(source, &net).await;
+            };
             let (cfg, sources) = load_tolerant(&config)?;
-            run(cfg, &net, &exec, None, Some((config.clone(), sources))).await
+            run(
+                cfg,
+                &net,
+                &exec,
+                &fleet,
+                None,
+                Some((config.clone(), sources)),
+            )
+            .await
         }),
         Command::DemoService(args) => runtime()?
             .block_on(demo::serve_service(args))
             .map(Exit::from),
         Command::Instances { admin, json } => runtime()?
             .block_on(instances::print(admin, json))
+            .map(Exit::from),
+        Command::Dev(args) => runtime()?.block_on(dev::run(args)).map(Exit::from),
+        Command::Probe {
+            addr,
+            path,
+            timeout_ms,
+        } => runtime()?
+            .block_on(probe::probe(addr, &path, Duration::from_millis(timeout_ms)))
             .map(Exit::from),
         Command::Demo {
             net,
@@ -348,6 +434,7 @@ fn real_main() -> Result<Exit> {
                             cfg,
                             &net,
                             &exec,
+                            &Default::default(),
                             Some(Default::default()),
                             Some((path.clone(), sources)),
                         )
@@ -355,7 +442,7 @@ fn real_main() -> Result<Exit> {
                     }
                     None => {
                         let (cfg, listeners) = demo::embedded().await?;
-                        run(cfg, &net, &exec, Some(listeners), None).await
+                        run(cfg, &net, &exec, &Default::default(), Some(listeners), None).await
                     }
                 }
             })
@@ -412,21 +499,28 @@ fn check(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
-/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
-async fn run(
-    cfg: microstax_config::Config,
+/// A proxy serving on its listeners, with the table of `cfg`.
+pub(crate) struct Started {
+    proxy: Arc<Proxy>,
+    workers: Workers,
+    listen: SocketAddr,
+    /// `http`, or `https` with TLS termination.
+    scheme: &'static str,
+    drain: Arc<Drain>,
+    trust: Arc<microstax_proxy::TrustPolicy>,
+    _maintenance: tokio::task::JoinHandle<()>,
+    _tls_reloader: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Build the proxy for `cfg` (its metrics in `registry`), bind its listeners and start its
+/// workers (before the planner and the admin API, so every publish prewarms their pools).
+pub(crate) fn start_proxy(
+    cfg: &microstax_config::Config,
     net: &NetArgs,
-    exec: &environments::ExecArgs,
-    demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
-    watch: Option<(PathBuf, Vec<SourceText>)>,
-) -> Result<Exit> {
-    // installed first: from here on SIGHUP reloads instead of killing the process
-    let mut hangups = serve::hangups()?;
-    let mut signals = Shutdown::install()?;
-    let registry = prometheus::Registry::new();
-    let metrics = ProxyMetrics::new(&registry).context("registering proxy metrics")?;
-    let router = Router::with_metrics(microstax_planner::compile(&cfg, 1), metrics);
+    registry: &prometheus::Registry,
+) -> Result<Started> {
+    let metrics = ProxyMetrics::new(registry).context("registering proxy metrics")?;
+    let router = Router::with_metrics(microstax_planner::compile(cfg, 1), metrics);
     let defaults = PrewarmOptions::default();
     let prewarm = PrewarmOptions {
         connections: net.prewarm_connections,
@@ -454,9 +548,8 @@ async fn run(
         .first()
         .context("no proxy listener")?
         .local_addr()?;
-    // workers start before the planner and the admin API, so every publish prewarms their pools
     let drain = Arc::new(Drain::default());
-    let trust = Arc::new(net.trust.policy(&registry)?);
+    let trust = Arc::new(net.trust.policy(registry)?);
     let server_options = ServerOptions {
         trust: trust.clone(),
         drain: drain.clone(),
@@ -476,55 +569,132 @@ async fn run(
         )?),
         tls: net.tls.terminator()?,
     };
-    let server_options_tls = server_options.tls.clone();
+    let tls = server_options.tls.clone();
     microstax_proxy::EdgeMetrics::register(
-        &registry,
+        registry,
         server_options.tls.clone(),
         server_options.limits.clone(),
         server_options.access_log.clone(),
     )
     .context("registering edge metrics")?;
-    let scheme = if server_options_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let workers = Workers::start(listeners, proxy.clone(), server_options)
         .context("starting the proxy workers")?;
-    let _maintenance = proxy.spawn_maintenance();
-    let _tls_reloader = server_options_tls.as_ref().map(|t| t.spawn_reloader());
-    let (kind, state_dir, _demo_state) = exec.resolve(demo_listeners.is_some());
-    let envs = environments::build(exec, kind, &state_dir, &cfg).await?;
-    let expiry_metrics = environments::EnvironmentMetrics::new(&registry)
-        .context("registering environment metrics")?;
-    let control = ControlPlane::with_environments(
-        cfg.clone(),
-        Arc::new(ProxySink(proxy.clone())),
-        &registry,
-        envs.clone()
-            .map(|r| r as Arc<dyn microstax_planner::Environments>),
-    )
-    .context("registering planner metrics")?;
-    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
+    let maintenance = proxy.spawn_maintenance();
+    let tls_reloader = tls.as_ref().map(|t| t.spawn_reloader());
+    Ok(Started {
+        proxy,
+        workers,
+        listen,
+        scheme,
+        drain,
+        trust,
+        _maintenance: maintenance,
+        _tls_reloader: tls_reloader,
+    })
+}
+
+impl Started {
+    /// Serve until SIGTERM or Ctrl-C, then drain: `/readyz` answers 503 (`serving` false) and
+    /// the listeners keep accepting for `--drain-grace-ms` (HTTP/1 responses say
+    /// `Connection: close`, HTTP/2 connections get GOAWAY), then in-flight requests get
+    /// `--drain-timeout-ms`. A second signal exits at once.
+    pub(crate) async fn serve_until_signal(
+        self,
+        mut signals: Shutdown,
+        serving: &AtomicBool,
+        net: &NetArgs,
+    ) -> microstax_proxy::DrainReport {
+        let drain = self.drain.clone();
+        let grace = Duration::from_millis(net.drain_grace_ms);
+        self.workers
+            .serve_until_drained(async {
+                signals.recv().await;
+                tracing::info!("shutting down: draining connections");
+                serving.store(false, Ordering::Release);
+                drain.start();
+                tokio::spawn(serve::force_exit_on_second_signal(signals));
+                tracing::info!(
+                    grace_ms = net.drain_grace_ms,
+                    "draining: still accepting for the grace"
+                );
+                tokio::time::sleep(grace).await;
+                tracing::info!("draining: listeners closed, finishing in-flight requests");
+            })
+            .await
+    }
+}
+
+/// Bind the admin listener (and the health listener, when `--health` is given) and serve them.
+pub(crate) async fn serve_admin(net: &NetArgs, state: Arc<AdminState>) -> Result<SocketAddr> {
     let admin = TcpListener::bind(net.admin)
         .await
         .with_context(|| format!("binding the admin listener {}", net.admin))?;
     let admin_addr = admin.local_addr()?;
-    let serving = Arc::new(AtomicBool::new(false));
-    let state = Arc::new(AdminState {
-        control: control.clone(),
-        registry,
-        token: admin_token(net)?,
-        serving: serving.clone(),
-        options: AdminOptions::default(),
-        runtime: envs.clone(),
-    });
+    if let Some(at) = net.health {
+        let health = TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding the health listener {at}"))?;
+        tracing::info!("health on http://{}", health.local_addr()?);
+        tokio::spawn(microstax_planner::admin::serve_health(
+            health,
+            state.clone(),
+            std::future::pending(),
+        ));
+    }
     tokio::spawn(microstax_planner::admin::serve(
         admin,
         state,
         std::future::pending(),
     ));
+    Ok(admin_addr)
+}
+
+/// Wire planner to proxy and serve until a signal. With `demo_listeners`, also start demo
+/// upstreams for the config's endpoints; with `watch`, follow changes to that config path.
+async fn run(
+    cfg: microstax_config::Config,
+    net: &NetArgs,
+    exec: &environments::ExecArgs,
+    fleet: &fleet::FleetArgs,
+    demo_listeners: Option<std::collections::BTreeMap<SocketAddr, TcpListener>>,
+    watch: Option<(PathBuf, Vec<SourceText>)>,
+) -> Result<Exit> {
+    // installed first: from here on SIGHUP reloads instead of killing the process, and SIGTERM
+    // drains
+    let mut hangups = serve::hangups()?;
+    let signals = Shutdown::install()?;
+    let registry = prometheus::Registry::new();
+    let started = start_proxy(&cfg, net, &registry)?;
+    let (proxy, listen, scheme) = (started.proxy.clone(), started.listen, started.scheme);
+    let trust = started.trust.clone();
+    let (kind, state_dir, _demo_state) = exec.resolve(demo_listeners.is_some());
+    let envs = environments::build(exec, kind, &state_dir, &cfg).await?;
+    let expiry_metrics = environments::EnvironmentMetrics::new(&registry)
+        .context("registering environment metrics")?;
+    let (sink, published) = fleet::sink(fleet, proxy.clone());
+    let control = ControlPlane::with_environments(
+        cfg.clone(),
+        sink,
+        &registry,
+        envs.clone()
+            .map(|r| r as Arc<dyn microstax_planner::Environments>),
+    )
+    .context("registering planner metrics")?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(AdminState {
+        control: control.clone(),
+        registry: registry.clone(),
+        token: admin_token(net)?,
+        serving: serving.clone(),
+        options: admin_options(net),
+        runtime: envs.clone(),
+        source: None,
+    });
+    // the admin API answers (`/readyz` 503 with the reason) while the first table is published
+    let admin_addr = serve_admin(net, state).await?;
     control.publish_initial().await;
+    let publisher = fleet::publisher(fleet, &control, published, &registry)?;
     let watcher = match watch {
         Some((path, sources)) => Some(microstax_planner::watch(
             path,
@@ -557,6 +727,7 @@ async fn run(
     let reloads = {
         let watcher = watcher.clone();
         let trust_args = net.trust.clone();
+        let trust = trust.clone();
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 trust_args.reload_keys(&trust);
@@ -570,24 +741,12 @@ async fn run(
             }
         })
     };
-    let grace = Duration::from_millis(net.drain_grace_ms);
-    let report = workers
-        .serve_until_drained(async {
-            signals.recv().await;
-            tracing::info!("shutting down: draining connections");
-            // /readyz says 503 first; HTTP/1 responses ask clients to close
-            serving.store(false, Ordering::Release);
-            drain.start();
-            tokio::spawn(serve::force_exit_on_second_signal(signals));
-            tracing::info!(
-                grace_ms = net.drain_grace_ms,
-                "draining: still accepting for the grace"
-            );
-            tokio::time::sleep(grace).await;
-            tracing::info!("draining: listeners closed, finishing in-flight requests");
-        })
-        .await;
+    let report = started.serve_until_signal(signals, &serving, net).await;
     reloads.abort();
+    if let Some(p) = publisher {
+        // a standby takes over at once rather than after the lease's TTL
+        p.resign().await;
+    }
     if let Some(rt) = &envs {
         // no orphan survives the proxy: every instance is stopped (SIGTERM, then SIGKILL)
         rt.reconciler().executor().shutdown().await;

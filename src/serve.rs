@@ -102,6 +102,17 @@ impl Shutdown {
     }
 }
 
+/// The next SIGTERM or Ctrl-C (for commands that stop at once, such as `microstax dev`).
+pub(crate) async fn shutdown_signal() {
+    match Shutdown::install() {
+        Ok(mut s) => s.recv().await,
+        Err(e) => {
+            tracing::warn!("{e:#}: stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// A second SIGTERM or Ctrl-C while draining: exit at once, without waiting for requests.
 pub(crate) async fn force_exit_on_second_signal(mut signals: Shutdown) {
     signals.recv().await;

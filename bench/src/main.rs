@@ -5,7 +5,7 @@
 mod harness;
 
 use clap::{Parser, Subcommand};
-use harness::{changes, compare, environments, upstream};
+use harness::{changes, compare, environments, fleet, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "MicroStax load harness")]
@@ -22,6 +22,8 @@ enum Cmd {
     Changes(changes::Args),
     /// Environments that run: new branch to its own instance, wake from zero, a 1k-branch fleet.
     Environments(environments::Args),
+    /// A fleet on etcd: planner publish to three proxies serving the new route.
+    Fleet(fleet::Args),
     /// The fast upstream (started by `compare`; prints its addresses on the first line).
     #[command(hide = true)]
     Upstream(upstream::Args),
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Compare(args) => compare::run(args),
         Cmd::Changes(args) => changes::run(args),
         Cmd::Environments(args) => environments::run(args),
+        Cmd::Fleet(args) => fleet::run(args),
         Cmd::Upstream(args) => upstream::run(args),
     }
 }

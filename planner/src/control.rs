@@ -38,6 +38,8 @@ pub enum ChangeSource {
     File,
     /// The admin API.
     Api,
+    /// A shared store followed by a proxy (etcd).
+    Etcd,
 }
 
 impl ChangeSource {
@@ -45,6 +47,7 @@ impl ChangeSource {
         match self {
             ChangeSource::File => "file",
             ChangeSource::Api => "api",
+            ChangeSource::Etcd => "etcd",
         }
     }
 }
@@ -263,6 +266,16 @@ impl ControlPlane {
         Ok(self
             .publish(&mut state, next, touched, names, full, source)
             .await)
+    }
+
+    /// Replace the whole config with `next`, already validated (a first load from a shared
+    /// store, built in one pass instead of layer by layer), compiled in full and published as
+    /// the next generation.
+    pub async fn replace(&self, next: Config, source: ChangeSource) -> Applied {
+        let mut state = self.state.lock().await;
+        let names = vec![format!("{} layers", next.layers().count())];
+        self.publish(&mut state, next, Vec::new(), names, true, source)
+            .await
     }
 
     /// Apply `changes` one by one: each is accepted or rejected on its own (a rejected change

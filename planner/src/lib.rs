@@ -16,6 +16,7 @@ pub mod economy;
 mod engine;
 pub mod environments;
 pub mod error;
+pub mod etcd;
 pub mod explain;
 pub mod fleet;
 pub mod git;

@@ -54,6 +54,7 @@ async fn start(
         serving: serving.clone(),
         options,
         runtime: None,
+        source: None,
     });
     tokio::spawn(serve(listener, state, std::future::pending()));
     (addr, control, serving)
@@ -65,6 +66,7 @@ fn short() -> AdminOptions {
         body_timeout: Duration::from_millis(300),
         max_body: 1024,
         max_connections: 512,
+        protect_reads: false,
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod changes;
 pub mod compare;
 pub mod environments;
+pub mod fleet;
 pub mod load;
 pub mod procfs;
 pub mod procs;

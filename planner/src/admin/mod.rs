@@ -1,4 +1,6 @@
-//! The admin API, on its own listener (loopback by default). Reads are open; writes
+//! The admin API, on its own listener (loopback by default), and the health listener
+//! ([`serve_health`]: `/healthz`, `/readyz`, `/metrics` only, for probes and Prometheus on an
+//! address they reach). Reads are open unless [`AdminOptions::protect_reads`]; writes
 //! (`PUT`/`DELETE /branches/{name}`) need `Authorization: Bearer <token>`, compared in constant
 //! time, and are validated exactly like files. Errors are JSON with a message; unknown paths
 //! are 404. Every connection is bounded: request headers must arrive within
@@ -39,6 +41,10 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Whether the reads that reveal config values (`/routes`, `/plan`, `/explain`,
+    /// `/branches`, `/instances`) need the bearer token too (for an admin listener that is not
+    /// on loopback). `/healthz`, `/readyz` and `/metrics` never do.
+    pub protect_reads: bool,
 }
 
 impl Default for AdminOptions {
@@ -48,6 +54,7 @@ impl Default for AdminOptions {
             body_timeout: Duration::from_secs(10),
             max_body: 1 << 20,
             max_connections: 256,
+            protect_reads: false,
         }
     }
 }
@@ -66,15 +73,45 @@ pub struct AdminState {
     pub options: AdminOptions,
     /// The environments runtime, when an executor runs the plans (`/instances`).
     pub runtime: Option<Arc<crate::environments::Runtime>>,
+    /// The shared store this proxy follows, if any (its sync state is `/readyz` detail).
+    pub source: Option<Arc<crate::etcd::SyncStatus>>,
 }
 
 type Reply = Response<Full<Bytes>>;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The whole admin API.
+    Admin,
+    /// `/healthz`, `/readyz` and `/metrics` only: no write, no config value.
+    Health,
+}
 
 /// Serve the admin API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
+) {
+    serve_scope(listener, state, shutdown, Scope::Admin).await;
+}
+
+/// Serve only `/healthz`, `/readyz` and `/metrics` on `listener` (for kubelet probes and
+/// Prometheus, on an address they reach) until `shutdown` completes; every other path is `404`.
+pub async fn serve_health(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_scope(listener, state, shutdown, Scope::Health).await;
+}
+
+async fn serve_scope(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+    scope: Scope,
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(state.options.max_connections.max(1)));
@@ -95,7 +132,13 @@ pub async fn serve(
                     let timeout = state.options.header_read_timeout;
                     let svc = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                        async move {
+                            let reply = match scope {
+                                Scope::Admin => handle(&state, req).await,
+                                Scope::Health => health(&state, &req),
+                            };
+                            Ok::<_, Infallible>(reply)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -124,14 +167,32 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
+/// The health listener: probes and metrics, nothing else.
+fn health<B>(state: &AdminState, req: &Request<B>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(state),
+        (&Method::GET, "/metrics") => metrics(&state.registry),
+        (_, p) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such endpoint on the health listener: {p}"),
+        ),
+    }
+}
+
 async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let branch = path.strip_prefix("/branches/");
+    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        return health(state, &req);
+    }
+    if state.options.protect_reads && method == Method::GET {
+        if let Err(r) = authorize(state, &req) {
+            return *r;
+        }
+    }
     match (method, path.as_str()) {
-        (Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (Method::GET, "/readyz") => readyz(state),
-        (Method::GET, "/metrics") => metrics(&state.registry),
         (Method::GET, "/routes") => json(
             StatusCode::OK,
             &json::table_json(&*state.control.table().await),
@@ -167,22 +228,31 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 /// `200` once the first complete config is published to the proxy and the proxy listeners
-/// serve; else `503` with the reason.
+/// serve; else `503` with the reason. A proxy following a shared store adds its sync state
+/// (`source`: connected, revision, staleness in seconds).
 fn readyz(state: &AdminState) -> Reply {
-    let reason = if !state.control.is_ready() {
+    let reason = if state.source.as_ref().is_some_and(|s| !s.is_synced()) {
+        Some("the first complete load from the shared store is not done yet")
+    } else if !state.control.is_ready() {
         Some("the first config is not yet published to the proxy")
     } else if !state.serving.load(Ordering::Acquire) {
         Some("the proxy listeners are not serving yet")
     } else {
         None
     };
-    match reason {
-        None => json(StatusCode::OK, &serde_json::json!({"ready": true})),
-        Some(r) => json(
+    let (status, mut body) = match reason {
+        None => (StatusCode::OK, serde_json::json!({"ready": true})),
+        Some(r) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"ready": false, "reason": r}),
+            serde_json::json!({"ready": false, "reason": r}),
         ),
+    };
+    // a proxy that lost its store stays ready (it serves its last good table) and says how
+    // stale that table may be
+    if let Some(s) = &state.source {
+        body["source"] = s.to_json();
     }
+    json(status, &body)
 }
 
 /// Why a write is refused, if it is.
