@@ -3,6 +3,8 @@
 pub mod changes;
 pub mod compare;
 pub mod environments;
+pub mod h1client;
+pub mod instructions;
 pub mod load;
 pub mod procfs;
 pub mod procs;
