@@ -452,3 +452,66 @@ pub fn microstax_binary(explicit: Option<PathBuf>, log_dir: &Path) -> anyhow::Re
         bail!("no microstax binary at {}: build it with `cargo build --release --bin microstax` or pass --microstax PATH", sibling.display())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ups() -> Upstreams {
+        Upstreams {
+            baseline: loopback(9000),
+            b1: loopback(9001),
+            b2: loopback(9002),
+        }
+    }
+
+    #[test]
+    fn nginx_single_process_with_fillers() {
+        let fillers = vec!["br-0".to_string(), "br-1".to_string()];
+        let procs = NginxProcs {
+            workers: 1,
+            master: false,
+        };
+        let c = nginx_conf(
+            Path::new("/t"),
+            procs,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            &fillers,
+        );
+        assert!(c.contains("master_process off;"));
+        assert!(c.contains("        br-1 branch_b2;\n    }"));
+        let procs = NginxProcs {
+            workers: 2,
+            master: true,
+        };
+        let c = nginx_conf(
+            Path::new("/t"),
+            procs,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            &[],
+        );
+        assert!(c.contains("worker_processes 2;\n") && c.contains("master_process on;"));
+    }
+
+    #[test]
+    fn haproxy_uses_a_map_only_with_fillers() {
+        let c = haproxy_cfg(1, loopback(1), loopback(2), &ups(), None);
+        assert!(c.contains("use_backend branch_b1 if { req.hdr(x-microstax-branch) -m str b1 }"));
+        let c = haproxy_cfg(
+            1,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            Some(Path::new("/t/m.map")),
+        );
+        assert!(c.contains("map_str(/t/m.map,baseline)") && !c.contains(" if {"));
+        assert_eq!(
+            haproxy_map(&["br-0".to_string()]),
+            "b1 branch_b1\nb2 branch_b2\nbr-0 branch_b2\n"
+        );
+    }
+}
