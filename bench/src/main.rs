@@ -1,11 +1,12 @@
 //! `microstax-bench`: the side-by-side load harness. `compare` runs MicroStax, nginx, HAProxy and
 //! a direct connection through the same loads and writes the results under `bench/results/`;
+//! `instructions` counts user-space instructions per proxied request under callgrind;
 //! `upstream` is the fast upstream server the harness starts as its own pinned child process.
 
 mod harness;
 
 use clap::{Parser, Subcommand};
-use harness::{changes, compare, environments, fleet, upstream};
+use harness::{changes, compare, environments, fleet, instructions, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "MicroStax load harness")]
@@ -18,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// Run MicroStax, nginx, HAProxy and the direct path side by side.
     Compare(compare::Args),
+    /// User-space instructions per proxied request under callgrind (MicroStax, nginx, HAProxy).
+    Instructions(instructions::Args),
     /// Change-to-effect latency of file and API changes, and first requests to new branches.
     Changes(changes::Args),
     /// Environments that run: new branch to its own instance, wake from zero, a 1k-branch fleet.
@@ -32,6 +35,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Compare(args) => compare::run(args),
+        Cmd::Instructions(args) => instructions::run(args),
         Cmd::Changes(args) => changes::run(args),
         Cmd::Environments(args) => environments::run(args),
         Cmd::Fleet(args) => fleet::run(args),

@@ -2,8 +2,11 @@
 //! starts the upstream, then for each round starts each system in turn (MicroStax, nginx,
 //! HAProxy, direct: interleaved, so drift on a shared machine spreads over all of them), drives
 //! every load of the arrangement through it, samples its CPU time and memory from `/proc`, and
-//! stops it. The summary is printed and written as markdown, JSON and SVG.
+//! stops it. At the end, unless told not to, it measures each proxy's instructions per request
+//! under callgrind ([`super::instructions`]) once and adds them as their own row. The summary is
+//! printed and written as markdown, JSON and SVG.
 
+use super::instructions::{self, Callgrind};
 use super::load::{self, GenCtx, Load, Proto};
 use super::procfs;
 use super::procs::{pinned, Proc};
@@ -46,7 +49,20 @@ pub struct Args {
     /// Output directory (default bench/results, or bench/results/quick with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Branches in every system's table: `b1`, `b2` and fillers `br-0`, ... routed like `b2`
+    /// (default 2, i.e. no fillers).
+    #[arg(long)]
+    pub branches: Option<usize>,
+    /// Requests per proxy for the callgrind row (instructions per request at one worker with
+    /// a table of 1,000 branches, as `instructions` measures it); default 20000 (2000 with
+    /// --quick); 0 leaves the row out. Needs valgrind; without it the row is left out, noted.
+    #[arg(long)]
+    pub instructions: Option<u64>,
 }
+
+/// The arrangement and load names of the callgrind row.
+pub(super) const CALLGRIND_ARRANGEMENT: &str = "callgrind-1w";
+const CALLGRIND_LOAD: &str = "h1 2B, 1k branches";
 
 /// A CPU placement with its worker count and loads.
 pub struct Arrangement {
@@ -132,6 +148,8 @@ pub(super) struct Plan {
     systems: Vec<System>,
     pub(super) arrangements: Vec<Arrangement>,
     pub(super) out: PathBuf,
+    branches: usize,
+    pub(super) instructions: u64,
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
@@ -168,6 +186,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             .filter(|s| systems.contains(s))
             .collect(),
         arrangements: arrs,
+        branches: args.branches.unwrap_or(2).clamp(2, 100_000),
+        instructions: args
+            .instructions
+            .unwrap_or(if args.quick { 2_000 } else { 20_000 }),
         out: args.out.clone().unwrap_or_else(|| {
             if args.quick {
                 results.join("quick")
@@ -221,8 +243,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             microstax: microstax.as_deref(),
             tmp: tmp.path(),
             duration_s: plan.duration_s,
+            filler_branches: plan.branches.saturating_sub(2),
         };
         run_arrangement(arr, &plan, &ctx, &mut samples, &mut notes)?;
+    }
+    if plan.instructions > 0 {
+        let ctx = RunCtx {
+            tools: &tools,
+            microstax: microstax.as_deref(),
+            tmp: tmp.path(),
+            duration_s: plan.duration_s,
+            filler_branches: 0,
+        };
+        callgrind_row(&plan, &ctx, &mut samples, &mut notes)?;
     }
     let rows = report::summarize(&samples);
     println!("\n{}", report::text_table(&rows));
@@ -237,6 +270,7 @@ struct RunCtx<'a> {
     microstax: Option<&'a Path>,
     tmp: &'a Path,
     duration_s: u64,
+    filler_branches: usize,
 }
 
 fn run_arrangement(
@@ -246,7 +280,8 @@ fn run_arrangement(
     samples: &mut Vec<Sample>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let (mut upstream, addrs) = start_upstream(ctx.tools, arr, ctx.tmp)?;
+    let (mut upstream, addrs) =
+        start_upstream(ctx.tools, arr.upstream_cpus, arr.workers, arr.name, ctx.tmp)?;
     for round in 1..=plan.rounds {
         for &sys in &plan.systems {
             if plan.quiet_wait > 0 && !wait_quiet(Duration::from_secs(plan.quiet_wait)) {
@@ -282,6 +317,58 @@ fn run_arrangement(
     Ok(())
 }
 
+/// Measure every selected proxy's instructions per request under callgrind, once, and add them
+/// as samples of their own row; a missing valgrind or a failed system is noted, not fatal.
+fn callgrind_row(
+    plan: &Plan,
+    ctx: &RunCtx,
+    samples: &mut Vec<Sample>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let callgrind = match Callgrind::find() {
+        Ok(c) => c,
+        Err(e) => {
+            let note = format!("callgrind row left out: {e:#}");
+            eprintln!("{note}");
+            notes.push(note);
+            return Ok(());
+        }
+    };
+    let settings = instructions::Settings::with_requests(plan.instructions);
+    let (mut upstream, upstreams) = start_upstream(ctx.tools, "0", 1, "callgrind", ctx.tmp)?;
+    let env = instructions::Env {
+        tools: ctx.tools,
+        callgrind: &callgrind,
+        microstax: ctx.microstax,
+        upstreams,
+        tmp: ctx.tmp,
+    };
+    for &sys in plan.systems.iter().filter(|s| **s != System::Direct) {
+        eprintln!(
+            "[{CALLGRIND_ARRANGEMENT}] {}: {} requests under callgrind",
+            sys.label(),
+            settings.requests
+        );
+        match instructions::measure(sys, &env, &settings) {
+            Ok(m) => samples.push(Sample {
+                arrangement: CALLGRIND_ARRANGEMENT.to_string(),
+                load: CALLGRIND_LOAD.to_string(),
+                metric: Metric::InstrPerReq,
+                system: sys,
+                round: 1,
+                value: m.ir_per_request,
+            }),
+            Err(e) => {
+                let note = format!("{CALLGRIND_ARRANGEMENT} {} failed: {e:#}", sys.label());
+                eprintln!("{note}");
+                notes.push(note);
+            }
+        }
+    }
+    upstream.stop(Duration::from_secs(2));
+    Ok(())
+}
+
 /// Busy cores below which the machine counts as quiet (the idle upstream and this harness
 /// stay far below it).
 const QUIET_CORES: f64 = 0.2;
@@ -305,19 +392,22 @@ fn wait_quiet(max: Duration) -> bool {
     }
 }
 
-/// Start the upstream child pinned to the arrangement's upstream CPUs; read its addresses.
-fn start_upstream(
+/// Start the upstream child (`workers` threads) pinned to `cpus`; read its addresses. `name`
+/// names its stderr file.
+pub(super) fn start_upstream(
     tools: &Tools,
-    arr: &Arrangement,
+    cpus: &str,
+    workers: usize,
+    name: &str,
     dir: &Path,
 ) -> anyhow::Result<(Proc, Upstreams)> {
     let exe = std::env::current_exe()?;
-    let mut cmd = pinned(&tools.taskset, arr.upstream_cpus, &exe);
+    let mut cmd = pinned(&tools.taskset, cpus, &exe);
     cmd.args(["upstream", "--roles", "baseline,b1,b2", "--workers"])
-        .arg(arr.workers.to_string())
+        .arg(workers.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let stderr = dir.join(format!("upstream-{}.err", arr.name));
+    let stderr = dir.join(format!("upstream-{name}.err"));
     cmd.stderr(std::fs::File::create(&stderr)?);
     let mut proc = Proc::spawn_with("upstream", cmd, dir.join("upstream.none"), stderr)?;
     let out = proc
@@ -367,6 +457,9 @@ fn run_system(
         workers: arr.workers,
         cpus: arr.proxy_cpus,
         tmp: ctx.tmp,
+        filler_branches: ctx.filler_branches,
+        wrapper: &[],
+        start_timeout: systems::START_TIMEOUT,
     };
     let mut running = systems::start(sys, &start)?;
     let result = drive(&mut running, arr, round, upstream_pid, ctx);

@@ -4,6 +4,8 @@ pub mod changes;
 pub mod compare;
 pub mod environments;
 pub mod fleet;
+pub mod h1client;
+pub mod instructions;
 pub mod load;
 pub mod procfs;
 pub mod procs;

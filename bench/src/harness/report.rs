@@ -40,6 +40,9 @@ pub enum Metric {
     IdleRss,
     #[serde(rename = "peak_rss_mib")]
     PeakRss,
+    /// User-space instructions per request under callgrind (`instructions`).
+    #[serde(rename = "instructions_per_req")]
+    InstrPerReq,
 }
 
 impl Metric {
@@ -55,6 +58,7 @@ impl Metric {
             Metric::Foreign => "foreign load (cores)",
             Metric::IdleRss => "idle RSS MiB",
             Metric::PeakRss => "peak RSS MiB",
+            Metric::InstrPerReq => "instructions/req (callgrind)",
         }
     }
 
@@ -66,6 +70,7 @@ impl Metric {
             Metric::Errors => format!("{v:.0}"),
             Metric::Foreign => format!("{v:.2}"),
             Metric::IdleRss | Metric::PeakRss => format!("{v:.1}"),
+            Metric::InstrPerReq => format!("{v:.0}"),
         }
     }
 }

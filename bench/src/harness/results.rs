@@ -8,23 +8,19 @@ use super::tools::{self, Tools};
 use anyhow::Context as _;
 use std::path::Path;
 
-/// What the report says about the run besides the figures.
+/// The machine and the moment of a run.
 #[derive(serde::Serialize)]
-pub(super) struct Meta {
-    date_utc: String,
-    kernel: String,
-    cpu: String,
-    cores: usize,
-    rounds: usize,
-    duration_s: u64,
+pub(super) struct Machine {
+    pub(super) date_utc: String,
+    pub(super) kernel: String,
+    pub(super) cpu: String,
+    pub(super) cores: usize,
     /// `/proc/loadavg` when the run started: other work on this shared machine shows here.
-    loadavg_at_start: String,
-    tools: Vec<(String, String)>,
-    arrangements: Vec<(String, String)>,
+    pub(super) loadavg_at_start: String,
 }
 
-impl Meta {
-    pub(super) fn collect(plan: &Plan, tools: &Tools, dir: &Path) -> Meta {
+impl Machine {
+    pub(super) fn collect() -> Machine {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|s| {
@@ -34,6 +30,43 @@ impl Meta {
                     .map(|(_, v)| v.trim().to_string())
             })
             .unwrap_or_default();
+        Machine {
+            date_utc: utc_now(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+
+    /// `Machine: CPU (N cores), kernel K; load average at start: L.`
+    pub(super) fn sentence(&self) -> String {
+        format!(
+            "Machine: {} ({} cores), kernel {}; load average at start: {}.",
+            self.cpu, self.cores, self.kernel, self.loadavg_at_start
+        )
+    }
+}
+
+/// What the report says about the run besides the figures.
+#[derive(serde::Serialize)]
+pub(super) struct Meta {
+    #[serde(flatten)]
+    machine: Machine,
+    rounds: usize,
+    duration_s: u64,
+    tools: Vec<(String, String)>,
+    arrangements: Vec<(String, String)>,
+}
+
+impl Meta {
+    pub(super) fn collect(plan: &Plan, tools: &Tools, dir: &Path) -> Meta {
         let mut versions = vec![
             (
                 "wrk".to_string(),
@@ -51,24 +84,25 @@ impl Meta {
             versions.push(("haproxy".into(), tools::version(h, "-v", dir)));
         }
         Meta {
-            date_utc: utc_now(),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            cpu,
-            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            machine: Machine::collect(),
             rounds: plan.rounds,
             duration_s: plan.duration_s,
-            loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
             tools: versions,
             arrangements: plan
                 .arrangements
                 .iter()
                 .map(|a| (a.name.to_string(), a.what.to_string()))
+                .chain((plan.instructions > 0).then(|| {
+                    (
+                        super::compare::CALLGRIND_ARRANGEMENT.to_string(),
+                        format!(
+                            "instructions per request under callgrind (see `instructions`): \
+                             1 worker in one process on core 1, {} requests over 8 keep-alive \
+                             connections, a table of 1,000 branches; one run, no spread",
+                            plan.instructions
+                        ),
+                    )
+                }))
                 .collect(),
         }
     }
@@ -85,14 +119,11 @@ pub(super) fn write_results(
         .with_context(|| format!("creating {}", plan.out.display()))?;
     let mut md = format!(
         "# MicroStax compare: {}\n\n{} rounds, {} s per load, medians with (min-max) over rounds. \
-         Machine: {} ({} cores), kernel {}; load average at start: {}.\n\n",
-        meta.date_utc,
+         {}\n\n",
+        meta.machine.date_utc,
         meta.rounds,
         meta.duration_s,
-        meta.cpu,
-        meta.cores,
-        meta.kernel,
-        meta.loadavg_at_start
+        meta.machine.sentence()
     );
     for (name, what) in &meta.arrangements {
         md.push_str(&format!("- `{name}`: {what}\n"));
@@ -123,7 +154,7 @@ pub(super) fn write_results(
         rows,
         &format!(
             "Fixed-rate latency, {} (median, min-max whiskers)",
-            meta.date_utc
+            meta.machine.date_utc
         ),
     ) {
         std::fs::write(plan.out.join("latency.svg"), svg)?;

@@ -1,16 +1,20 @@
 //! The systems under test and how each is started on loopback with the same routing: requests
 //! with `x-microstax-branch: b1` (or `b2`) go to that branch's upstream, all others to the
 //! baseline upstream. Each system gets its own temporary directory for config, pid and logs,
-//! the same worker count, and the same CPU set.
+//! the same worker count, and the same CPU set. A start may add filler branches (`br-0`, ...,
+//! routed like `b2`) so the table holds as many branches as a real fleet, and may run the
+//! system's program under a wrapper (valgrind) in a single process.
 
 use super::procs::{free_port, pinned, wait_port, Proc};
 use super::tools::Tools;
 use anyhow::{bail, Context as _};
 use microstax_bench::synth;
 use serde::Serialize;
+use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A system under test.
@@ -61,6 +65,34 @@ pub struct StartCtx<'a> {
     pub cpus: &'a str,
     /// Parent of the per-system temporary directories.
     pub tmp: &'a Path,
+    /// Branches besides `b1` and `b2`, named `br-0`, `br-1`, ... and routed to the `b2`
+    /// upstream, so the table has `2 + filler_branches` branches in every system.
+    pub filler_branches: usize,
+    /// A program and its arguments to run the system's program under (after `taskset`), e.g.
+    /// `valgrind --tool=callgrind ...`; empty for none. With a wrapper nginx runs without a
+    /// master process (`master_process off`), so the wrapped process is the one that serves.
+    pub wrapper: &'a [OsString],
+    /// How long the system may take to listen and to answer each routing probe.
+    pub start_timeout: Duration,
+}
+
+impl StartCtx<'_> {
+    /// `taskset -c <cpus> [wrapper...] program`.
+    fn command(&self, program: &Path) -> Command {
+        match self.wrapper.split_first() {
+            None => pinned(&self.tools.taskset, self.cpus, program),
+            Some((first, rest)) => {
+                let mut c = pinned(&self.tools.taskset, self.cpus, Path::new(first));
+                c.args(rest).arg(program);
+                c
+            }
+        }
+    }
+
+    /// The filler branch names.
+    fn fillers(&self) -> impl Iterator<Item = String> {
+        (0..self.filler_branches).map(|i| format!("br-{i}"))
+    }
 }
 
 /// A started system (or the direct path, which starts nothing).
@@ -83,8 +115,8 @@ impl Running {
     }
 }
 
-/// How long a system may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a system may take to start listening when run natively.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Start `system`, wait until it listens, and check that it routes the branch header.
 pub fn start(system: System, ctx: &StartCtx) -> anyhow::Result<Running> {
@@ -103,12 +135,12 @@ pub fn start(system: System, ctx: &StartCtx) -> anyhow::Result<Running> {
         System::Haproxy => start_haproxy(ctx, dir)?,
         System::Microstax => start_microstax(ctx, dir)?,
     };
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + ctx.start_timeout;
     if let Some(p) = running.proc.as_mut() {
         wait_port(running.h1, p, deadline)?;
         wait_port(running.h2c, p, deadline)?;
     }
-    check_routing(&running)
+    check_routing(&running, ctx)
         .with_context(|| format!("{} does not route as configured", system.label()))?;
     Ok(running)
 }
@@ -118,10 +150,21 @@ fn start_nginx(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Running
         bail!("nginx not found")
     };
     let (h1, h2c) = (loopback(free_port()?), loopback(free_port()?));
-    let conf = nginx_conf(dir.path(), ctx.workers, h1, h2c, &ctx.upstreams);
+    let fillers: Vec<String> = ctx.fillers().collect();
+    let conf = nginx_conf(
+        dir.path(),
+        NginxProcs {
+            workers: ctx.workers,
+            master: ctx.wrapper.is_empty(),
+        },
+        h1,
+        h2c,
+        &ctx.upstreams,
+        &fillers,
+    );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, nginx);
+    let mut cmd = ctx.command(nginx);
     cmd.arg("-p").arg(dir.path()).arg("-c").arg(&path);
     let proc = Proc::spawn("nginx", cmd, dir.path())?;
     Ok(Running {
@@ -139,8 +182,14 @@ fn start_haproxy(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Runni
     };
     let (h1, h2c) = (loopback(free_port()?), loopback(free_port()?));
     let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, haproxy_cfg(ctx.workers, h1, h2c, &ctx.upstreams))?;
-    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, haproxy);
+    let fillers: Vec<String> = ctx.fillers().collect();
+    let map = (!fillers.is_empty()).then(|| dir.path().join("branches.map"));
+    if let Some(m) = &map {
+        std::fs::write(m, haproxy_map(&fillers))?;
+    }
+    let cfg = haproxy_cfg(ctx.workers, h1, h2c, &ctx.upstreams, map.as_deref());
+    std::fs::write(&path, cfg)?;
+    let mut cmd = ctx.command(haproxy);
     cmd.arg("-f").arg(&path).arg("-db");
     let proc = Proc::spawn("haproxy", cmd, dir.path())?;
     Ok(Running {
@@ -157,15 +206,16 @@ fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Run
         bail!("no microstax binary")
     };
     let u = &ctx.upstreams;
-    let layers = synth::header_routing(
-        &u.baseline.to_string(),
-        &[("b1", &u.b1.to_string()), ("b2", &u.b2.to_string())],
-    );
+    let (b1, b2) = (u.b1.to_string(), u.b2.to_string());
+    let fillers: Vec<String> = ctx.fillers().collect();
+    let mut branches = vec![("b1", b1.as_str()), ("b2", b2.as_str())];
+    branches.extend(fillers.iter().map(|f| (f.as_str(), b2.as_str())));
+    let layers = synth::header_routing(&u.baseline.to_string(), &branches);
     let config = dir.path().join("config");
     layers.write_dir(&config)?;
     let addr = loopback(free_port()?);
     let admin = loopback(free_port()?);
-    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, bin);
+    let mut cmd = ctx.command(bin);
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
@@ -190,17 +240,33 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// nginx: one master (idle) and `workers` workers; upstream keep-alive; no request limit per
-/// connection (nginx closes keep-alive connections after 1000 requests by default, which would
-/// add reconnects the other systems do not pay).
+/// nginx's process model.
+#[derive(Debug, Clone, Copy)]
+pub struct NginxProcs {
+    /// Worker processes (ignored without a master).
+    pub workers: usize,
+    /// `master_process on` (an idle master and `workers` workers) or off (one process serves).
+    pub master: bool,
+}
+
+/// nginx: one master (idle) and `workers` workers, or one process without a master; upstream
+/// keep-alive; no request limit per connection (nginx closes keep-alive connections after 1000
+/// requests by default, which would add reconnects the other systems do not pay). Each filler
+/// branch is one more `map` entry to the `b2` upstream.
 pub fn nginx_conf(
     dir: &Path,
-    workers: usize,
+    procs: NginxProcs,
     h1: SocketAddr,
     h2c: SocketAddr,
     u: &Upstreams,
+    fillers: &[String],
 ) -> String {
     let d = dir.display();
+    let (workers, master) = (procs.workers, if procs.master { "on" } else { "off" });
+    let mut map = String::new();
+    for f in fillers {
+        map.push_str(&format!("        {f} branch_b2;\n"));
+    }
     let user = if rustix::process::geteuid().is_root() {
         "user root;\n"
     } else {
@@ -209,7 +275,7 @@ pub fn nginx_conf(
     format!(
         r#"{user}worker_processes {workers};
 daemon off;
-master_process on;
+master_process {master};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -226,7 +292,7 @@ http {{
         default baseline;
         b1 branch_b1;
         b2 branch_b2;
-    }}
+{map}    }}
     upstream baseline {{ server {base}; keepalive 256; keepalive_requests 100000000; }}
     upstream branch_b1 {{ server {b1}; keepalive 256; keepalive_requests 100000000; }}
     upstream branch_b2 {{ server {b2}; keepalive 256; keepalive_requests 100000000; }}
@@ -247,8 +313,24 @@ http {{
     )
 }
 
-/// HAProxy: one process with `workers` threads, HTTP mode, h2c on its own bind line.
-pub fn haproxy_cfg(workers: usize, h1: SocketAddr, h2c: SocketAddr, u: &Upstreams) -> String {
+/// HAProxy: one process with `workers` threads, HTTP mode, h2c on its own bind line. Without a
+/// map file the branch is chosen by one ACL per branch; with one (filler branches) by a lookup
+/// of the header in the map (`branch backend` lines, see [`haproxy_map`]), an ebtree lookup
+/// rather than 1,000 ACLs tried in turn.
+pub fn haproxy_cfg(
+    workers: usize,
+    h1: SocketAddr,
+    h2c: SocketAddr,
+    u: &Upstreams,
+    map: Option<&Path>,
+) -> String {
+    let choose = match map {
+        None => "    use_backend branch_b1 if { req.hdr(x-microstax-branch) -m str b1 }\n    use_backend branch_b2 if { req.hdr(x-microstax-branch) -m str b2 }\n".to_string(),
+        Some(m) => format!(
+            "    use_backend %[req.hdr(x-microstax-branch),map_str({},baseline)]\n",
+            m.display()
+        ),
+    };
     format!(
         r#"global
     nbthread {workers}
@@ -262,9 +344,7 @@ defaults
 frontend fe
     bind {h1}
     bind {h2c} proto h2
-    use_backend branch_b1 if {{ req.hdr(x-microstax-branch) -m str b1 }}
-    use_backend branch_b2 if {{ req.hdr(x-microstax-branch) -m str b2 }}
-    default_backend baseline
+{choose}    default_backend baseline
 backend baseline
     server s0 {base}
 backend branch_b1
@@ -278,15 +358,30 @@ backend branch_b2
     )
 }
 
-/// Send one HTTP/1.1 request per branch header value and check which upstream answered.
-fn check_routing(r: &Running) -> anyhow::Result<()> {
-    let cases: &[(Option<&str>, &str)] = if r.system == System::Direct {
-        &[(Some("b1"), "b1")]
+/// The HAProxy map of every branch to its backend: `b1`, `b2` and the fillers (to `b2`'s).
+pub fn haproxy_map(fillers: &[String]) -> String {
+    let mut m = String::from("b1 branch_b1\nb2 branch_b2\n");
+    for f in fillers {
+        m.push_str(&format!("{f} branch_b2\n"));
+    }
+    m
+}
+
+/// Send one HTTP/1.1 request per branch header value and check which upstream answered (with
+/// fillers, the last filler too).
+fn check_routing(r: &Running, ctx: &StartCtx) -> anyhow::Result<()> {
+    let last = ctx.fillers().last();
+    let mut cases: Vec<(Option<&str>, &str)> = if r.system == System::Direct {
+        vec![(Some("b1"), "b1")]
     } else {
-        &[(None, "baseline"), (Some("b1"), "b1"), (Some("b2"), "b2")]
+        vec![(None, "baseline"), (Some("b1"), "b1"), (Some("b2"), "b2")]
     };
-    for &(branch, want) in cases {
-        let got = probe(r.h1, branch)?;
+    if let Some(f) = last.as_deref().filter(|_| r.system != System::Direct) {
+        cases.push((Some(f), "b2"));
+    }
+    let timeout = ctx.start_timeout.min(PROBE_TIMEOUT_MAX).max(PROBE_TIMEOUT);
+    for (branch, want) in cases {
+        let got = probe(r.h1, branch, timeout)?;
         if got != want {
             bail!("branch header {branch:?} reached upstream `{got}`, expected `{want}`");
         }
@@ -294,11 +389,17 @@ fn check_routing(r: &Running) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One `Connection: close` request; returns the `x-upstream` value of a 200 answer.
-pub fn probe(addr: SocketAddr, branch: Option<&str>) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+/// Timeout of a routing probe's connect, write and read at least.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a probe may take (under valgrind the first request translates much code).
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// One `Connection: close` request, with `timeout` for each of connect, write and read; returns
+/// the `x-upstream` value of a 200 answer.
+fn probe(addr: SocketAddr, branch: Option<&str>, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let header = branch.map_or(String::new(), |b| format!("x-microstax-branch: {b}\r\n"));
     write!(
         s,
@@ -349,5 +450,68 @@ pub fn microstax_binary(explicit: Option<PathBuf>, log_dir: &Path) -> anyhow::Re
         Ok(sibling)
     } else {
         bail!("no microstax binary at {}: build it with `cargo build --release --bin microstax` or pass --microstax PATH", sibling.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ups() -> Upstreams {
+        Upstreams {
+            baseline: loopback(9000),
+            b1: loopback(9001),
+            b2: loopback(9002),
+        }
+    }
+
+    #[test]
+    fn nginx_single_process_with_fillers() {
+        let fillers = vec!["br-0".to_string(), "br-1".to_string()];
+        let procs = NginxProcs {
+            workers: 1,
+            master: false,
+        };
+        let c = nginx_conf(
+            Path::new("/t"),
+            procs,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            &fillers,
+        );
+        assert!(c.contains("master_process off;"));
+        assert!(c.contains("        br-1 branch_b2;\n    }"));
+        let procs = NginxProcs {
+            workers: 2,
+            master: true,
+        };
+        let c = nginx_conf(
+            Path::new("/t"),
+            procs,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            &[],
+        );
+        assert!(c.contains("worker_processes 2;\n") && c.contains("master_process on;"));
+    }
+
+    #[test]
+    fn haproxy_uses_a_map_only_with_fillers() {
+        let c = haproxy_cfg(1, loopback(1), loopback(2), &ups(), None);
+        assert!(c.contains("use_backend branch_b1 if { req.hdr(x-microstax-branch) -m str b1 }"));
+        let c = haproxy_cfg(
+            1,
+            loopback(1),
+            loopback(2),
+            &ups(),
+            Some(Path::new("/t/m.map")),
+        );
+        assert!(c.contains("map_str(/t/m.map,baseline)") && !c.contains(" if {"));
+        assert_eq!(
+            haproxy_map(&["br-0".to_string()]),
+            "b1 branch_b1\nb2 branch_b2\nbr-0 branch_b2\n"
+        );
     }
 }
