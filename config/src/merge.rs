@@ -10,7 +10,7 @@ pub use crate::values::{
     DEFAULT_REQUEST_TIMEOUT_MS,
 };
 use crate::values::{Endpoint, LayerIdx, Origin};
-pub use microstax_table::Readiness;
+pub use microstax_table::{Readiness, UpstreamProtocol};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -45,6 +45,8 @@ pub struct Effective {
     pub remove_headers: BTreeMap<String, Origin>,
     /// Readiness policy.
     pub readiness: Sourced<Readiness>,
+    /// Protocol spoken to the upstream.
+    pub protocol: Sourced<UpstreamProtocol>,
     /// Schema migrations applied along the lineage, oldest first.
     pub migrations: Vec<Sourced<MigrationDoc>>,
     /// Message contracts changed along the lineage, topic -> version.
@@ -145,6 +147,11 @@ impl Effective {
             self.readiness.value.to_string(),
             &self.readiness.origin,
         );
+        push(
+            "policy.protocol".into(),
+            self.protocol.value.to_string(),
+            &self.protocol.origin,
+        );
         for m in &self.migrations {
             push(
                 format!("migrations.{}.{}", m.value.store, m.value.name),
@@ -187,6 +194,12 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
                 origin: at(&format!("{base}.readiness")),
             };
         }
+    }
+    if let Some(v) = p.protocol.as_deref().and_then(UpstreamProtocol::parse) {
+        e.protocol = Sourced {
+            value: v,
+            origin: at(&format!("{base}.protocol")),
+        };
     }
     if let Some(h) = &p.request_headers {
         for (k, v) in &h.set {
@@ -314,6 +327,10 @@ impl Config {
                 value: Readiness::Hold {
                     ms: DEFAULT_HOLD_MS,
                 },
+                origin: builtin.clone(),
+            },
+            protocol: Sourced {
+                value: UpstreamProtocol::Auto,
                 origin: builtin,
             },
             migrations: Vec::new(),

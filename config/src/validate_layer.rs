@@ -199,6 +199,16 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
             report.at(doc, &field, why);
         }
     }
+    if let Some(v) = &p.protocol {
+        if microstax_table::UpstreamProtocol::parse(v).is_none() {
+            let field = format!("{base}.protocol");
+            report.at(
+                doc,
+                &field,
+                format!("unknown protocol `{v}`: use auto, http1 or http2"),
+            );
+        }
+    }
     if let Some(h) = &p.request_headers {
         for (k, v) in &h.set {
             let field = format!("{base}.request_headers.set.{k}");

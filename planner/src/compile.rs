@@ -459,6 +459,7 @@ impl Compiler {
                 .filter_map(|k| http::HeaderName::from_bytes(k.as_bytes()).ok())
                 .collect(),
             readiness: eff.readiness.value,
+            protocol: eff.protocol.value,
         };
         self.policies
             .entry(p.clone())

@@ -2,14 +2,16 @@
 //! one (connect timeout, HTTP/1.1 handshake with upgrades, driver task on this worker's
 //! runtime), send the request, and hand back the response with its connection on loan. A
 //! request that a pooled connection closed before writing is retried on another connection:
-//! nothing reached the upstream, so this is safe even for non-idempotent requests.
+//! nothing reached the upstream, so this is safe even for non-idempotent requests. HTTP/2
+//! upstreams get a stream on one of this worker's multiplexed connections (`crate::h2pool`).
 
 use crate::body::UpstreamBody;
+use crate::h2pool::{self, H2Sender, Next};
 use crate::pool::{self, Lease, PooledBody, Sender};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
 use http::{Request, Response};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::time::{Duration, Instant};
 
 /// Why an exchange with an upstream failed.
@@ -45,20 +47,79 @@ pub enum Reuse {
     Never,
 }
 
-/// Opens and reuses HTTP/1.1 connections to upstreams.
+/// Opens and reuses HTTP/1.1 and HTTP/2 connections to upstreams.
 #[derive(Clone)]
 pub struct UpstreamClient {
     connector: Connector,
     builder: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
+
+/// Largest response head accepted from an HTTP/2 upstream (as the listener's request limit).
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 impl UpstreamClient {
     /// A client opening connections with `connector`.
     pub fn new(connector: Connector) -> UpstreamClient {
+        // h2's protections stay at their defaults: the reset-stream limits (CVE-2023-44487),
+        // the bounded send buffer, the pending-accept limit
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_header_list_size(H2_MAX_HEADER_LIST);
         UpstreamClient {
             connector,
             builder: http1::Builder::new(),
+            h2,
         }
+    }
+
+    /// Send `req` (already in HTTP/2 form: absolute URI, version 2) to `up` on a stream of one
+    /// of this worker's HTTP/2 connections to it, opening one within `connect_timeout` when
+    /// none has a free stream.
+    pub async fn send_h2(
+        &self,
+        up: &UpstreamState,
+        req: Request<UpstreamBody>,
+        connect_timeout: std::time::Duration,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let (mut sender, slot) = loop {
+            match h2pool::next(up.id) {
+                Next::Ready(sender, slot) => break (sender, slot),
+                Next::Wait(notify) => {
+                    let opened = notify.notified();
+                    // the caller's deadline bounds the wait; the opener's connect timeout too
+                    let _ = tokio::time::timeout(connect_timeout, opened).await;
+                }
+                Next::Open(opening) => {
+                    let sender = self.open_h2(up, connect_timeout).await?;
+                    let slot = opening.finish(sender.clone());
+                    break (sender, slot);
+                }
+            }
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        Ok(resp.map(|body| PooledBody::stream(body, slot)))
+    }
+
+    async fn open_h2(
+        &self,
+        up: &UpstreamState,
+        connect_timeout: std::time::Duration,
+    ) -> Result<H2Sender, UpstreamError> {
+        let stream = self.connector.connect(up, connect_timeout).await?;
+        let (sender, conn) = self
+            .h2
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// Send `req` to `up` over a pooled connection if this worker has one, else a new one

@@ -1,14 +1,15 @@
 //! The request path, as named phases: `decide` (context, service, route, upstream), `admit`
 //! (readiness, sleep and the hold queue: `crate::admit`), `prepare`
 //! (rewrite the request for the upstream), `send` (this worker's pooled connections, timeouts,
-//! upgrades) and `finish` (response headers). Errors become short plain-text local replies;
-//! nothing here panics or locks, and the snapshot loaded at the start is used to the end (the
-//! route's connect timeout included).
+//! upgrades) and `finish` (response headers). Errors become short plain-text local replies (gRPC
+//! trailers-only replies to gRPC calls); nothing here panics or locks, and the snapshot loaded
+//! at the start is used to the end (the route's connect timeout and protocol included).
 
 use crate::activity;
 use crate::client::{Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
+use crate::grpc::{self, Code};
 use crate::headers::{self, HeaderError};
 use crate::lifecycle::WAKE_CHANNEL_CAPACITY;
 use crate::metrics::KindLabel;
@@ -25,7 +26,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_table::table::BASELINE_ID;
-use microstax_table::{LayerId, Route, ServiceId};
+use microstax_table::{LayerId, Route, ServiceId, UpstreamProtocol};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -150,24 +151,29 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.router.load();
+        let is_grpc = grpc::is_grpc(req.headers());
         let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
-            Err(reply) => (local(&snap, reply), None, KindLabel::None, BASELINE_ID),
+            Err(reply) => (
+                local(&snap, reply, is_grpc),
+                None,
+                KindLabel::None,
+                BASELINE_ID,
+            ),
             Ok(d) => match self.admit(&snap, self.record(d, start)).await {
                 Err((reply, d)) => {
                     let kind = d.kind();
-                    (local(&snap, reply), Some(d.service), kind, d.layer)
+                    (local(&snap, reply, is_grpc), Some(d.service), kind, d.layer)
                 }
                 Ok(d) => {
                     if d.fallback {
                         d.upstream.touch(activity::stamp(start));
                     }
                     let (service, kind, layer) = (d.service, d.kind(), d.layer);
-                    (
-                        self.forward(&snap, d, req, conn, start).await,
-                        Some(service),
-                        kind,
-                        layer,
-                    )
+                    let resp = match self.forward(&snap, d, req, conn, start, is_grpc).await {
+                        Ok(r) => r,
+                        Err(reply) => local(&snap, reply, is_grpc),
+                    };
+                    (resp, Some(service), kind, layer)
                 }
             },
         };
@@ -194,29 +200,42 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         start: Instant,
-    ) -> Response<ResponseBody> {
+        is_grpc: bool,
+    ) -> Result<Response<ResponseBody>, LocalReply> {
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
-        if let Err(e) = prepare(snap, &d, &mut req, conn, upgrade) {
-            return local(
-                snap,
-                LocalReply::bad_request(format!("the request names {e}")),
-            );
-        }
+        let policy = &d.route.policy;
+        // an upgrade is an HTTP/1.1 mechanism: such a request always goes over HTTP/1.1
+        let h2 = !upgrade
+            && match policy.protocol {
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Auto => is_grpc,
+            };
+        // a gRPC call's own deadline bounds the wait, when shorter than the route's
+        let timeout = match is_grpc.then(|| grpc::timeout(req.headers())).flatten() {
+            Some(t) => t.min(policy.request_timeout),
+            None => policy.request_timeout,
+        };
+        prepare(snap, &d, &mut req, conn, upgrade, h2)
+            .map_err(|e| LocalReply::bad_request(format!("the request names {e}")))?;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
-        let policy = &d.route.policy;
-        let timeout = policy.request_timeout;
-        let send = self.client.send(
-            d.upstream,
-            req.map(Either::Left),
-            reuse,
-            start,
-            policy.connect_timeout,
-        );
+        let connect_timeout = policy.connect_timeout.min(timeout);
+        let send = async {
+            if h2 {
+                let req = req.map(Either::Left);
+                self.client.send_h2(d.upstream, req, connect_timeout).await
+            } else {
+                let req = req.map(Either::Left);
+                self.client
+                    .send(d.upstream, req, reuse, start, connect_timeout)
+                    .await
+            }
+        };
         let mut resp = match deadline::within(start + timeout, send).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return local(snap, upstream_error(snap, &d, &e)),
+            Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
             Err(_) => {
                 d.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
                 snap.metrics.timeout(d.service);
@@ -224,14 +243,15 @@ impl Proxy {
                     "upstream {} did not answer within {timeout:?}",
                     d.upstream.key
                 );
-                return local(snap, LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason));
+                return Err(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason)
+                    .with_grpc(Code::DeadlineExceeded));
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
             // dropping the response unread closes its connection: its framing is unknown
             let reason = format!("upstream {} answered with {e}", d.upstream.key);
-            return local(snap, LocalReply::new(StatusCode::BAD_GATEWAY, reason));
+            return Err(LocalReply::new(StatusCode::BAD_GATEWAY, reason));
         }
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -250,7 +270,7 @@ impl Proxy {
         if snap.table.settings.debug_header {
             add_route_header(snap, &d, resp.headers_mut());
         }
-        resp.map(Either::Left)
+        Ok(resp.map(Either::Left))
     }
 }
 
@@ -380,6 +400,7 @@ fn prepare(
     req: &mut Request<Incoming>,
     conn: &ConnInfo,
     upgrade: bool,
+    h2: bool,
 ) -> Result<(), HeaderError> {
     let version = req.version();
     if let Some(a) = target_authority(req.uri()) {
@@ -411,7 +432,41 @@ fn prepare(
     for (name, value) in policy.set_headers.iter() {
         h.insert(name.clone(), value.clone());
     }
+    if h2 {
+        to_h2_form(req, &d.upstream.key);
+    }
     Ok(())
+}
+
+/// Put an (origin-form, HTTP/1.1) upstream request in HTTP/2 form: the host moves from `Host`
+/// to the target's authority (`:authority`), the scheme is `http` (cleartext, prior knowledge).
+fn to_h2_form(req: &mut Request<Incoming>, upstream: &str) {
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(upstream);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build();
+    if let Ok(uri) = uri {
+        *req.uri_mut() = uri;
+    } else if let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(upstream)
+        .path_and_query(req.uri().path_and_query().map_or("/", |pq| pq.as_str()))
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
 }
 
 /// The origin form (`/path?query`) of a request target.
@@ -486,10 +541,12 @@ fn upstream_error(snap: &Snapshot, d: &Decision<'_>, e: &UpstreamError) -> Local
         snap.metrics.connect_error(d.service);
     }
     match e {
+        // nothing reached the upstream: for gRPC, a retryable UNAVAILABLE
         UpstreamError::Connect(ConnectError::TimedOut { .. }) => LocalReply::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("connect to upstream {key} timed out"),
-        ),
+        )
+        .with_grpc(Code::Unavailable),
         UpstreamError::Connect(ConnectError::Io { source, .. }) => LocalReply::new(
             StatusCode::BAD_GATEWAY,
             format!("cannot connect to upstream {key}: {}", source.kind()),

@@ -11,6 +11,8 @@ pub mod context;
 pub mod cookie;
 pub mod deadline;
 pub mod forward;
+pub mod grpc;
+pub mod h2pool;
 pub mod headers;
 pub mod lifecycle;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! carried a protocol upgrade, is closed instead.
 
 use crate::body::UpstreamBody;
+use crate::h2pool::StreamSlot;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -100,6 +101,7 @@ pub(crate) fn put(id: u64, sender: Sender) {
 /// Close this thread's expired and closed idle connections (a worker calls this on a timer so
 /// that an idle worker also lets go of them).
 pub fn reap_local() {
+    crate::h2pool::reap_local();
     let now = Instant::now();
     let _ = POOLS.try_with(|p| {
         if let Ok(mut p) = p.try_borrow_mut() {
@@ -140,6 +142,8 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     lease: Option<Lease>,
+    /// The stream this body holds on a multiplexed HTTP/2 connection.
+    _slot: Option<StreamSlot>,
     /// The body yielded its last frame (a chunked body's end is not visible in
     /// `is_end_stream`).
     done: bool,
@@ -150,6 +154,17 @@ impl PooledBody {
         PooledBody {
             body,
             lease,
+            _slot: None,
+            done: false,
+        }
+    }
+
+    /// The body of an HTTP/2 response holding `slot` on its connection until dropped.
+    pub(crate) fn stream(body: Incoming, slot: StreamSlot) -> PooledBody {
+        PooledBody {
+            body,
+            lease: None,
+            _slot: Some(slot),
             done: false,
         }
     }
