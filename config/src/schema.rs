@@ -145,6 +145,11 @@ pub struct PolicyDoc {
     /// Protocol spoken to the upstream: `auto` (default: gRPC requests over HTTP/2 with prior
     /// knowledge, the rest over HTTP/1.1), `http1` or `http2` (prior knowledge, multiplexed).
     pub protocol: Option<String>,
+    /// Most connections open to one upstream endpoint (default 256).
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection to one upstream endpoint (default 1024); past it
+    /// the proxy answers 503 at once.
+    pub max_pending_requests: Option<u32>,
 }
 
 /// Header rules applied to the upstream request.

@@ -187,6 +187,7 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
     for (f, v) in [
         ("connect_timeout_ms", p.connect_timeout_ms),
         ("request_timeout_ms", p.request_timeout_ms),
+        ("max_connections", p.max_connections.map(u64::from)),
     ] {
         if v == Some(0) {
             let field = format!("{base}.{f}");

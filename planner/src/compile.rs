@@ -460,6 +460,8 @@ impl Compiler {
                 .collect(),
             readiness: eff.readiness.value,
             protocol: eff.protocol.value,
+            max_connections: eff.max_connections.value,
+            max_pending: eff.max_pending_requests.value,
         };
         self.policies
             .entry(p.clone())

@@ -6,7 +6,8 @@
 //! at the start is used to the end (the route's connect timeout and protocol included).
 
 use crate::activity;
-use crate::client::{Reuse, UpstreamClient, UpstreamError};
+use crate::balance::{self, InFlight};
+use crate::client::{Limits, Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
 use crate::grpc::{self, Code};
@@ -14,7 +15,7 @@ use crate::headers::{self, HeaderError};
 use crate::lifecycle::WAKE_CHANNEL_CAPACITY;
 use crate::metrics::KindLabel;
 use crate::options::ProxyOptions;
-use crate::pool::Lease;
+use crate::pool::{Lease, PooledBody};
 use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
 use crate::upstream::{ConnectError, Connector, UpstreamState};
@@ -152,7 +153,7 @@ impl Proxy {
         let start = Instant::now();
         let snap = self.router.load();
         let is_grpc = grpc::is_grpc(req.headers());
-        let (resp, service, kind, layer) = match decide(&snap, &req, conn) {
+        let (resp, service, kind, layer) = match decide(&snap, &req, conn, start) {
             Err(reply) => (
                 local(&snap, reply, is_grpc),
                 None,
@@ -196,7 +197,7 @@ impl Proxy {
     async fn forward(
         &self,
         snap: &Snapshot,
-        d: Decision<'_>,
+        mut d: Decision<'_>,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         start: Instant,
@@ -222,18 +223,21 @@ impl Proxy {
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
         d.upstream.requests.fetch_add(1, Ordering::Relaxed);
         let connect_timeout = policy.connect_timeout.min(timeout);
-        let send = async {
-            if h2 {
-                let req = req.map(Either::Left);
-                self.client.send_h2(d.upstream, req, connect_timeout).await
-            } else {
-                let req = req.map(Either::Left);
-                self.client
-                    .send(d.upstream, req, reuse, start, connect_timeout)
-                    .await
-            }
+        let limits = Limits {
+            max_connections: policy.max_connections,
+            max_pending: policy.max_pending,
         };
-        let mut resp = match deadline::within(start + timeout, send).await {
+        let attempts = self.attempts(
+            snap,
+            &mut d,
+            req.map(Either::Left),
+            h2,
+            reuse,
+            start,
+            connect_timeout,
+            limits,
+        );
+        let mut resp = match deadline::within(start + timeout, attempts).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
             Err(_) => {
@@ -274,12 +278,107 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Send `req` to `d`'s upstream; when nothing of it was sent (the connect failed, or a
+    /// pooled connection closed before the request was written), again to another of the
+    /// route's upstreams (or the same), at most [`MAX_RETRIES`] times and only while the
+    /// upstream's retry budget allows. Outcomes feed outlier detection. `d.upstream` ends as
+    /// the upstream that answered (or failed last).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts<'s>(
+        &self,
+        snap: &'s Snapshot,
+        d: &mut Decision<'s>,
+        mut req: Request<crate::body::UpstreamBody>,
+        h2: bool,
+        reuse: Reuse,
+        start: Instant,
+        connect_timeout: Duration,
+        limits: Limits,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let mut retries = 0;
+        loop {
+            let up = d.upstream;
+            let sent = {
+                let _in_flight = InFlight::start(up.id);
+                if h2 {
+                    self.client.send_h2(up, req, connect_timeout).await
+                } else {
+                    let sent = self
+                        .client
+                        .send(up, req, reuse, start, connect_timeout, limits);
+                    sent.await
+                }
+            };
+            let stamp = activity::stamp(start);
+            let failed = match sent {
+                Ok(resp) => {
+                    if resp.status().is_server_error() {
+                        self.outlier(snap, d, stamp);
+                    } else {
+                        up.succeeded();
+                    }
+                    return Ok(resp);
+                }
+                Err(f) => f,
+            };
+            if failed.error.is_connect() {
+                up.connect_errors.fetch_add(1, Ordering::Relaxed);
+                snap.metrics.connect_error(d.service);
+                self.outlier(snap, d, stamp);
+            }
+            let retryable = !matches!(failed.error, UpstreamError::Overloaded { .. });
+            let Some(unsent) = failed.unsent.filter(|_| retryable && retries < MAX_RETRIES) else {
+                return Err(failed.error);
+            };
+            if !up.try_retry(stamp) {
+                snap.metrics.retry(d.service, false);
+                return Err(failed.error);
+            }
+            snap.metrics.retry(d.service, true);
+            retries += 1;
+            req = *unsent;
+            let mut back = || snap.metrics.ejected.dec();
+            if let Some(next) = balance::pick(
+                &d.route.upstreams,
+                &snap.upstreams,
+                stamp,
+                Some(up.id),
+                &mut back,
+            ) {
+                d.upstream = next;
+            }
+        }
+    }
+
+    /// Count a failure of `d`'s upstream; eject it when that is its streak's limit and another
+    /// upstream of the route still serves.
+    fn outlier(&self, snap: &Snapshot, d: &Decision<'_>, stamp: u64) {
+        let up = d.upstream;
+        let others_serve = d.route.upstreams.iter().any(|&id| {
+            snap.upstreams
+                .get(id as usize)
+                .is_some_and(|u| u.id != up.id && !u.is_ejected())
+        });
+        if up.failed(stamp, others_serve) {
+            snap.metrics.ejections.inc();
+            snap.metrics.ejected.inc();
+            tracing::info!(upstream = %up.key, "upstream ejected after consecutive failures");
+        }
+    }
+}
+
+/// Most retries of one request (each also needs the retry budget's leave).
+pub const MAX_RETRIES: u32 = 2;
+
 /// Phase 1: resolve the branch context, the service, the route and the upstream.
 fn decide<'s>(
     snap: &'s Snapshot,
     req: &Request<Incoming>,
     conn: &ConnInfo,
+    start: Instant,
 ) -> Result<Decision<'s>, LocalReply> {
+    let stamp = activity::stamp(start);
     if headers::head_len(req) > conn.max_header_bytes {
         return Err(LocalReply::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -326,8 +425,8 @@ fn decide<'s>(
             "table has no baseline route",
         )
     })?;
-    let upstream = pick(&route.upstreams)
-        .and_then(|id| snap.upstreams.get(id as usize))
+    let mut back = || snap.metrics.ejected.dec();
+    let upstream = balance::pick(&route.upstreams, &snap.upstreams, stamp, None, &mut back)
         .ok_or_else(|| {
             LocalReply::new(StatusCode::INTERNAL_SERVER_ERROR, "route has no upstream")
         })?;
@@ -536,11 +635,14 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
 
 fn upstream_error(snap: &Snapshot, d: &Decision<'_>, e: &UpstreamError) -> LocalReply {
     let key = &d.upstream.key;
-    if e.is_connect() {
-        d.upstream.connect_errors.fetch_add(1, Ordering::Relaxed);
-        snap.metrics.connect_error(d.service);
-    }
     match e {
+        UpstreamError::Overloaded { .. } => {
+            snap.metrics.overflow(d.service);
+            LocalReply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream {key} is at its limit: {e}"),
+            )
+        }
         // nothing reached the upstream: for gRPC, a retryable UNAVAILABLE
         UpstreamError::Connect(ConnectError::TimedOut { .. }) => LocalReply::new(
             StatusCode::GATEWAY_TIMEOUT,

@@ -11,7 +11,7 @@ use crate::body::UpstreamBody;
 use hyper::client::conn::http2::SendRequest;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -35,7 +35,28 @@ struct Conn {
 struct Upstream {
     conns: Vec<Conn>,
     /// Set while a connection is being opened; woken when it is ready (or failed).
-    opening: Option<Arc<Notify>>,
+    opening: Option<Arc<OpenState>>,
+}
+
+/// A connection being opened: its waiters, and whether it is over (set by whoever ends it, on
+/// whatever thread, so a marker left on the thread that began it is never trusted past that).
+#[derive(Default)]
+pub(crate) struct OpenState {
+    notify: Notify,
+    done: AtomicBool,
+}
+
+impl OpenState {
+    /// Wait until the opening is over (opened, failed or cancelled).
+    pub(crate) async fn over(&self) {
+        let n = self.notify.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        n.await;
+    }
 }
 
 thread_local! {
@@ -63,7 +84,7 @@ pub(crate) enum Next {
     /// Use this connection.
     Ready(H2Sender, StreamSlot),
     /// Another request is opening a connection: wait for it, then ask again.
-    Wait(Arc<Notify>),
+    Wait(Arc<OpenState>),
     /// Open a connection; the guard marks it as being opened until dropped.
     Open(Opening),
 }
@@ -72,7 +93,7 @@ pub(crate) enum Next {
 /// cancelled) wakes the requests waiting for it.
 pub(crate) struct Opening {
     id: u64,
-    notify: Arc<Notify>,
+    state: Arc<OpenState>,
 }
 
 impl Opening {
@@ -96,14 +117,20 @@ impl Opening {
 
 impl Drop for Opening {
     fn drop(&mut self) {
+        self.state.done.store(true, Ordering::Release);
         let _ = POOLS.try_with(|p| {
             if let Ok(mut p) = p.try_borrow_mut() {
                 if let Some(u) = p.get_mut(&self.id) {
-                    u.opening = None;
+                    if u.opening
+                        .as_ref()
+                        .is_some_and(|o| Arc::ptr_eq(o, &self.state))
+                    {
+                        u.opening = None;
+                    }
                 }
             }
         });
-        self.notify.notify_waiters();
+        self.state.notify.notify_waiters();
     }
 }
 
@@ -126,8 +153,15 @@ pub(crate) fn next(id: u64) -> Next {
                 let (s, slot) = claim(c);
                 return Some(Next::Ready(s, slot));
             }
-            if let Some(n) = &u.opening {
-                return Some(Next::Wait(n.clone()));
+            if u.opening
+                .as_ref()
+                .is_some_and(|o| o.done.load(Ordering::Acquire))
+            {
+                // ended on another thread (a future that moved): not being opened any more
+                u.opening = None;
+            }
+            if let Some(o) = &u.opening {
+                return Some(Next::Wait(o.clone()));
             }
             if u.conns.len() >= MAX_CONNS {
                 return least.map(|c| {
@@ -135,9 +169,9 @@ pub(crate) fn next(id: u64) -> Next {
                     Next::Ready(s, slot)
                 });
             }
-            let notify = Arc::new(Notify::new());
-            u.opening = Some(notify.clone());
-            Some(Next::Open(Opening { id, notify }))
+            let state = Arc::new(OpenState::default());
+            u.opening = Some(state.clone());
+            Some(Next::Open(Opening { id, state }))
         })
         .ok()
         .flatten()
@@ -145,7 +179,7 @@ pub(crate) fn next(id: u64) -> Next {
             // no pool on this thread (teardown): a connection of its own, never pooled
             Next::Open(Opening {
                 id: 0,
-                notify: Arc::new(Notify::new()),
+                state: Arc::default(),
             })
         })
 }
@@ -182,7 +216,8 @@ pub fn reap_local() {
         if let Ok(mut p) = p.try_borrow_mut() {
             p.retain(|_, u| {
                 u.conns.retain(|c| !c.sender.is_closed());
-                !u.conns.is_empty() || u.opening.is_some()
+                let opening = u.opening.as_ref();
+                !u.conns.is_empty() || opening.is_some_and(|o| !o.done.load(Ordering::Acquire))
             });
         }
     });

@@ -5,6 +5,7 @@
 pub mod activity;
 mod admit;
 pub mod baggage;
+pub mod balance;
 pub mod body;
 pub mod client;
 pub mod context;

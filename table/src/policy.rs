@@ -86,4 +86,10 @@ pub struct RoutePolicy {
     pub readiness: Readiness,
     /// Protocol spoken to the upstreams.
     pub protocol: UpstreamProtocol,
+    /// Most HTTP/1.1 connections open to one of the route's upstreams (all workers together);
+    /// a request finding them all busy waits in the pending queue.
+    pub max_connections: u32,
+    /// Most requests waiting for a connection to one upstream; past it a request gets a fast
+    /// `503` naming the limit (a circuit breaker: never an unbounded queue).
+    pub max_pending: u32,
 }
