@@ -234,3 +234,84 @@ async fn with_every_connect_failing_retries_stay_within_the_budget_and_the_last_
     assert!(!up.is_ejected());
     p.shutdown().await;
 }
+
+/// An upstream that reads each request's head and closes the connection without a byte of
+/// answer; counts the requests it saw.
+async fn resetting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                // dropped: closed before any byte of a response
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_get_reset_before_its_response_is_retried_elsewhere_and_a_post_is_not() {
+    let good = Upstream::start("good").await;
+    let (reset, seen) = resetting_upstream().await;
+    let (p, reg) = start(&service(&[reset.to_string(), good.addr.to_string()], "")).await;
+    let c = h1_client();
+    for i in 0..20 {
+        let r = get(&c, p.addr, &format!("/g/{i}"), &[]).await;
+        assert_eq!(r.status, 200, "GET {i}: {}", r.text());
+    }
+    let gets = seen.load(Ordering::SeqCst);
+    assert!(gets >= 1, "the resetting upstream saw no GET");
+    assert!(
+        metric(
+            &reg,
+            "microstax_upstream_retries_total{outcome=\"retried\",service=\"api\"}"
+        ) >= gets as f64
+    );
+    p.shutdown().await;
+
+    // alone on its route: a POST reaches it once and is not sent again
+    let (p, _reg) = start(&service(&[reset.to_string()], "")).await;
+    let before = seen.load(Ordering::SeqCst);
+    let r = send(&c, http::Method::POST, p.addr, "/p", &[], "body").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(seen.load(Ordering::SeqCst), before + 1);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_every_request_reset_the_upstream_sees_at_most_the_budget() {
+    let (reset, seen) = resetting_upstream().await;
+    let (p, _reg) = start(&service(&[reset.to_string()], "")).await;
+    let c = h1_client();
+    let n = 100;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let r = get(&c, p.addr, &format!("/g/{i}"), &[]).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+    }
+    let secs = t0.elapsed().as_secs_f64().ceil();
+    let seen = seen.load(Ordering::SeqCst) as f64;
+    let budget = f64::from(n) * 0.2 + 10.0 * (secs + 1.0);
+    assert!(seen > f64::from(n), "no GET was retried: {seen}");
+    assert!(
+        seen <= f64::from(n) + budget,
+        "the upstream saw {seen}, budget {budget}"
+    );
+    p.shutdown().await;
+}

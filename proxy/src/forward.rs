@@ -280,8 +280,9 @@ impl Proxy {
 
 impl Proxy {
     /// Send `req` to `d`'s upstream; when nothing of it was sent (the connect failed, or a
-    /// pooled connection closed before the request was written), again to another of the
-    /// route's upstreams (or the same), at most [`MAX_RETRIES`] times and only while the
+    /// pooled connection closed before the request was written), or when an idempotent
+    /// request without a body was reset before a complete response head, again to another of
+    /// the route's upstreams (or the same), at most [`MAX_RETRIES`] times and only while the
     /// upstream's retry budget allows. Outcomes feed outlier detection. `d.upstream` ends as
     /// the upstream that answered (or failed last).
     #[allow(clippy::too_many_arguments)]
@@ -297,6 +298,9 @@ impl Proxy {
         limits: Limits,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let mut retries = 0;
+        // the head of a request that may be sent again after a reset (its body is empty, so
+        // the head is all of it); a sent request is consumed
+        let copy = (reuse == Reuse::Pool && replayable(&req)).then(|| head_copy(&req));
         loop {
             let up = d.upstream;
             let sent = {
@@ -325,10 +329,16 @@ impl Proxy {
             if failed.error.is_connect() {
                 up.connect_errors.fetch_add(1, Ordering::Relaxed);
                 snap.metrics.connect_error(d.service);
+            }
+            if !matches!(failed.error, UpstreamError::Overloaded { .. }) {
                 self.outlier(snap, d, stamp);
             }
             let retryable = !matches!(failed.error, UpstreamError::Overloaded { .. });
-            let Some(unsent) = failed.unsent.filter(|_| retryable && retries < MAX_RETRIES) else {
+            let unsent = failed.unsent.or_else(|| {
+                let reset = reset_before_response(&failed.error);
+                reset.then(|| copy.as_ref().map(|c| Box::new(head_copy(c))))?
+            });
+            let Some(unsent) = unsent.filter(|_| retryable && retries < MAX_RETRIES) else {
                 return Err(failed.error);
             };
             if !up.try_retry(stamp) {
@@ -370,6 +380,41 @@ impl Proxy {
 
 /// Most retries of one request (each also needs the retry budget's leave).
 pub const MAX_RETRIES: u32 = 2;
+
+/// Whether a request may be sent again after it was sent: an idempotent method (RFC 9110
+/// 9.2.2) and no body (so nothing of it streamed from the client is lost).
+fn replayable(req: &Request<crate::body::UpstreamBody>) -> bool {
+    use http_body::Body as _;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && req.body().is_end_stream()
+}
+
+/// A copy of a bodiless request.
+fn head_copy(req: &Request<crate::body::UpstreamBody>) -> Request<crate::body::UpstreamBody> {
+    let mut r = Request::new(Either::Right(http_body_util::Empty::new()));
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// Whether a sent request failed before a complete response head: the connection closed or
+/// was reset while the proxy waited for it.
+fn reset_before_response(e: &UpstreamError) -> bool {
+    let UpstreamError::Exchange(e) = e else {
+        return false;
+    };
+    if e.is_incomplete_message() {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+}
 
 /// Phase 1: resolve the branch context, the service, the route and the upstream.
 fn decide<'s>(
