@@ -315,3 +315,38 @@ async fn with_every_request_reset_the_upstream_sees_at_most_the_budget() {
     );
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn idle_connections_of_an_upstream_a_swap_dropped_are_not_reused_when_it_returns() {
+    // an instance serving on `at`, whose connection the proxy pools
+    let old = Upstream::start("old").await;
+    let at = old.addr;
+    let other = Upstream::start("other").await;
+    let (p, _reg) = start(&service(&[at.to_string()], "")).await;
+    let c = h1_client();
+    assert_eq!(get(&c, p.addr, "/a", &[]).await.upstream(), "old");
+    // a swap moves the route away; the old instance drains (stops listening, keeps its open
+    // connections) and a new one takes its address; a later swap names the address again
+    let cfg = |ep: SocketAddr| service(&[ep.to_string()], "");
+    p.router
+        .publish(microstax_planner::compile(&cfg(other.addr), 2));
+    assert_eq!(get(&c, p.addr, "/b", &[]).await.upstream(), "other");
+    drop(old);
+    // its accept loop lets go of the address when it next runs
+    wait_for(
+        Duration::from_secs(5),
+        "the old listener to close",
+        || async move { std::net::TcpListener::bind(at).ok().map(drop) },
+    )
+    .await;
+    let new = Upstream::start_on("new", at).await;
+    p.router.publish(microstax_planner::compile(&cfg(at), 3));
+    let r = get(&c, p.addr, "/c", &[]).await;
+    assert_eq!(
+        r.upstream(),
+        "new",
+        "an idle connection from before the swaps was reused"
+    );
+    assert_eq!(new.conns.load(Ordering::SeqCst), 1);
+    p.shutdown().await;
+}

@@ -140,7 +140,7 @@ impl UpstreamClient {
             let freed = up.freed();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            while let Some(mut sender) = pool::take(up.id, now) {
+            while let Some(mut sender) = pool::take(up, now) {
                 // an idle connection may still be finishing the previous exchange, or be closing
                 if sender.ready().await.is_err() {
                     continue;
@@ -258,7 +258,7 @@ impl UpstreamClient {
         connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, Failed> {
         let (mut sender, slot) = loop {
-            match h2pool::next(up.id) {
+            match h2pool::next(up.id, up.epoch()) {
                 Next::Ready(sender, slot) => break (sender, slot),
                 Next::Wait(opening) => {
                     // the caller's deadline bounds the wait; the opener's connect timeout too
@@ -266,7 +266,7 @@ impl UpstreamClient {
                 }
                 Next::Open(opening) => match self.open_h2(up, connect_timeout).await {
                     Ok(sender) => {
-                        let slot = opening.finish(sender.clone());
+                        let slot = opening.finish(sender.clone(), up.epoch());
                         break (sender, slot);
                     }
                     Err(e) => return Err(Failed::unsent(e, req)),

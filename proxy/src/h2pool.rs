@@ -29,6 +29,8 @@ pub const MAX_CONNS: usize = 4;
 struct Conn {
     sender: H2Sender,
     streams: Arc<AtomicU32>,
+    /// The upstream's epoch when it was opened (`UpstreamState::epoch`).
+    epoch: u32,
 }
 
 #[derive(Default)]
@@ -98,10 +100,11 @@ pub(crate) struct Opening {
 
 impl Opening {
     /// Add the opened connection and claim a stream on it for the caller.
-    pub(crate) fn finish(self, sender: H2Sender) -> StreamSlot {
+    pub(crate) fn finish(self, sender: H2Sender, epoch: u32) -> StreamSlot {
         let conn = Conn {
             sender,
             streams: Arc::new(AtomicU32::new(1)),
+            epoch,
         };
         let slot = StreamSlot(conn.streams.clone());
         let sender = conn.sender.clone();
@@ -137,14 +140,16 @@ impl Drop for Opening {
 /// Find a stream to upstream `id`: the least loaded open connection with a free stream, else
 /// a wait for the connection being opened, else the right to open one (while under
 /// [`MAX_CONNS`]), else the least loaded connection even if full.
-pub(crate) fn next(id: u64) -> Next {
+pub(crate) fn next(id: u64, epoch: u32) -> Next {
     POOLS
         .try_with(|p| {
             let Ok(mut p) = p.try_borrow_mut() else {
                 return None;
             };
             let u = p.entry(id).or_default();
-            u.conns.retain(|c| !c.sender.is_closed());
+            // a connection of an earlier epoch closes once its streams end
+            u.conns
+                .retain(|c| !c.sender.is_closed() && c.epoch == epoch);
             let least = u
                 .conns
                 .iter()

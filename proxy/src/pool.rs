@@ -35,6 +35,8 @@ pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(5);
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// The upstream's epoch when it was pooled.
+    epoch: u32,
 }
 
 #[derive(Default)]
@@ -73,13 +75,15 @@ thread_local! {
 /// Take this thread's most recently returned connection to upstream `id`, skipping closed and
 /// expired ones. `now` is the request's start time (no extra clock read). Most recent first, so
 /// a surplus of connections after a burst goes unused and expires.
-pub(crate) fn take(id: u64, now: Instant) -> Option<Sender> {
+pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Sender> {
+    let (id, epoch) = (up.id, up.epoch());
     POOLS
         .try_with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
             let stack = p.by_upstream.get_mut(&id)?;
             while let Some(idle) = stack.idle.pop() {
                 if !idle.sender.is_closed()
+                    && idle.epoch == epoch
                     && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
                 {
                     return Some(idle.sender);
@@ -114,7 +118,11 @@ pub(crate) fn put(up: &UpstreamState, sender: Sender) {
             return; // dropping the sender closes the connection
         }
         if stack.idle.len() < MAX_IDLE {
-            stack.idle.push(Idle { sender, since: now });
+            stack.idle.push(Idle {
+                sender,
+                since: now,
+                epoch: up.epoch(),
+            });
             if stack.waiters > 0 {
                 if let Some(n) = &stack.returned {
                     n.notify_one();

@@ -60,6 +60,9 @@ pub struct UpstreamState {
     ejected_until: AtomicU64,
     /// Times it was ejected (each ejection lasts longer).
     ejections: AtomicU32,
+    /// Bumped when a table names it again after one that did not: pooled connections opened
+    /// before are not reused (the address may now be another instance's).
+    epoch: AtomicU32,
 }
 
 /// Most connections opened to one upstream at the same time: a burst on a cold pool opens them
@@ -166,7 +169,14 @@ impl UpstreamState {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
         }
+    }
+
+    /// The pool epoch: connections pooled under another epoch are not reused.
+    #[inline]
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// HTTP/1.1 connections open to it now (all workers), and requests waiting for one.
@@ -412,6 +422,8 @@ type Entry = (Arc<UpstreamState>, Instant);
 #[derive(Debug, Default)]
 pub struct Registry {
     states: Mutex<FxHashMap<Arc<str>, Entry>>,
+    /// Generation of the table bound last.
+    last_bound: AtomicU64,
 }
 
 impl Registry {
@@ -420,6 +432,7 @@ impl Registry {
     pub fn bind(&self, table: &RoutingTable) -> (Box<[Arc<UpstreamState>]>, Vec<usize>) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let previous = self.last_bound.swap(table.generation, Ordering::Relaxed);
         let mut created = Vec::new();
         let bound = table
             .upstreams
@@ -431,10 +444,15 @@ impl Registry {
                     (Arc::new(UpstreamState::new(u.authority.clone())), now)
                 });
                 entry.1 = now;
-                entry
+                let seen = entry
                     .0
                     .last_seen_generation
-                    .store(table.generation, Ordering::Relaxed);
+                    .swap(table.generation, Ordering::Relaxed);
+                if seen != previous && seen != table.generation {
+                    // named again after a table that did not name it: what listens there now
+                    // may be another instance, so its idle connections are not reused
+                    entry.0.epoch.fetch_add(1, Ordering::Relaxed);
+                }
                 entry.0.clone()
             })
             .collect();
