@@ -337,3 +337,32 @@ async fn http1_trailers_reach_an_http1_client_sending_te_trailers() {
     assert!(body.contains("x-checksum: abc"), "trailer lost: {body:?}");
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_per_core_workers() {
+    use microstax_proxy::{Proxy, ProxyOptions, Router, ServerOptions, Workers};
+    let base = GrpcServer::start("base").await;
+    let a = base.addr.to_string();
+    let router = Router::new(microstax_planner::compile(&grpc_config(&a, &a, ""), 1));
+    let proxy = Proxy::new(router, ProxyOptions::default());
+    let listeners = microstax_proxy::reuseport_listeners("127.0.0.1:0".parse().expect("addr"), 2)
+        .expect("bind");
+    let addr = listeners[0].local_addr().expect("addr");
+    let workers = Workers::start(listeners, proxy, ServerOptions::default()).expect("workers");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(workers.serve_until(async move {
+        let _ = stopped.await;
+    }));
+    let shapes = ["Unary", "ServerStream", "ClientStream", "Bidi"];
+    let reports =
+        futures_util::future::join_all(shapes.iter().chain(&shapes).map(|m| call(addr, m, &[])))
+            .await;
+    for r in &reports {
+        assert_eq!(r["code"], "OK", "{r}");
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), served)
+        .await
+        .expect("workers did not stop")
+        .expect("join");
+}

@@ -304,7 +304,8 @@ impl Proxy {
         loop {
             let up = d.upstream;
             let sent = {
-                let _in_flight = InFlight::start(up.id);
+                // counted only where the balancer has a choice to make
+                let _in_flight = (d.route.upstreams.len() > 1).then(|| InFlight::start(up.id));
                 if h2 {
                     self.client.send_h2(up, req, connect_timeout).await
                 } else {
