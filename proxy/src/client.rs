@@ -135,11 +135,6 @@ impl UpstreamClient {
     ) -> Result<Response<PooledBody>, Failed> {
         let mut queued = None;
         loop {
-            // armed before looking, so that a connection freed on another thread meanwhile
-            // is not missed
-            let freed = up.freed();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             while let Some(mut sender) = pool::take(up, now) {
                 // an idle connection may still be finishing the previous exchange, or be closing
                 if sender.ready().await.is_err() {
@@ -172,7 +167,15 @@ impl UpstreamClient {
                 }
             }
             // woken by a connection returned to this worker's pool, or one closing or opened
-            // anywhere (room for a new one)
+            // anywhere (room for a new one). Armed only now (arming takes the notifier's
+            // lock, which the fast path above never does), then one more look, so that a
+            // connection freed on another thread meanwhile is not missed.
+            let freed = up.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if pool::idle_local(up.id) > 0 || up.has_room(limits.max_connections) {
+                continue;
+            }
             match Waiter::new(up.id) {
                 Some(w) => {
                     tokio::select! {

@@ -208,6 +208,12 @@ impl UpstreamState {
         })
     }
 
+    /// Whether [`UpstreamState::try_open`] with `max` would find room now.
+    pub(crate) fn has_room(&self, max: u32) -> bool {
+        self.conns.load(Ordering::Acquire) < max
+            && self.connecting.load(Ordering::Acquire) < MAX_CONNECTING
+    }
+
     /// Claim a new connection whatever the limits (prewarming opens a fixed few).
     pub(crate) fn open_unbounded(self: &Arc<Self>) -> ConnSlot {
         self.conns.fetch_add(1, Ordering::AcqRel);
