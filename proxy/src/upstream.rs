@@ -288,6 +288,12 @@ impl UpstreamState {
         self.ejected_until.load(Ordering::Relaxed) != 0
     }
 
+    /// Whether its last exchange failed (a failure streak is running).
+    #[inline]
+    pub(crate) fn failing(&self) -> bool {
+        self.consecutive_failures.load(Ordering::Relaxed) != 0
+    }
+
     /// Record a success: the failure streak ends (written only when there was one).
     #[inline]
     pub(crate) fn succeeded(&self) {
