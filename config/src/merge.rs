@@ -7,10 +7,10 @@ use crate::model::Config;
 use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, RunDoc, ServiceDoc};
 pub use crate::values::{
     readiness_from_doc, Sourced, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HOLD_MS,
-    DEFAULT_REQUEST_TIMEOUT_MS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_REQUEST_TIMEOUT_MS,
 };
 use crate::values::{Endpoint, LayerIdx, Origin};
-pub use microstax_table::Readiness;
+pub use microstax_table::{Readiness, UpstreamProtocol};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -45,6 +45,12 @@ pub struct Effective {
     pub remove_headers: BTreeMap<String, Origin>,
     /// Readiness policy.
     pub readiness: Sourced<Readiness>,
+    /// Protocol spoken to the upstream.
+    pub protocol: Sourced<UpstreamProtocol>,
+    /// Most connections open to one endpoint.
+    pub max_connections: Sourced<u32>,
+    /// Most requests waiting for a connection to one endpoint.
+    pub max_pending_requests: Sourced<u32>,
     /// Schema migrations applied along the lineage, oldest first.
     pub migrations: Vec<Sourced<MigrationDoc>>,
     /// Message contracts changed along the lineage, topic -> version.
@@ -145,6 +151,21 @@ impl Effective {
             self.readiness.value.to_string(),
             &self.readiness.origin,
         );
+        push(
+            "policy.protocol".into(),
+            self.protocol.value.to_string(),
+            &self.protocol.origin,
+        );
+        push(
+            "policy.max_connections".into(),
+            self.max_connections.value.to_string(),
+            &self.max_connections.origin,
+        );
+        push(
+            "policy.max_pending_requests".into(),
+            self.max_pending_requests.value.to_string(),
+            &self.max_pending_requests.origin,
+        );
         for m in &self.migrations {
             push(
                 format!("migrations.{}.{}", m.value.store, m.value.name),
@@ -187,6 +208,24 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
                 origin: at(&format!("{base}.readiness")),
             };
         }
+    }
+    if let Some(v) = p.max_connections {
+        e.max_connections = Sourced {
+            value: v,
+            origin: at(&format!("{base}.max_connections")),
+        };
+    }
+    if let Some(v) = p.max_pending_requests {
+        e.max_pending_requests = Sourced {
+            value: v,
+            origin: at(&format!("{base}.max_pending_requests")),
+        };
+    }
+    if let Some(v) = p.protocol.as_deref().and_then(UpstreamProtocol::parse) {
+        e.protocol = Sourced {
+            value: v,
+            origin: at(&format!("{base}.protocol")),
+        };
     }
     if let Some(h) = &p.request_headers {
         for (k, v) in &h.set {
@@ -314,6 +353,18 @@ impl Config {
                 value: Readiness::Hold {
                     ms: DEFAULT_HOLD_MS,
                 },
+                origin: builtin.clone(),
+            },
+            protocol: Sourced {
+                value: UpstreamProtocol::Auto,
+                origin: builtin.clone(),
+            },
+            max_connections: Sourced {
+                value: DEFAULT_MAX_CONNECTIONS,
+                origin: builtin.clone(),
+            },
+            max_pending_requests: Sourced {
+                value: DEFAULT_MAX_PENDING_REQUESTS,
                 origin: builtin,
             },
             migrations: Vec::new(),

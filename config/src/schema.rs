@@ -182,7 +182,7 @@ pub struct RoutingDoc {
     pub instance_address: Option<String>,
 }
 
-/// The route policy of a service: timeouts, header rules and readiness.
+/// The route policy of a service: timeouts, header rules, readiness and upstream protocol.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
@@ -194,6 +194,14 @@ pub struct PolicyDoc {
     pub request_headers: Option<HeaderRulesDoc>,
     /// What to do while a branch-local upstream is not ready: `hold`, `fallback` or `fail`.
     pub readiness: Option<ReadinessDoc>,
+    /// Protocol spoken to the upstream: `auto` (default: gRPC requests over HTTP/2 with prior
+    /// knowledge, the rest over HTTP/1.1), `http1` or `http2` (prior knowledge, multiplexed).
+    pub protocol: Option<String>,
+    /// Most connections open to one upstream endpoint (default 256).
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection to one upstream endpoint (default 1024); past it
+    /// the proxy answers 503 at once.
+    pub max_pending_requests: Option<u32>,
 }
 
 /// Header rules applied to the upstream request.

@@ -191,6 +191,7 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
     for (f, v) in [
         ("connect_timeout_ms", p.connect_timeout_ms),
         ("request_timeout_ms", p.request_timeout_ms),
+        ("max_connections", p.max_connections.map(u64::from)),
     ] {
         if v == Some(0) {
             let field = format!("{base}.{f}");
@@ -201,6 +202,16 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
         let field = format!("{base}.readiness.policy");
         if let Err(why) = readiness_from_doc(r) {
             report.at(doc, &field, why);
+        }
+    }
+    if let Some(v) = &p.protocol {
+        if microstax_table::UpstreamProtocol::parse(v).is_none() {
+            let field = format!("{base}.protocol");
+            report.at(
+                doc,
+                &field,
+                format!("unknown protocol `{v}`: use auto, http1 or http2"),
+            );
         }
     }
     if let Some(h) = &p.request_headers {

@@ -107,10 +107,18 @@ pub fn instance_address(template: &str, service: &str, branch: &str, instance: &
         .replace("{instance}", instance)
 }
 
-/// Built-in connect timeout when no layer sets one.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Built-in connect timeout when no layer sets one. Well under Linux's first SYN retransmit
+/// (1 s): a SYN dropped by a full listen backlog fails fast and is retried (nothing was sent)
+/// instead of every request of a burst waiting the full second and failing at it; and far
+/// above a connect's time on loopback or in a cluster (well under 10 ms).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 250;
 /// Built-in response-header timeout when no layer sets one.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Built-in limit of connections open to one upstream endpoint (Envoy's default is 1024 per
+/// cluster; one endpoint of a dev or branch instance rarely serves more than a few hundred).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// Built-in bound of the queue of requests waiting for a connection to one endpoint.
+pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 /// Built-in hold time of the `hold` readiness policy.
 pub const DEFAULT_HOLD_MS: u64 = 1_000;
 

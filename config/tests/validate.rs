@@ -425,3 +425,23 @@ fn run_blocks_stores_and_lifecycle_are_checked_at_their_lines() {
         microstax_config::environments::StoreCopy::DatabaseFromTemplate
     );
 }
+
+#[test]
+fn upstream_protocol_is_checked_at_its_line_and_merged_along_the_lineage() {
+    let org = "kind: org\nservices:\n  api:\n    endpoints: [\"a:1\"]\n    policy: {protocol: http2}\n  web:\n    endpoints: [\"b:1\"]\n    policy:\n      protocol: grpc\n";
+    assert_eq!(
+        errors(&[("org.yaml", org)]),
+        ["org.yaml:9: services.web.policy.protocol: unknown protocol `grpc`: use auto, http1 or http2"]
+    );
+    let org = "kind: org\nservices:\n  api:\n    endpoints: [\"a:1\"]\n    policy: {protocol: http2}\n  web:\n    endpoints: [\"b:1\"]\n";
+    let br = "parent: baseline\nservices:\n  api: {policy: {protocol: http1}}\n";
+    let c = build(&[("org.yaml", org), ("branches/dev.yaml", br)]).expect("valid");
+    let proto = |layer: &str, svc: &str| {
+        let idx = c.layer_id(layer).expect("layer");
+        c.effective(idx, svc).expect("service").protocol.value
+    };
+    use microstax_config::merge::UpstreamProtocol;
+    assert_eq!(proto("baseline", "api"), UpstreamProtocol::Http2);
+    assert_eq!(proto("baseline", "web"), UpstreamProtocol::Auto);
+    assert_eq!(proto("dev", "api"), UpstreamProtocol::Http1);
+}

@@ -461,6 +461,9 @@ impl Compiler {
                 .filter_map(|k| http::HeaderName::from_bytes(k.as_bytes()).ok())
                 .collect(),
             readiness: eff.readiness.value,
+            protocol: eff.protocol.value,
+            max_connections: eff.max_connections.value,
+            max_pending: eff.max_pending_requests.value,
         };
         self.policies
             .entry(p.clone())

@@ -149,7 +149,7 @@ pub(crate) struct Routed {
 
 /// The reason of a reply the proxy made itself with a 5xx status (a response extension).
 #[derive(Clone)]
-pub(crate) struct LocalReason(pub(crate) String);
+pub(crate) struct LocalReason(pub(crate) String, pub(crate) http::StatusCode);
 
 /// One request's facts as seen by the listener.
 pub(crate) struct Entry<'a> {

@@ -2,14 +2,23 @@
 //! one (connect timeout, HTTP/1.1 handshake with upgrades, driver task on this worker's
 //! runtime), send the request, and hand back the response with its connection on loan. A
 //! request that a pooled connection closed before writing is retried on another connection:
-//! nothing reached the upstream, so this is safe even for non-idempotent requests.
+//! nothing reached the upstream, so this is safe even for non-idempotent requests. HTTP/2
+//! upstreams get a stream on one of this worker's multiplexed connections (`crate::h2pool`).
+//!
+//! New HTTP/1.1 connections are bounded per upstream: at most the route's `max_connections`
+//! open and [`MAX_CONNECTING`](crate::upstream::MAX_CONNECTING) being opened; a request finding
+//! neither an idle connection nor room for a new one waits in the upstream's pending queue
+//! (at most the route's `max_pending`) for a returned connection, and past that fails at once
+//! ([`UpstreamError::Overloaded`]).
 
 use crate::body::UpstreamBody;
-use crate::pool::{self, Lease, PooledBody, Sender};
-use crate::upstream::{ConnectError, Connector, UpstreamState};
+use crate::h2pool::{self, H2Sender, Next};
+use crate::pool::{self, Lease, PooledBody, Sender, Waiter};
+use crate::upstream::{ConnSlot, ConnectError, Connector, UpstreamState};
 use http::{Request, Response};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Why an exchange with an upstream failed.
@@ -18,12 +27,20 @@ pub enum UpstreamError {
     /// No connection could be opened; nothing was sent, a retry is safe.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The connection opened but the HTTP/1.1 handshake failed; nothing was sent.
+    /// The connection opened but the handshake failed; nothing was sent.
     #[error("handshake with upstream failed")]
     Handshake(#[source] hyper::Error),
     /// The request was (at least partly) sent and the exchange failed; a retry may repeat it.
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
+    /// The upstream's connections and pending queue are full; nothing was sent.
+    #[error("{conns} connections busy and {pending} requests waiting")]
+    Overloaded {
+        /// Its connection limit.
+        conns: u32,
+        /// Its pending-queue limit.
+        pending: u32,
+    },
 }
 
 impl UpstreamError {
@@ -36,6 +53,31 @@ impl UpstreamError {
     }
 }
 
+/// A failed exchange, with the request when none of it was sent (so it can be retried).
+#[derive(Debug)]
+pub struct Failed {
+    /// What failed.
+    pub error: UpstreamError,
+    /// The request, untouched, when nothing of it reached the upstream.
+    pub unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+impl Failed {
+    fn unsent(error: impl Into<UpstreamError>, req: Request<UpstreamBody>) -> Failed {
+        Failed {
+            error: error.into(),
+            unsent: Some(Box::new(req)),
+        }
+    }
+
+    fn sent(error: UpstreamError) -> Failed {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Whether the connection may serve later requests once this exchange is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reuse {
@@ -45,69 +87,151 @@ pub enum Reuse {
     Never,
 }
 
-/// Opens and reuses HTTP/1.1 connections to upstreams.
+/// Per-upstream bounds of new connections (from the request's route).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open to the upstream.
+    pub max_connections: u32,
+    /// Most requests waiting for a connection.
+    pub max_pending: u32,
+}
+
+/// Opens and reuses HTTP/1.1 and HTTP/2 connections to upstreams.
 #[derive(Clone)]
 pub struct UpstreamClient {
     connector: Connector,
     builder: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
+
+/// Largest response head accepted from an HTTP/2 upstream (as the listener's request limit).
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 impl UpstreamClient {
     /// A client opening connections with `connector`.
     pub fn new(connector: Connector) -> UpstreamClient {
+        // h2's protections stay at their defaults: the reset-stream limits (CVE-2023-44487),
+        // the bounded send buffer, the pending-accept limit
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_header_list_size(H2_MAX_HEADER_LIST);
         UpstreamClient {
             connector,
             builder: http1::Builder::new(),
+            h2,
         }
     }
 
     /// Send `req` to `up` over a pooled connection if this worker has one, else a new one
-    /// opened within `connect_timeout`. `now` is the request's start time.
+    /// opened within `connect_timeout` when `limits` allow, else once one is returned (the
+    /// caller's deadline bounds the wait). `now` is the request's start time.
     pub async fn send(
         &self,
-        up: &UpstreamState,
+        up: &Arc<UpstreamState>,
         mut req: Request<UpstreamBody>,
         reuse: Reuse,
         now: Instant,
         connect_timeout: Duration,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        while let Some(mut sender) = pool::take(up.id, now) {
-            // an idle connection may still be finishing the previous exchange, or be closing
-            if sender.ready().await.is_err() {
+        limits: Limits,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let mut queued = None;
+        loop {
+            while let Some(mut sender) = pool::take(up, now) {
+                // an idle connection may still be finishing the previous exchange, or be closing
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(leased(up, sender, resp, reuse)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(Failed::sent(UpstreamError::Exchange(e.into_error()))),
+                    },
+                }
+            }
+            if let Some(slot) = up.try_open(limits.max_connections) {
+                drop(queued);
+                return self
+                    .send_on_new(up, req, reuse, connect_timeout, slot)
+                    .await;
+            }
+            if queued.is_none() {
+                match up.try_queue(limits.max_pending) {
+                    Some(q) => queued = Some(q),
+                    None => {
+                        let e = UpstreamError::Overloaded {
+                            conns: limits.max_connections,
+                            pending: limits.max_pending,
+                        };
+                        return Err(Failed::unsent(e, req));
+                    }
+                }
+            }
+            // woken by a connection returned to this worker's pool, or one closing or opened
+            // anywhere (room for a new one). Armed only now (arming takes the notifier's
+            // lock, which the fast path above never does), then one more look, so that a
+            // connection freed on another thread meanwhile is not missed.
+            let freed = up.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if pool::idle_local(up.id) > 0 || up.has_room(limits.max_connections) {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(leased(up, sender, resp, reuse)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Exchange(e.into_error())),
-                },
+            match Waiter::new(up.id) {
+                Some(w) => {
+                    tokio::select! {
+                        () = w.returned() => {}
+                        () = freed => {}
+                    }
+                }
+                None => freed.await,
             }
         }
-        self.send_new(up, req, reuse, connect_timeout).await
     }
 
     /// Send `req` to `up` over a new connection opened within `connect_timeout` (prewarming
-    /// opens connections this way).
+    /// opens a fixed number of connections this way: counted, but not bounded).
     pub async fn send_new(
         &self,
-        up: &UpstreamState,
+        up: &Arc<UpstreamState>,
         req: Request<UpstreamBody>,
         reuse: Reuse,
         connect_timeout: Duration,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut sender = self.open(up, connect_timeout).await?;
-        let resp = sender
-            .send_request(req)
+    ) -> Result<Response<PooledBody>, Failed> {
+        let slot = up.open_unbounded();
+        self.send_on_new(up, req, reuse, connect_timeout, slot)
             .await
-            .map_err(UpstreamError::Exchange)?;
-        Ok(leased(up, sender, resp, reuse))
+    }
+
+    async fn send_on_new(
+        &self,
+        up: &Arc<UpstreamState>,
+        req: Request<UpstreamBody>,
+        reuse: Reuse,
+        connect_timeout: Duration,
+        slot: ConnSlot,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let mut sender = match self.open(up, connect_timeout, slot).await {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::unsent(e, req)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(leased(up, sender, resp, reuse)),
+            Err(mut e) => match e.take_message() {
+                // the new connection closed before the request was written
+                Some(unsent) => Err(Failed::unsent(
+                    UpstreamError::Exchange(e.into_error()),
+                    unsent,
+                )),
+                None => Err(Failed::sent(UpstreamError::Exchange(e.into_error()))),
+            },
+        }
     }
 
     async fn open(
         &self,
         up: &UpstreamState,
         connect_timeout: Duration,
+        mut slot: ConnSlot,
     ) -> Result<Sender, UpstreamError> {
         let stream = self.connector.connect(up, connect_timeout).await?;
         let (sender, conn) = self
@@ -115,10 +239,64 @@ impl UpstreamClient {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Handshake)?;
-        // the driver runs on this worker's runtime, beside the requests that use it
+        slot.opened();
+        // the driver runs on this worker's runtime, beside the requests that use it; the slot
+        // counts the connection until it closes
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            drop(slot);
+        });
+        Ok(sender)
+    }
+
+    /// Send `req` (already in HTTP/2 form: absolute URI, version 2) to `up` on a stream of one
+    /// of this worker's HTTP/2 connections to it, opening one within `connect_timeout` when
+    /// none has a free stream.
+    pub async fn send_h2(
+        &self,
+        up: &UpstreamState,
+        req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let (mut sender, slot) = loop {
+            match h2pool::next(up.id, up.epoch()) {
+                Next::Ready(sender, slot) => break (sender, slot),
+                Next::Wait(opening) => {
+                    // the caller's deadline bounds the wait; the opener's connect timeout too
+                    let _ = tokio::time::timeout(connect_timeout, opening.over()).await;
+                }
+                Next::Open(opening) => match self.open_h2(up, connect_timeout).await {
+                    Ok(sender) => {
+                        let slot = opening.finish(sender.clone(), up.epoch());
+                        break (sender, slot);
+                    }
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                },
+            }
+        };
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| Failed::sent(UpstreamError::Exchange(e)))?;
+        Ok(resp.map(|body| PooledBody::stream(body, slot)))
+    }
+
+    async fn open_h2(
+        &self,
+        up: &UpstreamState,
+        connect_timeout: Duration,
+    ) -> Result<H2Sender, UpstreamError> {
+        let stream = self.connector.connect(up, connect_timeout).await?;
+        let (sender, conn) = self
+            .h2
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
             }
         });
         Ok(sender)
@@ -126,11 +304,11 @@ impl UpstreamClient {
 }
 
 fn leased(
-    up: &UpstreamState,
+    up: &Arc<UpstreamState>,
     sender: Sender,
     resp: Response<hyper::body::Incoming>,
     reuse: Reuse,
 ) -> Response<PooledBody> {
-    let lease = Lease::new(up.id, sender, reuse == Reuse::Pool);
+    let lease = Lease::new(up.clone(), sender, reuse == Reuse::Pool);
     resp.map(|body| PooledBody::new(body, Some(lease)))
 }

@@ -7,19 +7,21 @@ use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-/// Static hop-by-hop headers, removed in both directions.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Static hop-by-hop headers, removed in both directions. `Trailer` is not one (RFC 9110 6.6.2
+/// and 7.6.1): it announces the trailer fields, and hyper sends an HTTP/1.1 client only the
+/// trailers it announces, so it is forwarded with the trailers it names.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-/// Bit of `Connection` and of `Transfer-Encoding` in the set of hop-by-hop headers seen.
+/// Bits of `Connection`, `TE` and `Transfer-Encoding` in the set of hop-by-hop headers seen.
 const CONNECTION_BIT: u8 = 1;
-const TRANSFER_ENCODING_BIT: u8 = 1 << 6;
+const TE_BIT: u8 = 1 << 4;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 5;
 
 /// Most options one message's `Connection` headers may list (all lines together); a message
 /// naming more is refused rather than searched name by name.
@@ -54,13 +56,18 @@ pub enum HeaderError {
 }
 
 /// Remove a request's hop-by-hop headers (see `strip`); what `Connection` names is removed
-/// unless the proxy keeps it (`KEPT`, and `branch_header`).
+/// unless the proxy keeps it (`KEPT`, and `branch_header`). A `TE` naming `trailers` is sent on
+/// as `TE: trailers`: the proxy passes response trailers through (gRPC requires the header).
 pub fn strip_request(
     h: &mut HeaderMap,
     keep_upgrade: bool,
     branch_header: &HeaderName,
 ) -> Result<(), HeaderError> {
-    strip(h, keep_upgrade, Some(branch_header)).map(|_| ())
+    let seen = strip(h, keep_upgrade, Some(branch_header))?;
+    if seen.te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    Ok(())
 }
 
 /// Remove a response's hop-by-hop headers (see `strip`). A response carrying both
@@ -77,6 +84,8 @@ pub fn strip_response(h: &mut HeaderMap, keep_upgrade: bool) -> Result<(), Heade
 struct Seen {
     transfer_encoding: bool,
     content_length: bool,
+    /// A `TE` header listed `trailers`.
+    te_trailers: bool,
 }
 
 /// Remove hop-by-hop headers, including those `Connection` names (except the kept ones, when
@@ -101,6 +110,7 @@ fn strip(
             content_length = true;
         }
     }
+    let te_trailers = seen & TE_BIT != 0 && te_names_trailers(h);
     if seen & CONNECTION_BIT != 0 {
         remove_connection_named(h, kept)?;
     }
@@ -117,6 +127,18 @@ fn strip(
     Ok(Seen {
         transfer_encoding: seen & TRANSFER_ENCODING_BIT != 0,
         content_length,
+        te_trailers,
+    })
+}
+
+/// Whether a `TE` line lists the `trailers` token.
+fn te_names_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            let t = t.trim_ascii();
+            let name = t.split(|&b| b == b';').next().unwrap_or(t).trim_ascii();
+            name.eq_ignore_ascii_case(b"trailers")
+        })
     })
 }
 

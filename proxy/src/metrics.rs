@@ -62,6 +62,12 @@ pub struct ProxyMetrics {
     duration: HistogramVec,
     connect_errors: IntCounterVec,
     timeouts: IntCounterVec,
+    retries: IntCounterVec,
+    overflows: IntCounterVec,
+    /// Upstreams ejected now by passive outlier detection (all tables).
+    pub ejected_upstreams: IntGauge,
+    /// Ejections by passive outlier detection.
+    pub ejections: IntCounter,
     /// Open client connections.
     pub active_connections: IntGauge,
     /// Generation of the table being served.
@@ -134,6 +140,28 @@ impl ProxyMetrics {
                 ),
                 &["service"],
             )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "microstax_upstream_retries_total",
+                    "Retried upstream attempts by service and outcome (retried, budget_exhausted)",
+                ),
+                &["service", "outcome"],
+            )?,
+            overflows: IntCounterVec::new(
+                Opts::new(
+                    "microstax_upstream_overflow_total",
+                    "Requests answered 503 because their upstream's connections and pending queue were full",
+                ),
+                &["service"],
+            )?,
+            ejected_upstreams: IntGauge::new(
+                "microstax_upstreams_ejected",
+                "Upstream endpoints ejected now by passive outlier detection",
+            )?,
+            ejections: IntCounter::new(
+                "microstax_upstream_ejections_total",
+                "Upstream endpoints ejected by passive outlier detection",
+            )?,
             active_connections: IntGauge::new(
                 "microstax_active_connections",
                 "Open client connections",
@@ -179,6 +207,10 @@ impl ProxyMetrics {
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.connect_errors.clone()))?;
         registry.register(Box::new(m.timeouts.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.overflows.clone()))?;
+        registry.register(Box::new(m.ejected_upstreams.clone()))?;
+        registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
         registry.register(Box::new(m.table_generation.clone()))?;
         registry.register(Box::new(m.swaps.clone()))?;
@@ -265,6 +297,21 @@ impl ProxyMetrics {
                 .iter()
                 .map(|s| self.timeouts.with_label_values(&[s]))
                 .collect(),
+            retries: names
+                .iter()
+                .map(|s| {
+                    [
+                        self.retries.with_label_values(&[s, "retried"]),
+                        self.retries.with_label_values(&[s, "budget_exhausted"]),
+                    ]
+                })
+                .collect(),
+            overflows: names
+                .iter()
+                .map(|s| self.overflows.with_label_values(&[s]))
+                .collect(),
+            ejections: self.ejections.clone(),
+            ejected: self.ejected_upstreams.clone(),
             branch_slot,
         })
     }
@@ -280,6 +327,10 @@ pub struct BoundMetrics {
     duration: [Histogram; KINDS],
     connect_errors: Arc<[IntCounter]>,
     timeouts: Arc<[IntCounter]>,
+    retries: Arc<[[IntCounter; 2]]>,
+    overflows: Arc<[IntCounter]>,
+    pub(crate) ejections: IntCounter,
+    pub(crate) ejected: IntGauge,
     branch_slot: Box<[u16]>,
 }
 
@@ -321,6 +372,20 @@ impl BoundMetrics {
     /// Count a failed upstream connection.
     pub fn connect_error(&self, service: ServiceId) {
         if let Some(c) = self.connect_errors.get(self.service_index(Some(service))) {
+            c.inc();
+        }
+    }
+
+    /// Count a retry (`true`), or one the retry budget refused (`false`).
+    pub fn retry(&self, service: ServiceId, retried: bool) {
+        if let Some(c) = self.retries.get(self.service_index(Some(service))) {
+            c[usize::from(!retried)].inc();
+        }
+    }
+
+    /// Count a request refused because its upstream's limits were reached.
+    pub fn overflow(&self, service: ServiceId) {
+        if let Some(c) = self.overflows.get(self.service_index(Some(service))) {
             c.inc();
         }
     }

@@ -4,9 +4,12 @@
 //! operation, and a connection is only ever driven by the runtime of the worker that opened it
 //! (no cross-thread wake-ups). A connection goes back to the pool when the response body it
 //! carried has been read to its end ([`PooledBody`]); one whose body was abandoned, or that
-//! carried a protocol upgrade, is closed instead.
+//! carried a protocol upgrade, is closed instead. A request waiting for a connection (its
+//! upstream at its connection limit) registers here and is woken when one is returned.
 
 use crate::body::UpstreamBody;
+use crate::h2pool::StreamSlot;
+use crate::upstream::UpstreamState;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -14,6 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,10 +35,21 @@ pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(5);
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// The upstream's epoch when it was pooled.
+    epoch: u32,
+}
+
+#[derive(Default)]
+struct Stack {
+    idle: Vec<Idle>,
+    /// Requests of this thread waiting for a connection to be returned.
+    waiters: u32,
+    /// How they are woken (made on the first wait).
+    returned: Option<Arc<tokio::sync::Notify>>,
 }
 
 struct LocalPools {
-    by_upstream: FxHashMap<u64, Vec<Idle>>,
+    by_upstream: FxHashMap<u64, Stack>,
     last_reap: Instant,
 }
 
@@ -42,8 +57,10 @@ impl LocalPools {
     fn reap(&mut self, now: Instant) {
         self.last_reap = now;
         self.by_upstream.retain(|_, stack| {
-            stack.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
-            !stack.is_empty()
+            stack
+                .idle
+                .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+            !stack.idle.is_empty() || stack.waiters > 0
         });
     }
 }
@@ -58,13 +75,15 @@ thread_local! {
 /// Take this thread's most recently returned connection to upstream `id`, skipping closed and
 /// expired ones. `now` is the request's start time (no extra clock read). Most recent first, so
 /// a surplus of connections after a burst goes unused and expires.
-pub(crate) fn take(id: u64, now: Instant) -> Option<Sender> {
+pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Sender> {
+    let (id, epoch) = (up.id, up.epoch());
     POOLS
         .try_with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
             let stack = p.by_upstream.get_mut(&id)?;
-            while let Some(idle) = stack.pop() {
+            while let Some(idle) = stack.idle.pop() {
                 if !idle.sender.is_closed()
+                    && idle.epoch == epoch
                     && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
                 {
                     return Some(idle.sender);
@@ -76,11 +95,15 @@ pub(crate) fn take(id: u64, now: Instant) -> Option<Sender> {
         .flatten()
 }
 
-/// Return a connection to this thread's pool for upstream `id`.
-pub(crate) fn put(id: u64, sender: Sender) {
+/// Return a connection to this thread's pool for upstream `up`: to a request of this thread
+/// waiting for one, or idle. While requests of another worker wait for a connection to `up`
+/// (its limit reached) and none of this one's do, the connection is closed instead, which
+/// makes room for them to open one.
+pub(crate) fn put(up: &UpstreamState, sender: Sender) {
     if sender.is_closed() {
         return;
     }
+    let id = up.id;
     let now = Instant::now();
     // during thread teardown the pool may be gone: the connection is then simply closed
     let _ = POOLS.try_with(|p| {
@@ -91,15 +114,67 @@ pub(crate) fn put(id: u64, sender: Sender) {
             p.reap(now);
         }
         let stack = p.by_upstream.entry(id).or_default();
-        if stack.len() < MAX_IDLE {
-            stack.push(Idle { sender, since: now });
+        if stack.waiters == 0 && up.connections().1 > 0 {
+            return; // dropping the sender closes the connection
+        }
+        if stack.idle.len() < MAX_IDLE {
+            stack.idle.push(Idle {
+                sender,
+                since: now,
+                epoch: up.epoch(),
+            });
+            if stack.waiters > 0 {
+                if let Some(n) = &stack.returned {
+                    n.notify_one();
+                }
+            }
         }
     });
+}
+
+/// A request of this thread waiting for a connection to upstream `id` to be returned.
+pub(crate) struct Waiter {
+    id: u64,
+    returned: Arc<tokio::sync::Notify>,
+}
+
+impl Waiter {
+    /// Register a waiter for upstream `id` on this thread.
+    pub(crate) fn new(id: u64) -> Option<Waiter> {
+        POOLS
+            .try_with(|p| {
+                let mut p = p.try_borrow_mut().ok()?;
+                let stack = p.by_upstream.entry(id).or_default();
+                stack.waiters += 1;
+                let returned = stack.returned.get_or_insert_with(Default::default).clone();
+                Some(Waiter { id, returned })
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Wait for a connection to be returned (a permit left by a return before this call counts).
+    pub(crate) async fn returned(&self) {
+        self.returned.notified().await;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let _ = POOLS.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if let Some(s) = p.by_upstream.get_mut(&self.id) {
+                    s.waiters = s.waiters.saturating_sub(1);
+                }
+            }
+        });
+    }
 }
 
 /// Close this thread's expired and closed idle connections (a worker calls this on a timer so
 /// that an idle worker also lets go of them).
 pub fn reap_local() {
+    crate::h2pool::reap_local();
     let now = Instant::now();
     let _ = POOLS.try_with(|p| {
         if let Ok(mut p) = p.try_borrow_mut() {
@@ -113,21 +188,21 @@ pub fn idle_local(id: u64) -> usize {
     POOLS
         .try_with(|p| {
             p.try_borrow()
-                .map_or(0, |p| p.by_upstream.get(&id).map_or(0, Vec::len))
+                .map_or(0, |p| p.by_upstream.get(&id).map_or(0, |s| s.idle.len()))
         })
         .unwrap_or(0)
 }
 
 /// A connection on loan for one exchange.
 pub(crate) struct Lease {
-    upstream: u64,
+    upstream: Arc<UpstreamState>,
     sender: Sender,
     /// False for a connection that carried an upgrade: it is never reused.
     reusable: bool,
 }
 
 impl Lease {
-    pub(crate) fn new(upstream: u64, sender: Sender, reusable: bool) -> Lease {
+    pub(crate) fn new(upstream: Arc<UpstreamState>, sender: Sender, reusable: bool) -> Lease {
         Lease {
             upstream,
             sender,
@@ -140,6 +215,8 @@ impl Lease {
 pub struct PooledBody {
     body: Incoming,
     lease: Option<Lease>,
+    /// The stream this body holds on a multiplexed HTTP/2 connection.
+    _slot: Option<StreamSlot>,
     /// The body yielded its last frame (a chunked body's end is not visible in
     /// `is_end_stream`).
     done: bool,
@@ -150,6 +227,17 @@ impl PooledBody {
         PooledBody {
             body,
             lease,
+            _slot: None,
+            done: false,
+        }
+    }
+
+    /// The body of an HTTP/2 response holding `slot` on its connection until dropped.
+    pub(crate) fn stream(body: Incoming, slot: StreamSlot) -> PooledBody {
+        PooledBody {
+            body,
+            lease: None,
+            _slot: Some(slot),
             done: false,
         }
     }
@@ -193,7 +281,7 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         if let Some(l) = self.lease.take() {
             if l.reusable && (self.done || self.body.is_end_stream()) {
-                put(l.upstream, l.sender);
+                put(&l.upstream, l.sender);
             }
         }
     }

@@ -1,6 +1,9 @@
 //! What the proxy sends a client: the body type of every response, and the short plain-text
-//! replies the proxy makes itself (routing failures, refused requests, upstream failures).
+//! replies the proxy makes itself (routing failures, refused requests, upstream failures). A
+//! gRPC call gets its reply as gRPC instead: trailers-only, `200` with `grpc-status` and
+//! `grpc-message` (`crate::grpc`), since a gRPC client cannot read an HTTP error body.
 
+use crate::grpc::{self, Code};
 use crate::pool::PooledBody;
 use crate::router::Snapshot;
 use bytes::Bytes;
@@ -24,6 +27,8 @@ pub(crate) struct LocalReply {
     pub(crate) reason: String,
     /// Send `Retry-After: 1`: the condition is expected to pass soon (an upstream starting).
     pub(crate) retry_after: bool,
+    /// The gRPC status of this reply, when not the one its HTTP status maps to.
+    pub(crate) grpc: Option<Code>,
 }
 
 impl LocalReply {
@@ -32,6 +37,15 @@ impl LocalReply {
             status,
             reason: reason.into(),
             retry_after: false,
+            grpc: None,
+        }
+    }
+
+    /// The same reply with gRPC status `code` for gRPC calls.
+    pub(crate) fn with_grpc(self, code: Code) -> LocalReply {
+        LocalReply {
+            grpc: Some(code),
+            ..self
         }
     }
 
@@ -49,8 +63,25 @@ impl LocalReply {
     }
 }
 
-/// The response for `reply`, with the debug header when the table asks for it.
-pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody> {
+/// The response for `reply` (in gRPC form to a gRPC call), with the debug header when the
+/// table asks for it.
+pub(crate) fn local(snap: &Snapshot, reply: LocalReply, is_grpc: bool) -> Response<ResponseBody> {
+    let failure = reply.status.is_server_error();
+    let mut resp = if is_grpc {
+        grpc_reply(snap, &reply)
+    } else {
+        http_reply(snap, &reply)
+    };
+    if failure {
+        // for the access log, the process log and `redact` (never sent)
+        resp.extensions_mut()
+            .insert(crate::access_log::LocalReason(reply.reason, reply.status));
+    }
+    resp
+}
+
+/// The plain-text reply.
+fn http_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
     let body = format!("microstax: {}\n", reply.reason);
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = reply.status;
@@ -66,28 +97,59 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply) -> Response<ResponseBody
         // a second: about the time a small instance takes to start, and the shortest value
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    debug_header(snap, h);
+    resp
+}
+
+/// A trailers-only gRPC response: `200`, `content-type: application/grpc`, `grpc-status`
+/// and `grpc-message` in the header block, and no body (hyper ends the stream with it).
+fn grpc_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
+    let code = reply.grpc.unwrap_or(Code::for_status(reply.status));
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(grpc::GRPC_STATUS, code.value());
+    h.insert(
+        grpc::GRPC_MESSAGE,
+        grpc::message(&format!("microstax: {}", reply.reason)),
+    );
+    debug_header(snap, h);
+    resp
+}
+
+fn debug_header(snap: &Snapshot, h: &mut http::HeaderMap) {
     if snap.table.settings.debug_header {
         if let Ok(v) = HeaderValue::from_str(&format!("gen={}; local-reply", snap.table.generation))
         {
             h.insert(ROUTE_HEADER, v);
         }
     }
-    if reply.status.is_server_error() {
-        // for the access log and the process log (never sent)
-        resp.extensions_mut()
-            .insert(crate::access_log::LocalReason(reply.reason));
-    }
-    resp
 }
 
-/// Replace the reason of a local 5xx reply by its status's generic text: reasons name upstream
-/// addresses, which are not for untrusted clients (the debug header keeps branch and service).
+/// Replace the reason of a local 5xx reply (its body, or a gRPC reply's `grpc-message`) by its
+/// status's generic text: reasons name upstream addresses, which are not for untrusted clients
+/// (the debug header keeps branch and service).
 pub(crate) fn redact(resp: &mut Response<ResponseBody>) {
-    let status = resp.status();
-    if !status.is_server_error() || !matches!(resp.body(), Either::Right(_)) {
+    let Some(status) = resp
+        .extensions()
+        .get::<crate::access_log::LocalReason>()
+        .map(|r| r.1)
+    else {
         return;
+    };
+    let text = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase();
+    if resp.headers().contains_key(grpc::GRPC_STATUS) {
+        resp.headers_mut().insert(
+            grpc::GRPC_MESSAGE,
+            grpc::message(&format!("microstax: {text}")),
+        );
+    } else {
+        *resp.body_mut() = Either::Right(Full::new(Bytes::from(format!("microstax: {text}\n"))));
     }
-    let text = status.canonical_reason().unwrap_or("error");
-    let body = format!("microstax: {}\n", text.to_ascii_lowercase());
-    *resp.body_mut() = Either::Right(Full::new(Bytes::from(body)));
 }

@@ -1,5 +1,6 @@
 //! Per-upstream state kept outside the immutable table (identity, readiness, sleep, activity,
-//! the held-request count, counters), the
+//! the held-request count, counters, the connection limit and pending queue, the retry budget,
+//! passive outlier ejection), the
 //! shared registry that hands the same state to every table naming an upstream, and the TCP
 //! connector that applies the route's connect timeout. Idle connections live in the
 //! per-worker pools of `crate::pool`, keyed by the state's `id`.
@@ -42,6 +43,96 @@ pub struct UpstreamState {
     wake_requested: AtomicBool,
     /// Requests waiting for it to become ready (bounded by `Settings::hold_max_requests`).
     held: AtomicU32,
+    /// HTTP/1.1 connections open to it, over all workers (bounded by the route's
+    /// `max_connections`).
+    conns: AtomicU32,
+    /// Of those, the ones being opened (bounded by [`MAX_CONNECTING`]).
+    connecting: AtomicU32,
+    /// Requests waiting for a connection (bounded by the route's `max_pending`).
+    pending: AtomicU32,
+    /// Woken when a connection to it closes or has finished opening.
+    freed: tokio::sync::Notify,
+    /// Retries allowed in the current window (see [`UpstreamState::try_retry`]).
+    budget: RetryBudget,
+    /// Failures (connect errors, 5xx) since its last success.
+    consecutive_failures: AtomicU32,
+    /// Stamp until which passive outlier detection ejected it; 0: not ejected.
+    ejected_until: AtomicU64,
+    /// Times it was ejected (each ejection lasts longer).
+    ejections: AtomicU32,
+    /// Bumped when a table names it again after one that did not: pooled connections opened
+    /// before are not reused (the address may now be another instance's).
+    epoch: AtomicU32,
+}
+
+/// Most connections opened to one upstream at the same time: a burst on a cold pool opens them
+/// a few at a time and the rest of its requests wait for those (they are reused as soon as a
+/// response ends), rather than sending hundreds of SYNs at a listen backlog of 128 whose
+/// overflow the kernel drops (then retries after 1 s).
+pub const MAX_CONNECTING: u32 = 16;
+/// Consecutive failures (connect errors or 5xx answers) that eject an upstream from its routes'
+/// load balancing.
+pub const EJECT_AFTER_FAILURES: u32 = 5;
+/// How long a first ejection lasts; the n-th lasts n times as long, up to [`MAX_EJECTION`].
+pub const BASE_EJECTION: Duration = Duration::from_secs(10);
+/// Longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Retries allowed per window beyond the ratio (linkerd's `min_retries_per_second` is 10).
+pub const MIN_RETRIES_PER_WINDOW: u64 = 10;
+/// One retry per this many requests in the window (20%, linkerd's `retry_ratio`).
+pub const REQUESTS_PER_RETRY: u64 = 5;
+/// Length of a retry budget window, in milliseconds.
+const BUDGET_WINDOW_MS: u64 = 1_000;
+
+/// The retry budget of one upstream: in each one-second window, at most one retry per
+/// [`REQUESTS_PER_RETRY`] requests sent in it, plus [`MIN_RETRIES_PER_WINDOW`]. Kept on the
+/// request counter the upstream has anyway: only a retry touches the budget's own fields.
+#[derive(Debug, Default)]
+struct RetryBudget {
+    /// Window number (stamp / window length) the fields below are for.
+    window: AtomicU64,
+    /// The upstream's request count when the window began.
+    base: AtomicU64,
+    /// Retries spent in the window.
+    spent: AtomicU64,
+}
+
+/// A claim on a connection to an upstream (counted in its open connections) while it is
+/// being opened and then while it is open: dropped when the connection closes.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    up: Arc<UpstreamState>,
+    opening: bool,
+}
+
+impl ConnSlot {
+    /// The connection is open: it no longer counts against the connect concurrency.
+    pub(crate) fn opened(&mut self) {
+        if std::mem::take(&mut self.opening) {
+            self.up.connecting.fetch_sub(1, Ordering::AcqRel);
+            self.up.freed.notify_waiters();
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if self.opening {
+            self.up.connecting.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.up.conns.fetch_sub(1, Ordering::AcqRel);
+        self.up.freed.notify_waiters();
+    }
+}
+
+/// A request counted in an upstream's pending queue.
+#[derive(Debug)]
+pub(crate) struct PendingSlot<'a>(&'a UpstreamState);
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Readiness of an upstream as far as the proxy knows.
@@ -70,7 +161,165 @@ impl UpstreamState {
             asleep: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),
             held: AtomicU32::new(0),
+            conns: AtomicU32::new(0),
+            connecting: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
+            budget: RetryBudget::default(),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
         }
+    }
+
+    /// The pool epoch: connections pooled under another epoch are not reused.
+    #[inline]
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1.1 connections open to it now (all workers), and requests waiting for one.
+    pub fn connections(&self) -> (u32, u32) {
+        (
+            self.conns.load(Ordering::Relaxed),
+            self.pending.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Claim a new connection, unless `max` are open or [`MAX_CONNECTING`] are being opened.
+    pub(crate) fn try_open(self: &Arc<Self>, max: u32) -> Option<ConnSlot> {
+        let claim = |n: &AtomicU32, max: u32| {
+            n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v < max).then_some(v + 1)
+            })
+            .is_ok()
+        };
+        if !claim(&self.conns, max) {
+            return None;
+        }
+        if !claim(&self.connecting, MAX_CONNECTING) {
+            self.conns.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnSlot {
+            up: self.clone(),
+            opening: true,
+        })
+    }
+
+    /// Whether [`UpstreamState::try_open`] with `max` would find room now.
+    pub(crate) fn has_room(&self, max: u32) -> bool {
+        self.conns.load(Ordering::Acquire) < max
+            && self.connecting.load(Ordering::Acquire) < MAX_CONNECTING
+    }
+
+    /// Claim a new connection whatever the limits (prewarming opens a fixed few).
+    pub(crate) fn open_unbounded(self: &Arc<Self>) -> ConnSlot {
+        self.conns.fetch_add(1, Ordering::AcqRel);
+        self.connecting.fetch_add(1, Ordering::AcqRel);
+        ConnSlot {
+            up: self.clone(),
+            opening: true,
+        }
+    }
+
+    /// Count a request in the pending queue, unless `max` wait already.
+    pub(crate) fn try_queue(&self, max: u32) -> Option<PendingSlot<'_>> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v < max).then_some(v + 1)
+            })
+            .ok()
+            .map(|_| PendingSlot(self))
+    }
+
+    /// A future woken when a connection to it closes or finishes opening (the caller enables
+    /// it before it looks again, so no event is missed).
+    pub(crate) fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// Spend one retry from the budget at `stamp` (`crate::activity::stamp`), if it allows one.
+    pub(crate) fn try_retry(&self, stamp: u64) -> bool {
+        let b = &self.budget;
+        let window = stamp / BUDGET_WINDOW_MS;
+        let requests = self.requests.load(Ordering::Relaxed);
+        let current = b.window.load(Ordering::Acquire);
+        if current != window
+            && b.window
+                .compare_exchange(current, window, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.base.store(requests, Ordering::Release);
+            b.spent.store(0, Ordering::Release);
+        }
+        let sent = requests.saturating_sub(b.base.load(Ordering::Acquire));
+        let allowed = sent / REQUESTS_PER_RETRY + MIN_RETRIES_PER_WINDOW;
+        b.spent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s < allowed).then_some(s + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether passive outlier detection has it ejected at `stamp` (an ejection past its time
+    /// ends here: the upstream returns). Returns `(ejected, returned)`.
+    pub(crate) fn ejected_at(&self, stamp: u64) -> (bool, bool) {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return (false, false);
+        }
+        if stamp < until {
+            return (true, false);
+        }
+        let returned = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if returned {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        (false, returned)
+    }
+
+    /// Whether it is ejected now (for views and tests).
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether its last exchange failed (a failure streak is running).
+    #[inline]
+    pub(crate) fn failing(&self) -> bool {
+        self.consecutive_failures.load(Ordering::Relaxed) != 0
+    }
+
+    /// Record a success: the failure streak ends (written only when there was one).
+    #[inline]
+    pub(crate) fn succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Record a failure at `stamp`; true when it ejects the upstream (the caller made sure it is
+    /// not its route's last serving upstream).
+    pub(crate) fn failed(&self, stamp: u64, may_eject: bool) -> bool {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < EJECT_AFTER_FAILURES || !may_eject {
+            return false;
+        }
+        let times = self.ejections.load(Ordering::Relaxed).saturating_add(1);
+        let length = BASE_EJECTION.saturating_mul(times).min(MAX_EJECTION);
+        let until = stamp.saturating_add(u64::try_from(length.as_millis()).unwrap_or(u64::MAX));
+        let ejected = self
+            .ejected_until
+            .compare_exchange(0, until, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if ejected {
+            self.ejections.store(times, Ordering::Relaxed);
+        }
+        ejected
     }
 
     /// Current readiness.
@@ -185,6 +434,8 @@ type Entry = (Arc<UpstreamState>, Instant);
 #[derive(Debug, Default)]
 pub struct Registry {
     states: Mutex<FxHashMap<Arc<str>, Entry>>,
+    /// Generation of the table bound last.
+    last_bound: AtomicU64,
 }
 
 impl Registry {
@@ -193,6 +444,7 @@ impl Registry {
     pub fn bind(&self, table: &RoutingTable) -> (Box<[Arc<UpstreamState>]>, Vec<usize>) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let previous = self.last_bound.swap(table.generation, Ordering::Relaxed);
         let mut created = Vec::new();
         let bound = table
             .upstreams
@@ -204,10 +456,15 @@ impl Registry {
                     (Arc::new(UpstreamState::new(u.authority.clone())), now)
                 });
                 entry.1 = now;
-                entry
+                let seen = entry
                     .0
                     .last_seen_generation
-                    .store(table.generation, Ordering::Relaxed);
+                    .swap(table.generation, Ordering::Relaxed);
+                if seen != previous && seen != table.generation {
+                    // named again after a table that did not name it: what listens there now
+                    // may be another instance, so its idle connections are not reused
+                    entry.0.epoch.fetch_add(1, Ordering::Relaxed);
+                }
                 entry.0.clone()
             })
             .collect();
@@ -297,5 +554,68 @@ impl Connector {
         // requests and small responses go out at once rather than waiting for an ACK
         stream.set_nodelay(true).map_err(io_error)?;
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_is_timed_longer_each_time_and_never_without_another_host() {
+        let u = UpstreamState::new("127.0.0.1:1".into());
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            assert!(!u.failed(1_000, true));
+        }
+        // the last host of a route is never ejected, however often it fails
+        assert!(!u.failed(1_000, false));
+        assert!(!u.is_ejected());
+        assert!(u.failed(1_000, true));
+        assert!(u.is_ejected());
+        let first = u64::try_from(BASE_EJECTION.as_millis()).unwrap_or(u64::MAX);
+        assert_eq!(u.ejected_at(1_000 + first - 1), (true, false));
+        // its time is up: it returns, with a clean streak
+        assert_eq!(u.ejected_at(1_000 + first), (false, true));
+        assert!(!u.is_ejected());
+        for _ in 0..EJECT_AFTER_FAILURES - 1 {
+            assert!(!u.failed(50_000, true));
+        }
+        assert!(u.failed(50_000, true));
+        // the second ejection lasts twice as long
+        assert_eq!(u.ejected_at(50_000 + 2 * first - 1), (true, false));
+        assert_eq!(u.ejected_at(50_000 + 2 * first), (false, true));
+        u.succeeded();
+    }
+
+    #[test]
+    fn retry_budget_is_a_fifth_of_the_window_plus_a_floor() {
+        let u = UpstreamState::new("127.0.0.1:1".into());
+        u.requests.store(100, Ordering::Relaxed);
+        // the first window starts at 100 requests: only the floor is left
+        let granted = (0..100).filter(|_| u.try_retry(5_000)).count() as u64;
+        assert_eq!(granted, MIN_RETRIES_PER_WINDOW);
+        // 50 more requests in the window: 10 more retries
+        u.requests.store(150, Ordering::Relaxed);
+        let more = (0..100).filter(|_| u.try_retry(5_500)).count() as u64;
+        assert_eq!(more, 50 / REQUESTS_PER_RETRY);
+        // a new window starts afresh
+        let next = (0..100).filter(|_| u.try_retry(6_000)).count() as u64;
+        assert_eq!(next, MIN_RETRIES_PER_WINDOW);
+    }
+
+    #[test]
+    fn limits_count_connections_and_pending_requests() {
+        let u = Arc::new(UpstreamState::new("127.0.0.1:1".into()));
+        let a = u.try_open(2).expect("first");
+        let mut b = u.try_open(2).expect("second");
+        assert!(u.try_open(2).is_none());
+        b.opened();
+        drop(a);
+        assert_eq!(u.connections(), (1, 0));
+        let q = u.try_queue(1).expect("queued");
+        assert!(u.try_queue(1).is_none());
+        assert_eq!(u.connections(), (1, 1));
+        drop((q, b));
+        assert_eq!(u.connections(), (0, 0));
     }
 }

@@ -1,4 +1,5 @@
-//! How requests on one route are forwarded: timeouts, header rules and the readiness policy.
+//! How requests on one route are forwarded: timeouts, header rules, the readiness policy and
+//! the upstream protocol.
 //! Values are already merged along the lineage by the compiler.
 
 use http::{HeaderName, HeaderValue};
@@ -29,6 +30,47 @@ impl fmt::Display for Readiness {
     }
 }
 
+/// The protocol spoken to a route's upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// gRPC requests (`content-type: application/grpc*`) over HTTP/2 with prior knowledge,
+    /// everything else over HTTP/1.1: a gRPC server speaks only HTTP/2, and a plain HTTP
+    /// server most often only HTTP/1.1.
+    #[default]
+    Auto,
+    /// Every request over HTTP/1.1.
+    Http1,
+    /// Every request over HTTP/2 with prior knowledge (h2c), multiplexed.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+        }
+    }
+
+    /// Parse a config file name.
+    pub fn parse(s: &str) -> Option<UpstreamProtocol> {
+        match s {
+            "auto" => Some(UpstreamProtocol::Auto),
+            "http1" => Some(UpstreamProtocol::Http1),
+            "http2" => Some(UpstreamProtocol::Http2),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How requests on a route are forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RoutePolicy {
@@ -42,4 +84,12 @@ pub struct RoutePolicy {
     pub remove_headers: Box<[HeaderName]>,
     /// Behaviour while the upstream is not ready.
     pub readiness: Readiness,
+    /// Protocol spoken to the upstreams.
+    pub protocol: UpstreamProtocol,
+    /// Most HTTP/1.1 connections open to one of the route's upstreams (all workers together);
+    /// a request finding them all busy waits in the pending queue.
+    pub max_connections: u32,
+    /// Most requests waiting for a connection to one upstream; past it a request gets a fast
+    /// `503` naming the limit (a circuit breaker: never an unbounded queue).
+    pub max_pending: u32,
 }

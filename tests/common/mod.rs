@@ -216,6 +216,24 @@ impl ProxyUnderTest {
     /// The proxy with the given listener settings.
     pub async fn start_with(config: &Config, opts: ServerOptions) -> ProxyUnderTest {
         let router = Router::new(microstax_planner::compile(config, 1));
+        ProxyUnderTest::serve_router(router, opts).await
+    }
+
+    /// The proxy reporting its metrics to `registry`.
+    pub async fn start_with_metrics(
+        config: &Config,
+        registry: &prometheus::Registry,
+    ) -> ProxyUnderTest {
+        let metrics = microstax_proxy::ProxyMetrics::new(registry).expect("metrics");
+        let router = Router::with_metrics(microstax_planner::compile(config, 1), metrics);
+        let opts = ServerOptions {
+            drain_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        };
+        ProxyUnderTest::serve_router(router, opts).await
+    }
+
+    async fn serve_router(router: Arc<Router>, opts: ServerOptions) -> ProxyUnderTest {
         let proxy = Proxy::new(router.clone(), microstax_proxy::ProxyOptions::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");

@@ -31,6 +31,7 @@ pub fn table_json(t: &RoutingTable) -> Value {
                         "connect_timeout_ms": r.policy.connect_timeout.as_millis() as u64,
                         "request_timeout_ms": r.policy.request_timeout.as_millis() as u64,
                         "readiness": r.policy.readiness.to_string(),
+                        "protocol": r.policy.protocol.as_str(),
                     })
                 })
                 .collect();
