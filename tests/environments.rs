@@ -414,9 +414,14 @@ async fn a_crashed_instance_is_restarted_and_serves_its_branch_again() {
     let v = get(&c, admin, "/instances", &[]).await.json();
     let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
     signal(pid, rustix::process::Signal::KILL);
-    // the executor restarts it at the same address and the branch is served by it again; a
-    // request in the moment between the crash and the executor noticing it may still meet the
-    // refused port (502: retries are not built yet), later ones are held until it answers
+    // requests sent right after the crash, before the executor has noticed it, meet the refused
+    // port: they are held (the route's readiness policy) until the restart answers, not 502
+    for i in 0..5 {
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "request {i} after the crash: {}", r.text());
+        assert_eq!(r.text(), first);
+    }
+    // the executor restarted it at the same address
     wait_for(DEADLINE, "the instance restarted", || async {
         let v = get(&c, admin, "/instances", &[]).await.json();
         (v["instances"][0]["restarts"].as_u64() >= Some(1)).then_some(())

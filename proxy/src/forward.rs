@@ -29,7 +29,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_table::table::BASELINE_ID;
-use microstax_table::{LayerId, Route, ServiceId, UpstreamProtocol};
+use microstax_table::{LayerId, Readiness, Route, RouteKind, ServiceId, UpstreamProtocol};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -341,11 +341,24 @@ impl Proxy {
         limits: Limits,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let mut retries = 0;
+        // a branch instance that refuses connections is restarting (its executor may not have
+        // seen the crash yet): as for a not-ready upstream, the request is held for the route's
+        // `hold` time, connecting again as the instance comes back, within the retry budget
+        let hold_until = match d.route.policy.readiness {
+            Readiness::Hold { ms } if d.route.kind != RouteKind::Baseline => {
+                Some(start + Duration::from_millis(ms))
+            }
+            _ => None,
+        };
+        let mut pause = HOLD_PAUSE;
         // the head of a request that may be sent again after a reset (its body is empty, so
         // the head is all of it); a sent request is consumed. Kept only where a retry has
-        // somewhere to go or its upstream is failing: the copy costs ~2k instructions, 6% of
-        // a request, which a healthy single endpoint should not pay
-        let worth = d.route.upstreams.len() > 1 || d.upstream.failing();
+        // somewhere to go, its upstream is failing, or it is an executor's instance whose
+        // pooled connections die with it when it crashes: the copy costs ~2k instructions, 6%
+        // of a request, which a healthy single endpoint should not pay
+        let worth = d.route.upstreams.len() > 1
+            || d.upstream.failing()
+            || (hold_until.is_some() && d.upstream.is_managed());
         let copy = (worth && reuse == Reuse::Pool && replayable(&req)).then(|| head_copy(&req));
         loop {
             let up = d.upstream;
@@ -385,7 +398,11 @@ impl Proxy {
                 let reset = reset_before_response(&failed.error);
                 reset.then(|| copy.as_ref().map(|c| Box::new(head_copy(c))))?
             });
-            let Some(unsent) = unsent.filter(|_| retryable && retries < MAX_RETRIES) else {
+            let holding = d.route.upstreams.len() == 1
+                && d.upstream.is_managed()
+                && hold_until.is_some_and(|t| Instant::now() + pause < t);
+            let Some(unsent) = unsent.filter(|_| retryable && (retries < MAX_RETRIES || holding))
+            else {
                 return Err(failed.error);
             };
             if !up.try_retry(stamp) {
@@ -395,6 +412,16 @@ impl Proxy {
             snap.metrics.retry(d.service, true);
             retries += 1;
             req = *unsent;
+            if let (true, Some(until)) = (holding, hold_until) {
+                tokio::time::sleep(pause).await;
+                if !up.is_serving() {
+                    // the executor saw the crash: its restart's readiness ends the wait
+                    let left = until.saturating_duration_since(Instant::now());
+                    let _ = tokio::time::timeout(left, up.wait_ready()).await;
+                }
+                pause = (pause * 2).min(HOLD_PAUSE_MAX);
+                continue;
+            }
             let mut back = || snap.metrics.ejected.dec();
             if let Some(next) = balance::pick(
                 &d.route.upstreams,
@@ -425,8 +452,13 @@ impl Proxy {
     }
 }
 
-/// Most retries of one request (each also needs the retry budget's leave).
+/// Most retries of one request (each also needs the retry budget's leave), except while a
+/// refused branch instance's request is held (see `Proxy::attempts`).
 pub const MAX_RETRIES: u32 = 2;
+/// First pause before connecting again to a refusing branch instance; doubled each time.
+const HOLD_PAUSE: Duration = Duration::from_millis(5);
+/// Longest pause between those connects.
+const HOLD_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Whether a request may be sent again after it was sent: an idempotent method (RFC 9110
 /// 9.2.2) and no body (so nothing of it streamed from the client is lost).

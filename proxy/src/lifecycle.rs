@@ -26,6 +26,7 @@ impl Proxy {
     pub fn set_asleep(&self, authority: &str, asleep: bool) -> bool {
         match self.router().registry().get(authority) {
             Some(up) => {
+                up.set_managed();
                 up.set_asleep(asleep);
                 true
             }
@@ -38,6 +39,7 @@ impl Proxy {
     pub fn set_ready(&self, authority: &str, ready: bool) -> bool {
         match self.router().registry().get(authority) {
             Some(up) => {
+                up.set_managed();
                 up.set_ready(ready);
                 true
             }

@@ -33,6 +33,9 @@ pub struct UpstreamState {
     /// Generation of the last table that named this upstream (for the grace-period sweep).
     pub last_seen_generation: AtomicU64,
     ready: AtomicU8,
+    /// Its readiness is pushed by the control plane (an executor runs its instance): a refused
+    /// connection means the instance is restarting, so requests are held, not failed.
+    managed: AtomicBool,
     /// Woken when the upstream may take requests again (ready, or awake).
     became_ready: tokio::sync::Notify,
     /// Stamp (`crate::activity::stamp`) of the last request routed to it; 0: never.
@@ -156,6 +159,7 @@ impl UpstreamState {
             timeouts: AtomicU64::new(0),
             last_seen_generation: AtomicU64::new(0),
             ready: AtomicU8::new(0),
+            managed: AtomicBool::new(false),
             became_ready: tokio::sync::Notify::new(),
             last_request: AtomicU64::new(0),
             asleep: AtomicBool::new(false),
@@ -344,6 +348,17 @@ impl UpstreamState {
         if ready {
             self.became_ready.notify_waiters();
         }
+    }
+
+    /// Mark its readiness as pushed by the control plane (see the field).
+    pub(crate) fn set_managed(&self) {
+        self.managed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the control plane pushes its readiness.
+    #[inline]
+    pub(crate) fn is_managed(&self) -> bool {
+        self.managed.load(Ordering::Relaxed)
     }
 
     /// Whether its instance was stopped for idleness.
