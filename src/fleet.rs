@@ -106,6 +106,7 @@ pub(crate) async fn run_source(endpoint: &Endpoint, net: &NetArgs) -> Result<cra
         options: crate::admin_options(net),
         runtime: None,
         source: Some(following.status.clone()),
+        upstreams: Some(crate::upstreams_view(&started.proxy)),
     });
     let admin_addr = crate::serve_admin(net, state).await?;
     println!(

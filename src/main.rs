@@ -625,6 +625,36 @@ impl Started {
     }
 }
 
+/// `GET /upstreams`: every upstream the proxy's tables name, with its readiness, ejection and
+/// failure streak (issue 10's outlier detection), connections and counters.
+pub(crate) fn upstreams_view(proxy: &Arc<Proxy>) -> microstax_planner::admin::UpstreamsView {
+    let proxy = proxy.clone();
+    Arc::new(move || {
+        let list: Vec<serde_json::Value> = proxy
+            .router()
+            .registry()
+            .views()
+            .into_iter()
+            .map(|u| {
+                serde_json::json!({
+                    "upstream": &*u.authority,
+                    "readiness": u.readiness,
+                    "asleep": u.asleep,
+                    "ejected": u.ejected,
+                    "ejections": u.ejections,
+                    "consecutive_failures": u.consecutive_failures,
+                    "connections": {"open": u.connections.0, "connecting": u.connections.1},
+                    "requests": u.requests,
+                    "connect_errors": u.connect_errors,
+                    "timeouts": u.timeouts,
+                    "held": u.held,
+                })
+            })
+            .collect();
+        serde_json::json!({ "upstreams": list })
+    })
+}
+
 /// Bind the admin listener (and the health listener, when `--health` is given) and serve them.
 pub(crate) async fn serve_admin(net: &NetArgs, state: Arc<AdminState>) -> Result<SocketAddr> {
     let admin = TcpListener::bind(net.admin)
@@ -690,6 +720,7 @@ async fn run(
         options: admin_options(net),
         runtime: envs.clone(),
         source: None,
+        upstreams: Some(upstreams_view(&proxy)),
     });
     // the admin API answers (`/readyz` 503 with the reason) while the first table is published
     let admin_addr = serve_admin(net, state).await?;

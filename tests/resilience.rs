@@ -351,3 +351,52 @@ async fn idle_connections_of_an_upstream_a_swap_dropped_are_not_reused_when_it_r
     assert_eq!(new.conns.load(Ordering::SeqCst), 1);
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_which_upstream_is_ejected() {
+    let live = Upstream::start("live").await;
+    // a port that refuses: bound, then closed
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("org.yaml"),
+        format!(
+            "kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{}\", \"{dead}\"]\n",
+            live.addr
+        ),
+    )
+    .expect("org");
+    let (child, proxy, admin) = spawn_run(dir.path(), &[]).await;
+    let c = h1_client();
+    let view = wait_for(
+        Duration::from_secs(10),
+        "the dead endpoint ejected",
+        || async {
+            let r = get(&c, proxy, "/", &[("host", "api")]).await;
+            assert_eq!(r.status, 200, "retried on the live endpoint: {}", r.text());
+            let v = get(&c, admin, "/upstreams", &[]).await.json();
+            let ejected = v["upstreams"].as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|u| u["upstream"] == dead.to_string() && u["ejected"] == true)
+            });
+            ejected.then_some(v)
+        },
+    )
+    .await;
+    let list = view["upstreams"].as_array().expect("list");
+    let live_view = list
+        .iter()
+        .find(|u| u["upstream"] == live.addr.to_string())
+        .expect("the live endpoint");
+    assert_eq!(live_view["ejected"], false, "{view}");
+    let dead_view = list
+        .iter()
+        .find(|u| u["upstream"] == dead.to_string())
+        .expect("the dead endpoint");
+    assert!(dead_view["connect_errors"].as_u64() >= Some(5), "{view}");
+    assert!(dead_view["ejections"].as_u64() >= Some(1), "{view}");
+    stop_bin(child).await;
+}

@@ -55,6 +55,7 @@ async fn start(
         options,
         runtime: None,
         source: None,
+        upstreams: None,
     });
     tokio::spawn(serve(listener, state, std::future::pending()));
     (addr, control, serving)

@@ -445,6 +445,56 @@ impl UpstreamState {
 /// An upstream's state and when a published table last named it.
 type Entry = (Arc<UpstreamState>, Instant);
 
+/// What an admin view shows of one upstream (`GET /upstreams`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamView {
+    /// `host:port`.
+    pub authority: Arc<str>,
+    /// `ready`, `not ready` or `unknown` (never probed nor pushed).
+    pub readiness: &'static str,
+    /// Its instance is scaled to zero.
+    pub asleep: bool,
+    /// Passive outlier detection has it out of the balancing now.
+    pub ejected: bool,
+    /// Times it was ejected.
+    pub ejections: u32,
+    /// Failures in a row (connect errors, resets, 5xx) since its last success.
+    pub consecutive_failures: u32,
+    /// Open and connecting HTTP/1.1 connections (all workers).
+    pub connections: (u32, u32),
+    /// Requests sent, connect errors, timeouts (since it was first named).
+    pub requests: u64,
+    /// Connect errors.
+    pub connect_errors: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Requests held now while it starts.
+    pub held: u32,
+}
+
+impl UpstreamState {
+    /// A view of the state now (for the admin API).
+    pub fn view(&self) -> UpstreamView {
+        UpstreamView {
+            authority: self.key.clone(),
+            readiness: match self.readiness() {
+                Readiness::Ready => "ready",
+                Readiness::NotReady => "not ready",
+                Readiness::Unknown => "unknown",
+            },
+            asleep: self.is_asleep(),
+            ejected: self.is_ejected(),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            connections: self.connections(),
+            requests: self.requests.load(Ordering::Relaxed),
+            connect_errors: self.connect_errors.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            held: self.held(),
+        }
+    }
+}
+
 /// All upstream states known to a proxy; touched only when tables are published.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -505,6 +555,15 @@ impl Registry {
     pub fn get(&self, authority: &str) -> Option<Arc<UpstreamState>> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states.get(authority).map(|(s, _)| s.clone())
+    }
+
+    /// Every upstream state held, sorted by authority (for the admin API; takes the registry's
+    /// lock, which the request path never does).
+    pub fn views(&self) -> Vec<UpstreamView> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<UpstreamView> = states.values().map(|(s, _)| s.view()).collect();
+        out.sort_by(|a, b| a.authority.cmp(&b.authority));
+        out
     }
 
     /// Number of upstream states held.

@@ -75,7 +75,13 @@ pub struct AdminState {
     pub runtime: Option<Arc<crate::environments::Runtime>>,
     /// The shared store this proxy follows, if any (its sync state is `/readyz` detail).
     pub source: Option<Arc<crate::etcd::SyncStatus>>,
+    /// The data plane's view of its upstreams (`GET /upstreams`: readiness, ejection, failure
+    /// streaks, connections), when the proxy runs in this process.
+    pub upstreams: Option<UpstreamsView>,
 }
+
+/// What renders `GET /upstreams` (the proxy's registry, seen from the binary that owns both).
+pub type UpstreamsView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -197,6 +203,13 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             StatusCode::OK,
             &json::table_json(&*state.control.table().await),
         ),
+        (Method::GET, "/upstreams") => match &state.upstreams {
+            Some(view) => json(StatusCode::OK, &view()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no data plane runs in this process: /upstreams is served by the proxies",
+            ),
+        },
         (Method::GET, "/branches") => branches::list(&state.control, state.runtime.as_deref()),
         (Method::GET, "/instances") => json(
             StatusCode::OK,
