@@ -4,10 +4,11 @@
 //! A body may take as long as it likes in all, but no longer than its idle timeout between two
 //! chunks (nginx's `client_body_timeout` and `proxy_read_timeout`, Envoy's
 //! `stream_idle_timeout`). [`IdleGuard`] arms one coarse deadline (`crate::deadline`) the first
-//! time its body waits, and never re-arms it per chunk: a chunk that arrives while it is armed
-//! only notes the time, and when the deadline comes a body that moved meanwhile is given
-//! another full timeout from its last chunk. So a flowing body costs one clock read per chunk
-//! that had to be waited for, no lock and no allocation.
+//! time its body waits, and never re-arms it per chunk: a later wait only notes when it began,
+//! and when the deadline comes a body that moved meanwhile is given another full timeout from
+//! the start of its current wait. Only time spent waiting for the body counts (time the reader
+//! did not ask for more, a slow client holding back an upstream body, does not). So a flowing
+//! body costs one clock read per chunk that had to be waited for, no lock and no allocation.
 
 use crate::deadline::CoarseSleep;
 use bytes::Bytes;
@@ -51,8 +52,10 @@ pub(crate) struct IdleGuard {
     /// `None`: no limit.
     timeout: Option<Duration>,
     sleep: Option<CoarseSleep>,
-    /// When the last chunk came, if one came since `sleep` was armed.
-    moved: Option<Instant>,
+    /// When the current wait began, if it began after `sleep` was armed.
+    since: Option<Instant>,
+    /// The body is waiting (its last poll was pending).
+    waiting: bool,
 }
 
 impl std::fmt::Debug for IdleGuard {
@@ -70,7 +73,8 @@ impl IdleGuard {
         IdleGuard {
             timeout: (!timeout.is_zero()).then_some(timeout),
             sleep: None,
-            moved: None,
+            since: None,
+            waiting: false,
         }
     }
 
@@ -79,33 +83,41 @@ impl IdleGuard {
         IdleGuard {
             timeout: None,
             sleep: None,
-            moved: None,
+            since: None,
+            waiting: false,
         }
     }
 
     /// The body yielded a chunk.
     #[inline]
     pub(crate) fn moved(&mut self) {
-        if self.sleep.is_some() {
-            self.moved = Some(Instant::now());
-        }
+        self.waiting = false;
     }
 
-    /// The body is waiting: whether it has waited past its timeout since its last chunk (else
-    /// `cx` is woken by then).
+    /// The body is waiting: whether this wait has lasted past its timeout (else `cx` is woken
+    /// by then).
     pub(crate) fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(timeout) = self.timeout else {
             return false;
         };
+        if !self.waiting {
+            self.waiting = true;
+            let now = Instant::now();
+            match self.sleep {
+                None => self.sleep = Some(CoarseSleep::until(now + timeout)),
+                // armed by an earlier wait: checked against this one when it fires
+                Some(_) => self.since = Some(now),
+            }
+        }
         loop {
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| CoarseSleep::until(Instant::now() + timeout));
+            let Some(sleep) = self.sleep.as_mut() else {
+                return true;
+            };
             if Pin::new(sleep).poll(cx).is_pending() {
                 return false;
             }
-            match self.moved.take() {
-                // a chunk came meanwhile: a full timeout from the last one
+            match self.since.take() {
+                // the body moved since the deadline was armed: a full timeout from this wait
                 Some(at) => self.sleep = Some(CoarseSleep::until(at + timeout)),
                 None => {
                     self.sleep = None;
