@@ -209,6 +209,14 @@ pub(crate) struct NetArgs {
     /// A connection with no request in flight this long is shut down (HTTP/2: GOAWAY), in ms.
     #[arg(long, default_value_t = 60000)]
     idle_timeout_ms: u64,
+    /// Longest wait for the next chunk of a client's request body (between two reads, not for
+    /// the whole body; 0: none), in ms: 408 before any response, else the stream is reset.
+    #[arg(long, default_value_t = 60000)]
+    request_body_idle_timeout_ms: u64,
+    /// Longest wait for the next chunk of an upstream's response body (between two reads;
+    /// 0: none), in ms: the client's stream is reset and the upstream connection closed.
+    #[arg(long, default_value_t = 60000)]
+    response_body_idle_timeout_ms: u64,
     /// Largest request head, in bytes (larger: 431).
     #[arg(long, default_value_t = microstax_proxy::server::DEFAULT_MAX_HEADER_BYTES)]
     max_header_bytes: usize,
@@ -531,7 +539,12 @@ pub(crate) fn start_proxy(
         },
         ..defaults
     };
-    let proxy = Proxy::new(router, ProxyOptions { prewarm });
+    let options = ProxyOptions {
+        prewarm,
+        request_body_idle_timeout: Duration::from_millis(net.request_body_idle_timeout_ms),
+        response_body_idle_timeout: Duration::from_millis(net.response_body_idle_timeout_ms),
+    };
+    let proxy = Proxy::new(router, options);
     let listeners = if net.handover {
         microstax_proxy::reuseport_listeners_handover(net.listen, net.workers.max(1))
     } else {

@@ -53,6 +53,7 @@ async fn one_answered_probe_makes_an_upstream_ready() {
                 timeout,
                 ..PrewarmOptions::default()
             },
+            ..ProxyOptions::default()
         },
     );
     let next = config(&[

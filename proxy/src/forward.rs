@@ -8,6 +8,7 @@
 use crate::access_log::{AccessLog, Routed};
 use crate::activity;
 use crate::balance::{self, InFlight};
+use crate::body::{self, RequestBody};
 use crate::client::{Limits, Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
@@ -116,12 +117,27 @@ pub struct Proxy {
     wake_tx: mpsc::Sender<Arc<str>>,
     /// Its receiving end until the control plane takes it.
     wake_rx: Mutex<Option<mpsc::Receiver<Arc<str>>>>,
+    /// The counters of stalled request and response bodies. Leaked, once per proxy, so that
+    /// a body can hold them without a reference count per request (a shared atomic that every
+    /// worker's requests would touch).
+    stalls: &'static BodyStalls,
+}
+
+/// See [`Proxy::stalls`](Proxy).
+struct BodyStalls {
+    request: prometheus::IntCounter,
+    response: prometheus::IntCounter,
 }
 
 impl Proxy {
     /// A proxy over `router` with per-worker pools of HTTP/1.1 upstream connections.
     pub fn new(router: Arc<Router>, options: ProxyOptions) -> Arc<Proxy> {
         let (wake_tx, wake_rx) = mpsc::channel(WAKE_CHANNEL_CAPACITY);
+        let m = router.metrics();
+        let stalls = Box::leak(Box::new(BodyStalls {
+            request: m.request_body_idle_timeouts.clone(),
+            response: m.response_body_idle_timeouts.clone(),
+        }));
         Arc::new(Proxy {
             router,
             client: UpstreamClient::new(Connector),
@@ -129,6 +145,7 @@ impl Proxy {
             workers: OnceLock::new(),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
+            stalls,
         })
     }
 
@@ -255,16 +272,10 @@ impl Proxy {
             max_connections: policy.max_connections,
             max_pending: policy.max_pending,
         };
-        let attempts = self.attempts(
-            snap,
-            &mut d,
-            req.map(Either::Left),
-            h2,
-            reuse,
-            start,
-            connect_timeout,
-            limits,
-        );
+        let idle = self.options.request_body_idle_timeout;
+        let stalls = Some(&self.stalls.request);
+        let req = req.map(|b| Either::Left(RequestBody::new(b, idle, stalls)));
+        let attempts = self.attempts(snap, &mut d, req, h2, reuse, start, connect_timeout, limits);
         let mut resp = match deadline::within(start + timeout, attempts).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
@@ -279,6 +290,10 @@ impl Proxy {
                     .with_grpc(Code::DeadlineExceeded));
             }
         };
+        resp.body_mut().idle_timeout(
+            self.options.response_body_idle_timeout,
+            Some(&self.stalls.response),
+        );
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
             // dropping the response unread closes its connection: its framing is unknown
@@ -390,7 +405,9 @@ impl Proxy {
                 up.connect_errors.fetch_add(1, Ordering::Relaxed);
                 snap.metrics.connect_error(d.service);
             }
-            if !matches!(failed.error, UpstreamError::Overloaded { .. }) {
+            // a client's stalled request body says nothing of the upstream
+            let stalled = matches!(&failed.error, UpstreamError::Exchange(e) if body::is_idle(e));
+            if !stalled && !matches!(failed.error, UpstreamError::Overloaded { .. }) {
                 self.outlier(snap, d, stamp);
             }
             let retryable = !matches!(failed.error, UpstreamError::Overloaded { .. });
@@ -801,6 +818,11 @@ fn upstream_error(snap: &Snapshot, d: &Decision<'_>, e: &UpstreamError) -> Local
         UpstreamError::Handshake(_) => LocalReply::new(
             StatusCode::BAD_GATEWAY,
             format!("cannot connect to upstream {key}: connection failed"),
+        ),
+        // the client stopped sending its body before any response: its fault, not the upstream's
+        UpstreamError::Exchange(e) if body::is_idle(e) => LocalReply::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body stalled past its idle timeout",
         ),
         UpstreamError::Exchange(e) => LocalReply::new(
             StatusCode::BAD_GATEWAY,

@@ -89,6 +89,10 @@ pub struct ProxyMetrics {
     pub hold_rejected_queue_full: IntCounter,
     /// Held requests answered 503 because the hold time of their route passed.
     pub hold_rejected_timeout: IntCounter,
+    /// Client request bodies cut for stalling longer than the body idle timeout.
+    pub request_body_idle_timeouts: IntCounter,
+    /// Upstream response bodies cut for stalling longer than the body idle timeout.
+    pub response_body_idle_timeouts: IntCounter,
 }
 
 impl std::fmt::Debug for ProxyMetrics {
@@ -100,6 +104,14 @@ impl std::fmt::Debug for ProxyMetrics {
 impl ProxyMetrics {
     /// Create the families and register them on `registry`.
     pub fn new(registry: &Registry) -> Result<ProxyMetrics, prometheus::Error> {
+        let body_idle = IntCounterVec::new(
+            Opts::new(
+                "microstax_body_idle_timeouts_total",
+                "Bodies cut for stalling longer than the body idle timeout, by side \
+                 (request: the client's; response: the upstream's)",
+            ),
+            &["side"],
+        )?;
         let rejected = IntCounterVec::new(
             Opts::new(
                 "microstax_hold_rejected_total",
@@ -202,6 +214,8 @@ impl ProxyMetrics {
             )?,
             hold_rejected_queue_full: rejected.with_label_values(&["queue_full"]),
             hold_rejected_timeout: rejected.with_label_values(&["timeout"]),
+            request_body_idle_timeouts: body_idle.with_label_values(&["request"]),
+            response_body_idle_timeouts: body_idle.with_label_values(&["response"]),
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -221,6 +235,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.cold_starts.clone()))?;
         registry.register(Box::new(m.held_requests.clone()))?;
         registry.register(Box::new(rejected))?;
+        registry.register(Box::new(body_idle))?;
         Ok(m)
     }
 

@@ -3,11 +3,11 @@
 //! current-thread runtime, so taking and returning a connection costs no lock and no atomic
 //! operation, and a connection is only ever driven by the runtime of the worker that opened it
 //! (no cross-thread wake-ups). A connection goes back to the pool when the response body it
-//! carried has been read to its end ([`PooledBody`]); one whose body was abandoned, or that
-//! carried a protocol upgrade, is closed instead. A request waiting for a connection (its
+//! carried has been read to its end ([`PooledBody`]); one whose body was abandoned, stalled
+//! past the response body idle timeout, or that carried a protocol upgrade, is closed instead. A request waiting for a connection (its
 //! upstream at its connection limit) registers here and is woken when one is returned.
 
-use crate::body::UpstreamBody;
+use crate::body::{poll_idle, BodyError, IdleGuard, UpstreamBody};
 use crate::h2pool::StreamSlot;
 use crate::upstream::UpstreamState;
 use bytes::Bytes;
@@ -220,6 +220,10 @@ pub struct PooledBody {
     /// The body yielded its last frame (a chunked body's end is not visible in
     /// `is_end_stream`).
     done: bool,
+    /// The response body idle timeout (off until the request path sets it).
+    idle: IdleGuard,
+    /// Counted when the body stalls.
+    stalls: Option<&'static prometheus::IntCounter>,
 }
 
 impl PooledBody {
@@ -229,6 +233,8 @@ impl PooledBody {
             lease,
             _slot: None,
             done: false,
+            idle: IdleGuard::off(),
+            stalls: None,
         }
     }
 
@@ -239,7 +245,20 @@ impl PooledBody {
             lease: None,
             _slot: Some(slot),
             done: false,
+            idle: IdleGuard::off(),
+            stalls: None,
         }
+    }
+
+    /// Allow at most `timeout` between two chunks (zero: no limit); past it the body fails
+    /// (the client's stream is reset), its connection is closed, and `stalls` counts it.
+    pub(crate) fn idle_timeout(
+        &mut self,
+        timeout: Duration,
+        stalls: Option<&'static prometheus::IntCounter>,
+    ) {
+        self.idle = IdleGuard::new(timeout);
+        self.stalls = stalls;
     }
 
     /// Take the connection out (an upgrade keeps it alive until the tunnel is set up).
@@ -250,19 +269,29 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = poll_idle(Pin::new(&mut this.body), &mut this.idle, cx);
         match &polled {
-            Poll::Ready(None) => self.done = true,
+            Poll::Ready(None) => this.done = true,
             // trailers are the last frame; a reader may stop without polling again
-            Poll::Ready(Some(Ok(f))) if f.is_trailers() => self.done = true,
-            // a failed exchange leaves the connection in an unknown state
-            Poll::Ready(Some(Err(_))) => self.lease = None,
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => this.done = true,
+            // a failed or stalled exchange leaves the connection in an unknown state: dropping
+            // the lease (and then the body) closes it
+            Poll::Ready(Some(Err(e))) => {
+                this.lease = None;
+                if let BodyError::Idle(t) = e {
+                    if let Some(c) = this.stalls {
+                        c.inc();
+                    }
+                    tracing::info!(timeout = ?t, "upstream response body stalled: cut");
+                }
+            }
             _ => {}
         }
         polled
