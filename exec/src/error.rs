@@ -22,6 +22,9 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// The executor's own options are unusable (a namespace that is not a DNS label, ...).
+    #[error("bad executor options: {0}")]
+    Options(String),
 }
 
 impl ExecError {

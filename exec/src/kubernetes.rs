@@ -8,6 +8,14 @@
 //! instances are only ever [`InstanceState::Rendered`]. Files are left in place by `shutdown`
 //! (they are the desired state, not processes), and a new executor on the same directory adopts
 //! the files it finds, so a later `stop` prunes them.
+//!
+//! The objects follow the conventions of `deploy/kubernetes/` (its test compares them): the
+//! labels `app.kubernetes.io/{name,part-of,managed-by}` and `microstax.io/*`; a non-root pod
+//! without a service account token; a container that cannot escalate privileges, has no
+//! capabilities and a read-only root filesystem (with an `emptyDir` at `/tmp`); requests from
+//! the instance's cpu and memory and, as the manifests do, a memory limit equal to the memory
+//! request and no CPU limit (no throttling); startup, readiness and liveness probes on the run
+//! block's probe path; and a termination grace of [`TERMINATION_GRACE_SECS`].
 
 use crate::error::ExecError;
 use crate::executor::{BoxFuture, Executor};
@@ -23,6 +31,10 @@ use tokio::sync::watch;
 
 /// The `app.kubernetes.io/managed-by` value on everything rendered.
 pub const MANAGED_BY: &str = "microstax";
+/// The `app.kubernetes.io/part-of` value on everything rendered, as in `deploy/kubernetes/`.
+pub const PART_OF: &str = "microstax";
+/// `terminationGracePeriodSeconds` of every pod, as in `deploy/kubernetes/`.
+pub const TERMINATION_GRACE_SECS: u64 = 30;
 /// The longest DNS-1123 label (object names, label values).
 const MAX_LABEL: usize = 63;
 
@@ -85,6 +97,14 @@ fn io_error(id: &str, what: String, source: std::io::Error) -> ExecError {
 impl KubernetesExecutor {
     /// Create the output directory if needed and adopt the manifests already in it.
     pub fn new(opts: KubernetesOptions) -> Result<Self, ExecError> {
+        if let Some(ns) = &opts.namespace {
+            if ns.is_empty() || dns_chars(ns, MAX_LABEL) != *ns {
+                return Err(ExecError::Options(format!(
+                    "namespace {ns:?} is not a DNS-1123 label (lower-case letters, digits and \
+                     dashes, at most 63)"
+                )));
+            }
+        }
         let mut table = BTreeMap::new();
         if let RenderTarget::Directory(dir) = &opts.target {
             std::fs::create_dir_all(dir)
@@ -273,6 +293,7 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
     let labels = json!({
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/name": label_value(&spec.service),
+        "app.kubernetes.io/part-of": PART_OF,
         "microstax.io/service": label_value(&spec.service),
         "microstax.io/branch": label_value(&spec.branch),
         "microstax.io/instance": label_value(short),
@@ -320,6 +341,12 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
         "ports": [{ "name": "http", "containerPort": port, "protocol": "TCP" }],
         "envFrom": [{ "configMapRef": { "name": name } }],
         "env": [{ "name": "PORT", "value": port.to_string() }],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+        "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
     });
     if let Some(c) = container.as_object_mut() {
         let mut requests = Map::new();
@@ -330,7 +357,12 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
             requests.insert("memory".into(), json!(format!("{mem}Mi")));
         }
         if !requests.is_empty() {
-            c.insert("resources".into(), json!({ "requests": requests }));
+            let mut resources = json!({ "requests": requests });
+            // memory is not compressible: limited to what was asked; CPU is, and is not limited
+            if let (Some(mem), Some(r)) = (spec.memory_mib, resources.as_object_mut()) {
+                r.insert("limits".into(), json!({ "memory": format!("{mem}Mi") }));
+            }
+            c.insert("resources".into(), resources);
         }
         if let Some(run) = &spec.run {
             let period = 5u64;
@@ -344,6 +376,23 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
                     "failureThreshold": failures,
                 }),
             );
+            // liveness waits for the startup probe, which allows start_timeout
+            c.insert(
+                "startupProbe".into(),
+                json!({
+                    "httpGet": { "path": run.probe_path, "port": "http" },
+                    "periodSeconds": period,
+                    "failureThreshold": failures,
+                }),
+            );
+            c.insert(
+                "livenessProbe".into(),
+                json!({
+                    "httpGet": { "path": run.probe_path, "port": "http" },
+                    "periodSeconds": 10,
+                    "failureThreshold": 3,
+                }),
+            );
         }
     }
     let deployment = json!({
@@ -355,7 +404,13 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
             "selector": { "matchLabels": selector },
             "template": {
                 "metadata": { "labels": labels, "annotations": annotations },
-                "spec": { "containers": [container] },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECS,
+                    "securityContext": { "runAsNonRoot": true },
+                    "containers": [container],
+                    "volumes": [{ "name": "tmp", "emptyDir": {} }],
+                },
             },
         },
     });

@@ -283,3 +283,141 @@ fn renders_to_stdout() {
         .iter()
         .all(|d| d["metadata"]["name"] == "orders-0123456789ab"));
 }
+
+/// The Deployment of `deploy/kubernetes/gateway.yaml`: the conventions a rendered instance
+/// follows are read from the manifests themselves, not restated here.
+fn gateway_deployment() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/gateway.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap()
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_rendered_deployment_follows_the_deploy_manifests_conventions() {
+    let gateway = gateway_deployment();
+    let g_pod = &gateway["spec"]["template"]["spec"];
+    let g_container = &g_pod["containers"][0];
+
+    let dir = tempfile::tempdir().unwrap();
+    let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let a = spec(ID_A, "orders", "main");
+    let mut bare = spec(ID_B, "payments", "main");
+    bare.run = None;
+    bare.cpu_millis = None;
+    exec.ensure(&a).unwrap();
+    exec.ensure(&bare).unwrap();
+    validate(&[exec.file_of(&a).unwrap(), exec.file_of(&bare).unwrap()]);
+
+    let docs = rendered(dir.path(), &a);
+    // no namespace option: left to `kubectl -n`, on every object
+    assert!(docs
+        .iter()
+        .all(|d| d["metadata"].get("namespace").is_none()));
+    let deploy = find(&docs, "Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // every label key the manifests use, with the same meaning, on every object and the pod
+    for labels in docs
+        .iter()
+        .map(|d| &d["metadata"]["labels"])
+        .chain([&deploy["spec"]["template"]["metadata"]["labels"]])
+    {
+        for key in keys(&gateway["metadata"]["labels"]) {
+            assert!(labels.get(key).is_some(), "label {key} missing: {labels}");
+        }
+        assert_eq!(
+            labels["app.kubernetes.io/part-of"],
+            gateway["metadata"]["labels"]["app.kubernetes.io/part-of"]
+        );
+        assert_eq!(labels["app.kubernetes.io/name"], "orders");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "microstax");
+        for key in keys(labels) {
+            assert!(
+                key.starts_with("app.kubernetes.io/") || key.starts_with("microstax.io/"),
+                "{key}"
+            );
+        }
+    }
+
+    // the security context: non-root pod, and the container's exactly as the manifests'
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"],
+        g_pod["securityContext"]["runAsNonRoot"]
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"], g_container["securityContext"]);
+    // a read-only root filesystem, with a writable /tmp
+    let tmp = &container["volumeMounts"][0];
+    assert_eq!(tmp["mountPath"], "/tmp");
+    assert_eq!(pod["volumes"][0]["name"], tmp["name"]);
+    assert!(pod["volumes"][0]["emptyDir"].is_object());
+    assert_eq!(
+        pod["automountServiceAccountToken"],
+        g_pod["automountServiceAccountToken"]
+    );
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"],
+        g_pod["terminationGracePeriodSeconds"]
+    );
+
+    // requests from the instance, limits as the manifests: memory only, no CPU throttling
+    let resources = &container["resources"];
+    assert_eq!(resources["requests"]["cpu"], "250m");
+    assert_eq!(resources["requests"]["memory"], "256Mi");
+    assert_eq!(
+        keys(&resources["limits"]),
+        keys(&g_container["resources"]["limits"])
+    );
+    assert_eq!(resources["limits"]["memory"], "256Mi");
+
+    // probes on the run block's path: startup within start_timeout, then liveness and readiness
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    let live = &container["livenessProbe"];
+    assert_eq!(live["httpGet"]["path"], "/healthz");
+    assert_eq!(live["httpGet"]["port"], "http");
+    assert_eq!(
+        live["periodSeconds"],
+        g_container["livenessProbe"]["periodSeconds"]
+    );
+    let startup = &container["startupProbe"];
+    assert_eq!(startup["httpGet"]["path"], "/healthz");
+    let budget =
+        startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(budget >= 30, "startup allows start_timeout: {startup}");
+
+    // an instance without a run block or a cpu: no probes, a memory request and limit only
+    let b_docs = rendered(dir.path(), &bare);
+    let b_container = &find(&b_docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(b_container.get("livenessProbe").is_none());
+    assert!(b_container.get("startupProbe").is_none());
+    assert_eq!(keys(&b_container["resources"]["requests"]), ["memory"]);
+    assert_eq!(b_container["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(
+        b_container["securityContext"],
+        g_container["securityContext"]
+    );
+}
+
+#[test]
+fn a_namespace_that_is_not_a_dns_label_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["Branches", "", "-x", "a_b", &"n".repeat(64)] {
+        let mut opts = KubernetesOptions::directory(dir.path());
+        opts.namespace = Some(bad.to_string());
+        let err = KubernetesExecutor::new(opts).unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{bad:?}: {err}");
+    }
+    let mut opts = KubernetesOptions::directory(dir.path());
+    opts.namespace = Some("microstax".into());
+    assert!(KubernetesExecutor::new(opts).is_ok());
+}

@@ -220,6 +220,17 @@ impl Client {
         Ok((int(&v["header"]["revision"]), kvs_of(&v)))
     }
 
+    /// Every key in `[from, to)`, at one revision (returned with them).
+    pub async fn range(&self, from: &str, to: &str) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+        let v = self
+            .call(
+                "/v3/kv/range",
+                json!({"key": B64.encode(from), "range_end": B64.encode(to)}),
+            )
+            .await?;
+        Ok((int(&v["header"]["revision"]), kvs_of(&v)))
+    }
+
     /// One key (None when absent) and the store's revision.
     pub async fn get(&self, key: &str) -> Result<(i64, Option<KeyValue>), EtcdError> {
         let v = self

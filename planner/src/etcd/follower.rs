@@ -314,8 +314,9 @@ impl Follower {
     /// List the prefix at one revision and apply what differs from `applied`. With
     /// `need_marker`, does nothing (Ok(false)) unless the planner's publish marker is there.
     async fn relist(&mut self, need_marker: bool) -> Result<bool, EtcdError> {
+        // layers, leader and meta sort before `plans/`, which followers do not read
         let all = format!("{}/", self.layout.leader().trim_end_matches("/leader"));
-        let (revision, kvs) = self.client.range_prefix(&all).await?;
+        let (revision, kvs) = self.client.range(&all, &self.layout.plans()).await?;
         self.status.set_connected(true);
         let meta = self.layout.meta();
         if need_marker && !kvs.iter().any(|kv| kv.key == meta.as_bytes()) {

@@ -1,7 +1,9 @@
 //! Where things live under the prefix, and how a layer is written there:
 //! `PREFIX/layers/org`, `PREFIX/layers/team/NAME`, `PREFIX/layers/branch/NAME` hold each layer's
 //! document as JSON (which the YAML parser reads); `PREFIX/leader` is the election key, attached
-//! to the active planner's lease; `PREFIX/meta` is rewritten by every publish (its revision
+//! to the active planner's lease; `PREFIX/plans/LABEL` (`PREFIX/plans/team/NAME`,
+//! `PREFIX/plans/branch/NAME`) holds each team's and branch's plan, the JSON the admin `/plan`
+//! serves (read-only output: followers do not read it); `PREFIX/meta` is rewritten by every publish (its revision
 //! guards the next one).
 
 use microstax_config::{parse_text, ConfigError, Diagnostic, LayerKind, ParsedDoc};
@@ -25,6 +27,16 @@ impl Layout {
     /// Prefix of every layer key.
     pub fn layers(&self) -> String {
         format!("{}/layers/", self.prefix)
+    }
+
+    /// Prefix of every plan key.
+    pub fn plans(&self) -> String {
+        format!("{}/plans/", self.prefix)
+    }
+
+    /// The key of a layer's plan, by its label (`team/NAME`, `branch/NAME`).
+    pub fn plan_key(&self, label: &str) -> String {
+        format!("{}{label}", self.plans())
     }
 
     /// The election key.

@@ -13,14 +13,21 @@
 //! and rewrites the marker. A transaction holds at most [`PublishOptions::max_txn_ops`]
 //! operations (etcd refuses more than its `--max-txn-ops`, 128 by default): a larger change is
 //! written in several, the marker last, and followers apply each layer on its own.
+//!
+//! Plans: after the layers (followers do not wait for them), the same guarded transactions
+//! write each team's and branch's plan (the JSON the admin `/plan` serves) under
+//! `PREFIX/plans/LABEL`, and delete it with its layer; plans are computed on a blocking thread. After a
+//! change only the plans it can alter are computed again: those of the changed layers, of their
+//! descendants (every one when the org changes), and of the other layers of a budgeted team one
+//! of whose layers changed; a plan is written only when its JSON differs from what was written.
 
 use super::client::{Client, Compare, Op};
 use super::layout::{encode, Layout};
 use super::{Endpoint, EtcdError};
 use crate::control::{ControlPlane, TableSink};
-use microstax_config::{ParsedDoc, RoutingTable};
+use microstax_config::{Config, LayerKind, ParsedDoc, RoutingTable};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -177,13 +184,97 @@ struct Entry {
 #[derive(Default)]
 struct Published {
     layers: FxHashMap<Arc<str>, Entry>,
+    plans: FxHashMap<Arc<str>, PlanEntry>,
     pass: u64,
 }
 
 impl Published {
     fn clear(&mut self) {
         self.layers.clear();
+        self.plans.clear();
     }
+}
+
+/// What was last written for one team's or branch's plan, by layer label.
+struct PlanEntry {
+    /// Its JSON as written.
+    value: Vec<u8>,
+    /// The budgeted team it counts against: its plan depends on that team's other layers.
+    budget: Option<Arc<str>>,
+}
+
+/// A plan to compute: the layer's label, its name, and its budgeted team.
+type PlanJob = (Arc<str>, String, Option<Arc<str>>);
+
+/// The plans of `cfg` that `changed` (layer labels written or deleted) can alter, or every
+/// plan when `changed` is None.
+fn plans_to_compute(
+    cfg: &Config,
+    published: &Published,
+    changed: Option<&FxHashSet<Arc<str>>>,
+) -> Vec<PlanJob> {
+    let in_lineage = |l: &microstax_config::Layer, set: &FxHashSet<Arc<str>>| {
+        let mut cur = Some(l);
+        while let Some(x) = cur {
+            if set.contains(&x.label) {
+                return true;
+            }
+            cur = x.parent.and_then(|p| cfg.layer(p)).map(|a| &**a);
+        }
+        false
+    };
+    let mut jobs = Vec::new();
+    let mut rest = Vec::new();
+    let mut teams: FxHashSet<Arc<str>> = FxHashSet::default();
+    if let Some(set) = changed {
+        // a layer that left or changed its budgeted team changes the team's other plans
+        teams.extend(
+            set.iter()
+                .filter_map(|label| published.plans.get(label)?.budget.clone()),
+        );
+    }
+    for l in cfg.layers().filter(|l| l.kind != LayerKind::Org) {
+        let budget = cfg
+            .layer_id(&l.name)
+            .and_then(|i| cfg.budget(i))
+            .map(|b| b.label);
+        let job = (l.label.clone(), l.name.clone(), budget);
+        match changed {
+            Some(set) if !in_lineage(l, set) => {
+                if job.2.is_some() {
+                    rest.push(job);
+                }
+            }
+            _ => {
+                teams.extend(job.2.clone());
+                jobs.push(job);
+            }
+        }
+    }
+    jobs.extend(
+        rest.into_iter()
+            .filter(|j| j.2.as_ref().is_some_and(|t| teams.contains(t))),
+    );
+    jobs
+}
+
+/// Each job's plan as JSON, as the admin `/plan` answers (an error as `{"layer", "error"}`).
+fn compute_plans(cfg: &Config, jobs: Vec<PlanJob>) -> Vec<(PlanJob, Vec<u8>)> {
+    let planner = crate::planner::Planner::new(cfg);
+    jobs.into_iter()
+        .map(|job| {
+            let plan = planner
+                .as_ref()
+                .map_err(ToString::to_string)
+                .and_then(|p| p.plan(cfg, &job.1, None).map_err(|e| e.to_string()));
+            let v = match plan {
+                Ok(p) => p.to_json(),
+                Err(e) => serde_json::json!({ "layer": &*job.0, "error": e }),
+            };
+            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            (job, bytes)
+        })
+        .collect()
 }
 
 struct Campaign {
@@ -263,6 +354,8 @@ impl Campaign {
     async fn lead(&mut self, created: i64, mut lost: watch::Receiver<bool>) -> Stop {
         let mut published = Published::default();
         let mut marker: Option<i64> = None;
+        // layers whose plans a failed commit may have left unwritten: planned again next pass
+        let mut replan: FxHashSet<Arc<str>> = FxHashSet::default();
         loop {
             // the config is stored after the sink returns: taking the state lock waits for a
             // publish in flight to finish
@@ -272,11 +365,24 @@ impl Campaign {
                 None => self.full_sync(created, &cfg, &mut published).await,
                 Some(m) => {
                     let ops = diff(&self.layout, &cfg, &mut published);
-                    self.commit(created, m, ops, &mut published).await
+                    replan.extend(ops.iter().filter_map(Write::layer_label));
+                    // the layers first: followers do not wait for the plans
+                    match self.commit(created, m, ops, &mut published).await {
+                        Ok(m) if replan.is_empty() => Ok(m),
+                        Ok(m) => {
+                            marker = Some(m);
+                            let ops = self.plan_changes(&cfg, &replan, &mut published).await;
+                            self.commit(created, m, ops, &mut published).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
             match result {
-                Ok(m) => marker = Some(m),
+                Ok(m) => {
+                    marker = Some(m);
+                    replan.clear();
+                }
                 Err(Failure::Conflict) => {
                     self.writes.with_label_values(&["conflict"]).inc();
                     match self.client.get(&self.layout.leader()).await {
@@ -284,6 +390,7 @@ impl Campaign {
                             // someone wrote under us yet we lead: write everything again
                             marker = None;
                             published.clear();
+                            replan.clear();
                         }
                         _ => return Stop::Lost,
                     }
@@ -309,7 +416,7 @@ impl Campaign {
     async fn full_sync(
         &self,
         created: i64,
-        cfg: &microstax_config::Config,
+        cfg: &Arc<Config>,
         published: &mut Published,
     ) -> Result<i64, Failure> {
         let (_, kvs) = self
@@ -347,7 +454,83 @@ impl Campaign {
         }
         ops.extend(existing.into_keys().map(|k| Write::Delete(None, k)));
         let marker = meta.map_or(0, |kv| kv.mod_revision);
+        // the layers first: followers do not wait for the plans
+        let marker = self.commit(created, marker, ops, published).await?;
+        let (_, plan_kvs) = self
+            .client
+            .range_prefix(&self.layout.plans())
+            .await
+            .map_err(Failure::Etcd)?;
+        let mut existing: BTreeMap<String, Vec<u8>> = plan_kvs
+            .into_iter()
+            .filter_map(|kv| Some((String::from_utf8(kv.key).ok()?, kv.value)))
+            .collect();
+        let jobs = plans_to_compute(cfg, published, None);
+        let mut ops = self
+            .plan_writes(cfg, jobs, published, Some(&mut existing))
+            .await;
+        ops.extend(existing.into_keys().map(|k| Write::DeletePlan(None, k)));
         self.commit(created, marker, ops, published).await
+    }
+
+    /// The plan writes after the layers `changed` were written or deleted: the plans they can
+    /// alter, and the deletion of the plans of layers that are gone.
+    async fn plan_changes(
+        &self,
+        cfg: &Arc<Config>,
+        changed: &FxHashSet<Arc<str>>,
+        published: &mut Published,
+    ) -> Vec<Write> {
+        let jobs = plans_to_compute(cfg, published, Some(changed));
+        // a changed layer that has no job is gone (or is the org): so is its plan
+        let planned: FxHashSet<&Arc<str>> = jobs.iter().map(|j| &j.0).collect();
+        let mut ops: Vec<Write> = changed
+            .iter()
+            .filter(|l| !planned.contains(l) && published.plans.contains_key(*l))
+            .map(|l| Write::DeletePlan(Some(l.clone()), self.layout.plan_key(l)))
+            .collect();
+        ops.extend(self.plan_writes(cfg, jobs, published, None).await);
+        ops
+    }
+
+    /// The plan writes of `jobs`: computed off the runtime's threads, written when they differ
+    /// from what was written (`existing`: what the prefix holds, at a full sync; entries
+    /// matched are taken out of it).
+    async fn plan_writes(
+        &self,
+        cfg: &Arc<Config>,
+        jobs: Vec<PlanJob>,
+        published: &mut Published,
+        mut existing: Option<&mut BTreeMap<String, Vec<u8>>>,
+    ) -> Vec<Write> {
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let c = cfg.clone();
+        let computed = match tokio::task::spawn_blocking(move || compute_plans(&c, jobs)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("computing the plans to publish failed: {e}");
+                return Vec::new();
+            }
+        };
+        let mut ops = Vec::new();
+        for ((label, _, budget), value) in computed {
+            let key = self.layout.plan_key(&label);
+            let same = match existing.as_deref_mut() {
+                Some(ex) => ex.remove(&key).as_deref() == Some(value.as_slice()),
+                None => published
+                    .plans
+                    .get(&label)
+                    .is_some_and(|e| e.value == value),
+            };
+            if same {
+                published.plans.insert(label, PlanEntry { value, budget });
+            } else {
+                ops.push(Write::PutPlan(label, key, value, budget));
+            }
+        }
+        ops
     }
 
     /// Write `ops` in as few guarded transactions as the bounds allow, the marker in the last.
@@ -416,7 +599,13 @@ impl Campaign {
                     Write::Delete(Some(label), _) => {
                         published.layers.remove(&label);
                     }
-                    Write::Delete(None, _) => {}
+                    Write::Delete(None, _) | Write::DeletePlan(None, _) => {}
+                    Write::PutPlan(label, _, value, budget) => {
+                        published.plans.insert(label, PlanEntry { value, budget });
+                    }
+                    Write::DeletePlan(Some(label), _) => {
+                        published.plans.remove(&label);
+                    }
                 }
             }
         }
@@ -434,27 +623,39 @@ enum Failure {
 
 /// One layer write: the layer's label (None for a key no layer of ours holds), the key, and
 /// for a put the value and the document.
+/// A plan write: the layer's label (None for a key no layer of ours holds), the key, and for a
+/// put the JSON and the layer's budgeted team.
 enum Write {
     Put(Arc<str>, String, Vec<u8>, Arc<ParsedDoc>),
     Delete(Option<Arc<str>>, String),
+    PutPlan(Arc<str>, String, Vec<u8>, Option<Arc<str>>),
+    DeletePlan(Option<Arc<str>>, String),
 }
 
 impl Write {
     fn op(&self) -> Op {
         match self {
-            Write::Put(_, k, v, _) => Op::Put {
+            Write::Put(_, k, v, _) | Write::PutPlan(_, k, v, _) => Op::Put {
                 key: k.clone(),
                 value: v.clone(),
                 lease: 0,
             },
-            Write::Delete(_, k) => Op::Delete(k.clone()),
+            Write::Delete(_, k) | Write::DeletePlan(_, k) => Op::Delete(k.clone()),
         }
     }
 
     fn size(&self) -> usize {
         match self {
-            Write::Put(_, k, v, _) => k.len() + v.len(),
-            Write::Delete(_, k) => k.len(),
+            Write::Put(_, k, v, _) | Write::PutPlan(_, k, v, _) => k.len() + v.len(),
+            Write::Delete(_, k) | Write::DeletePlan(_, k) => k.len(),
+        }
+    }
+
+    /// The label of the layer this writes or deletes (not of a plan).
+    fn layer_label(&self) -> Option<Arc<str>> {
+        match self {
+            Write::Put(l, ..) | Write::Delete(Some(l), _) => Some(l.clone()),
+            _ => None,
         }
     }
 }
@@ -534,7 +735,80 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: watch::Send
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
     use super::*;
+    use microstax_config::parse_text;
+
+    fn config() -> Config {
+        let org =
+            "kind: org\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"127.0.0.1:1\"]\n";
+        let mut docs = parse_text("org.yaml", org, Some(LayerKind::Org), None).expect("org");
+        docs.extend(
+            parse_text(
+                "teams/t.yaml",
+                "parent: baseline\nbudget: {max_instances: 3}\n",
+                Some(LayerKind::Team),
+                Some("t"),
+            )
+            .expect("team"),
+        );
+        for (name, parent) in [("a", "t"), ("b", "t"), ("c", "baseline")] {
+            let text = format!("parent: {parent}\n");
+            let file = format!("branches/{name}.yaml");
+            docs.extend(
+                parse_text(&file, &text, Some(LayerKind::Branch), Some(name)).expect("branch"),
+            );
+        }
+        Config::build(docs).expect("valid")
+    }
+
+    fn planned(cfg: &Config, published: &Published, changed: &[&str]) -> Vec<String> {
+        let set: FxHashSet<Arc<str>> = changed.iter().map(|l| Arc::from(*l)).collect();
+        let mut v: Vec<String> = plans_to_compute(cfg, published, Some(&set))
+            .into_iter()
+            .map(|j| j.0.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_the_plans_a_change_can_alter_are_computed() {
+        let cfg = config();
+        let published = Published::default();
+        let all = plans_to_compute(&cfg, &published, None);
+        assert_eq!(all.len(), 4, "the team and its three branches");
+        assert_eq!(planned(&cfg, &published, &[]), Vec::<String>::new());
+        assert_eq!(planned(&cfg, &published, &["branch/c"]), ["branch/c"]);
+        // a budgeted team's plans depend on each other
+        assert_eq!(
+            planned(&cfg, &published, &["branch/a"]),
+            ["branch/a", "branch/b", "team/t"]
+        );
+        assert_eq!(
+            planned(&cfg, &published, &["team/t"]),
+            ["branch/a", "branch/b", "team/t"]
+        );
+        assert_eq!(planned(&cfg, &published, &["baseline"]).len(), 4);
+        // a budgeted branch that is gone changes its team's other plans
+        let mut published = Published::default();
+        published.plans.insert(
+            Arc::from("branch/gone"),
+            PlanEntry {
+                value: Vec::new(),
+                budget: Some(Arc::from("team/t")),
+            },
+        );
+        assert_eq!(
+            planned(&cfg, &published, &["branch/gone"]),
+            ["branch/a", "branch/b", "team/t"]
+        );
+        let computed = compute_plans(&cfg, all);
+        assert!(computed.iter().all(|(j, v)| {
+            let p: serde_json::Value = serde_json::from_slice(v).expect("json");
+            p["layer"] == *j.0
+        }));
+    }
 
     #[test]
     fn writes_are_chunked_by_count_and_bytes() {
