@@ -184,15 +184,20 @@ async fn stopping_the_proxy_stops_its_instances() {
     write_branch(&cfg, "feat", "on");
     let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
-    // the branch existed before the start: its instance is prepared before the first table
-    let r = get(
-        &c,
-        proxy,
-        "/",
-        &[("host", "api"), ("x-microstax-branch", "feat")],
-    )
+    // the branch existed before the start: its instance is started before the first table
+    // (a first request is held while it starts; on a loaded machine the start may outlast the
+    // hold, so poll)
+    let r = wait_for(DEADLINE, "the branch served by its instance", || async {
+        let r = get(
+            &c,
+            proxy,
+            "/",
+            &[("host", "api"), ("x-microstax-branch", "feat")],
+        )
+        .await;
+        (r.status == 200).then_some(r)
+    })
     .await;
-    assert_eq!(r.status, 200);
     assert!(r.text().starts_with("instance="), "{}", r.text());
     let v = get(&c, admin, "/instances", &[]).await.json();
     let pid = v["instances"][0]["pid"].as_u64().expect("a pid");
