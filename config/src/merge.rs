@@ -4,7 +4,7 @@
 //! it, which is what `explain` prints and what the planner diffs.
 
 use crate::model::Config;
-use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, RunDoc, ServiceDoc};
+use crate::schema::{MigrationDoc, PolicyDoc, ResourcesDoc, RunDoc, ServiceDoc, UpstreamTlsDoc};
 pub use crate::values::{
     readiness_from_doc, Sourced, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_HOLD_MS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_REQUEST_TIMEOUT_MS,
@@ -51,6 +51,8 @@ pub struct Effective {
     pub max_connections: Sourced<u32>,
     /// Most requests waiting for a connection to one endpoint.
     pub max_pending_requests: Sourced<u32>,
+    /// TLS to the upstream (the nearest layer's setting, whole).
+    pub upstream_tls: Option<Sourced<UpstreamTlsDoc>>,
     /// Schema migrations applied along the lineage, oldest first.
     pub migrations: Vec<Sourced<MigrationDoc>>,
     /// Message contracts changed along the lineage, topic -> version.
@@ -166,6 +168,14 @@ impl Effective {
             self.max_pending_requests.value.to_string(),
             &self.max_pending_requests.origin,
         );
+        if let Some(t) = &self.upstream_tls {
+            let name = t.value.server_name.as_deref().unwrap_or("endpoint host");
+            push(
+                "policy.upstream_tls".into(),
+                format!("ca_file {} server_name {name}", t.value.ca_file),
+                &t.origin,
+            );
+        }
         for m in &self.migrations {
             push(
                 format!("migrations.{}.{}", m.value.store, m.value.name),
@@ -220,6 +230,12 @@ fn apply_policy(e: &mut Effective, p: &PolicyDoc, at: &dyn Fn(&str) -> Origin, b
             value: v,
             origin: at(&format!("{base}.max_pending_requests")),
         };
+    }
+    if let Some(t) = &p.upstream_tls {
+        e.upstream_tls = Some(Sourced {
+            value: t.clone(),
+            origin: at(&format!("{base}.upstream_tls")),
+        });
     }
     if let Some(v) = p.protocol.as_deref().and_then(UpstreamProtocol::parse) {
         e.protocol = Sourced {
@@ -367,6 +383,7 @@ impl Config {
                 value: DEFAULT_MAX_PENDING_REQUESTS,
                 origin: builtin,
             },
+            upstream_tls: None,
             migrations: Vec::new(),
             contracts: BTreeMap::new(),
         };

@@ -202,6 +202,20 @@ pub struct PolicyDoc {
     /// Most requests waiting for a connection to one upstream endpoint (default 1024); past it
     /// the proxy answers 503 at once.
     pub max_pending_requests: Option<u32>,
+    /// TLS to the upstream (replaced whole along the lineage); absent: plain TCP.
+    pub upstream_tls: Option<UpstreamTlsDoc>,
+}
+
+/// TLS to a service's upstreams.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsDoc {
+    /// PEM bundle of the CAs an upstream certificate must chain to (absolute, or relative to
+    /// the proxy's working directory; the system's bundle, e.g.
+    /// `/etc/ssl/certs/ca-certificates.crt`, gives the platform roots).
+    pub ca_file: String,
+    /// Name sent in SNI and verified against the certificate (default: the endpoint's host).
+    pub server_name: Option<String>,
 }
 
 /// Header rules applied to the upstream request.

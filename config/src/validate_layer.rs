@@ -5,7 +5,7 @@ use crate::load::ParsedDoc;
 use crate::model::{Config, Layer};
 use crate::names::{self, BASELINE};
 use crate::report::Report;
-use crate::schema::{LayerKind, PolicyDoc, ServiceDoc};
+use crate::schema::{LayerKind, PolicyDoc, ServiceDoc, UpstreamTlsDoc};
 use crate::values::{readiness_from_doc, Endpoint, LayerIdx};
 use std::sync::Arc;
 
@@ -214,6 +214,9 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
             );
         }
     }
+    if let Some(t) = &p.upstream_tls {
+        check_upstream_tls(doc, &format!("{base}.upstream_tls"), t, report);
+    }
     if let Some(h) = &p.request_headers {
         for (k, v) in &h.set {
             let field = format!("{base}.request_headers.set.{k}");
@@ -230,4 +233,44 @@ pub(crate) fn check_policy(doc: &ParsedDoc, base: &str, p: &PolicyDoc, report: &
             }
         }
     }
+}
+
+/// A CA bundle must be readable and hold at least one PEM certificate (the proxy parses it);
+/// a server name must be a DNS name or an IP address.
+fn check_upstream_tls(doc: &ParsedDoc, base: &str, t: &UpstreamTlsDoc, report: &mut Report) {
+    let field = format!("{base}.ca_file");
+    if t.ca_file.is_empty() {
+        report.at(doc, &field, "must name a PEM file of CA certificates");
+    } else {
+        match std::fs::read(&t.ca_file) {
+            Err(e) => report.at(doc, &field, format!("cannot read `{}`: {e}", t.ca_file)),
+            Ok(pem) if !contains(&pem, b"-----BEGIN CERTIFICATE-----") => report.at(
+                doc,
+                &field,
+                format!("`{}` holds no PEM certificate", t.ca_file),
+            ),
+            Ok(_) => {}
+        }
+    }
+    if let Some(n) = &t.server_name {
+        let dns = !n.is_empty()
+            && n.len() <= 253
+            && n.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !dns && n.parse::<std::net::IpAddr>().is_err() {
+            report.at(
+                doc,
+                &format!("{base}.server_name"),
+                format!("`{n}` is not a DNS name or an IP address"),
+            );
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -12,7 +12,7 @@ use crate::environments::Environments;
 use crate::planner::Planner;
 use microstax_config::model::instance_address;
 use microstax_config::table::{
-    LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, BASELINE_ID,
+    LayerRoutes, Route, RoutePolicy, ServiceIndex, Upstream, UpstreamTls, BASELINE_ID,
 };
 use microstax_config::Endpoint;
 use microstax_config::{
@@ -25,7 +25,9 @@ use std::time::Duration;
 /// Compiles configs into tables and keeps the state for incremental updates.
 #[derive(Clone)]
 pub struct Compiler {
-    upstream_ids: FxHashMap<Arc<str>, UpstreamId>,
+    upstream_ids: FxHashMap<Upstream, UpstreamId>,
+    /// Upstream TLS settings, shared by every upstream naming the same one.
+    tls: FxHashMap<UpstreamTls, Arc<UpstreamTls>>,
     policies: FxHashMap<RoutePolicy, Arc<RoutePolicy>>,
     table: Arc<RoutingTable>,
     /// Per upstream id, the layers whose routes name it (an upstream is dropped when none does).
@@ -71,6 +73,7 @@ impl Compiler {
         });
         let mut c = Compiler {
             upstream_ids: FxHashMap::default(),
+            tls: FxHashMap::default(),
             policies: FxHashMap::default(),
             table: Arc::new(empty_table(config)),
             users: Vec::new(),
@@ -175,14 +178,14 @@ impl Compiler {
             if self.users.get(fi).is_none_or(|s| !s.is_empty()) || fi >= all.len() {
                 continue; // named again by a layer compiled in the same update
             }
-            self.upstream_ids.remove(&all[fi].authority);
+            self.upstream_ids.remove(&all[fi]);
             let last = all.len() - 1;
             all.swap_remove(fi);
             self.users.swap_remove(fi);
             if fi == last {
                 continue;
             }
-            self.upstream_ids.insert(all[fi].authority.clone(), f);
+            self.upstream_ids.insert(all[fi].clone(), f);
             for &l in &self.users[fi] {
                 if let Some(Some(layer)) = layers.get_mut(l as usize) {
                     *layer = Arc::new(renumber(layer, last as UpstreamId, f));
@@ -300,9 +303,10 @@ impl Compiler {
                 continue;
             };
             let (eps, _) = eff.upstreams();
+            let tls = self.tls(&eff);
             let ids: Vec<UpstreamId> = eps
                 .iter()
-                .map(|e| self.intern(&e.0, offset, upstreams))
+                .map(|e| self.intern(&e.0, &tls, offset, upstreams))
                 .collect();
             let kind = if eff.local.is_some() {
                 RouteKind::Local
@@ -407,7 +411,8 @@ impl Compiler {
             let Ok(ep) = Endpoint::parse(&addr) else {
                 continue;
             };
-            let id = self.intern(&ep.0, offset, upstreams);
+            let tls = self.tls(&eff);
+            let id = self.intern(&ep.0, &tls, offset, upstreams);
             let route = Route {
                 service: sid as u32,
                 layer: idx as u32,
@@ -427,18 +432,45 @@ impl Compiler {
     fn intern(
         &mut self,
         authority: &Arc<str>,
+        tls: &Option<Arc<UpstreamTls>>,
         offset: usize,
         upstreams: &mut Vec<Upstream>,
     ) -> UpstreamId {
-        if let Some(&id) = self.upstream_ids.get(authority) {
+        let up = Upstream {
+            authority: authority.clone(),
+            tls: tls.clone(),
+        };
+        if let Some(&id) = self.upstream_ids.get(&up) {
             return id;
         }
         let id = (offset + upstreams.len()) as UpstreamId;
-        upstreams.push(Upstream {
-            authority: authority.clone(),
-        });
-        self.upstream_ids.insert(authority.clone(), id);
+        upstreams.push(up.clone());
+        self.upstream_ids.insert(up, id);
         id
+    }
+
+    /// The route's upstream TLS, with its CA bundle read now (validation checked it was
+    /// readable; should it have gone since, the bundle is empty and connections fail with why).
+    fn tls(&mut self, eff: &Effective) -> Option<Arc<UpstreamTls>> {
+        let doc = &eff.upstream_tls.as_ref()?.value;
+        let ca_pem: Arc<[u8]> = match std::fs::read(&doc.ca_file) {
+            Ok(pem) => pem.into(),
+            Err(e) => {
+                tracing::warn!(ca_file = %doc.ca_file, error = %e, "upstream CA bundle unreadable");
+                Arc::from(Vec::new())
+            }
+        };
+        let t = UpstreamTls {
+            ca_file: Arc::from(doc.ca_file.as_str()),
+            ca_pem,
+            server_name: doc.server_name.as_deref().map(Arc::from),
+        };
+        Some(
+            self.tls
+                .entry(t.clone())
+                .or_insert_with(|| Arc::new(t))
+                .clone(),
+        )
     }
 
     fn policy(&mut self, eff: &Effective) -> Arc<RoutePolicy> {

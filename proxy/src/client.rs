@@ -233,7 +233,7 @@ impl UpstreamClient {
         connect_timeout: Duration,
         mut slot: ConnSlot,
     ) -> Result<Sender, UpstreamError> {
-        let stream = self.connector.connect(up, connect_timeout).await?;
+        let stream = self.connector.connect(up, connect_timeout, false).await?;
         let (sender, conn) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -288,7 +288,7 @@ impl UpstreamClient {
         up: &UpstreamState,
         connect_timeout: Duration,
     ) -> Result<H2Sender, UpstreamError> {
-        let stream = self.connector.connect(up, connect_timeout).await?;
+        let stream = self.connector.connect(up, connect_timeout, true).await?;
         let (sender, conn) = self
             .h2
             .handshake(TokioIo::new(stream))

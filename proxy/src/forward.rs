@@ -815,6 +815,11 @@ fn upstream_error(snap: &Snapshot, d: &Decision<'_>, e: &UpstreamError) -> Local
             StatusCode::BAD_GATEWAY,
             format!("cannot connect to upstream {key}: {}", source.kind()),
         ),
+        UpstreamError::Connect(ConnectError::Tls { reason, .. }) => LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            format!("cannot connect to upstream {key}: tls: {reason}"),
+        )
+        .with_grpc(Code::Unavailable),
         UpstreamError::Handshake(_) => LocalReply::new(
             StatusCode::BAD_GATEWAY,
             format!("cannot connect to upstream {key}: connection failed"),

@@ -33,6 +33,7 @@ pub mod tls;
 pub mod token;
 pub mod trust;
 pub mod upstream;
+pub mod upstream_tls;
 
 pub use access_log::{AccessLog, LogMode, LogSink};
 pub use activity::Activity;

@@ -1,11 +1,13 @@
 //! Per-upstream state kept outside the immutable table (identity, readiness, sleep, activity,
 //! the held-request count, counters, the connection limit and pending queue, the retry budget,
 //! passive outlier ejection), the
-//! shared registry that hands the same state to every table naming an upstream, and the TCP
-//! connector that applies the route's connect timeout. Idle connections live in the
+//! shared registry that hands the same state to every table naming an upstream, and the
+//! connector that applies the route's connect timeout (TCP, then TLS for a TLS upstream: its
+//! client is built once with its state, `crate::upstream_tls`). Idle connections live in the
 //! per-worker pools of `crate::pool`, keyed by the state's `id`.
 
-use microstax_table::RoutingTable;
+use crate::upstream_tls::{TlsClient, UpstreamIo};
+use microstax_table::{RoutingTable, Upstream};
 use rustc_hash::FxHashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -24,6 +26,8 @@ pub struct UpstreamState {
     pub id: u64,
     /// `host:port`.
     pub key: Arc<str>,
+    /// Its TLS client, when its route asks for TLS (or why none could be built).
+    tls: Option<Result<TlsClient, Arc<str>>>,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Failed connection attempts.
@@ -150,10 +154,27 @@ pub enum Readiness {
 }
 
 impl UpstreamState {
+    #[cfg(test)]
     fn new(key: Arc<str>) -> UpstreamState {
+        UpstreamState::with_tls(key, None)
+    }
+
+    /// The state of table upstream `u`, with its TLS client built now.
+    fn of(u: &Upstream) -> UpstreamState {
+        let tls = u.tls.as_ref().map(|t| {
+            TlsClient::new(t, &u.authority).map_err(|why| {
+                tracing::warn!(upstream = %u.authority, error = %why, "upstream tls unusable");
+                Arc::from(why)
+            })
+        });
+        UpstreamState::with_tls(u.authority.clone(), tls)
+    }
+
+    fn with_tls(key: Arc<str>, tls: Option<Result<TlsClient, Arc<str>>>) -> UpstreamState {
         UpstreamState {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
+            tls,
             requests: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -495,10 +516,11 @@ impl UpstreamState {
     }
 }
 
-/// All upstream states known to a proxy; touched only when tables are published.
+/// All upstream states known to a proxy, by table upstream (address and TLS settings); touched
+/// only when tables are published.
 #[derive(Debug, Default)]
 pub struct Registry {
-    states: Mutex<FxHashMap<Arc<str>, Entry>>,
+    states: Mutex<FxHashMap<Upstream, Entry>>,
     /// Generation of the table bound last.
     last_bound: AtomicU64,
 }
@@ -516,9 +538,9 @@ impl Registry {
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let entry = states.entry(u.authority.clone()).or_insert_with(|| {
+                let entry = states.entry(u.clone()).or_insert_with(|| {
                     created.push(i);
-                    (Arc::new(UpstreamState::new(u.authority.clone())), now)
+                    (Arc::new(UpstreamState::of(u)), now)
                 });
                 entry.1 = now;
                 let seen = entry
@@ -551,10 +573,23 @@ impl Registry {
         before - states.len()
     }
 
-    /// The state of `authority`, if a table names it (or named it within the grace period).
+    /// The state of `authority`, if a table names it (or named it within the grace period);
+    /// the plain one when it is named both with and without TLS.
     pub fn get(&self, authority: &str) -> Option<Arc<UpstreamState>> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.get(authority).map(|(s, _)| s.clone())
+        let plain = Upstream {
+            authority: authority.into(),
+            tls: None,
+        };
+        states
+            .get(&plain)
+            .or_else(|| {
+                states
+                    .iter()
+                    .find(|(u, _)| &*u.authority == authority)
+                    .map(|(_, e)| e)
+            })
+            .map(|(s, _)| s.clone())
     }
 
     /// Every upstream state held, sorted by authority (for the admin API; takes the registry's
@@ -597,17 +632,59 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// TCP connected but TLS did not: the handshake failed (the certificate did not verify,
+    /// no common version or protocol) or the upstream's TLS settings are unusable.
+    #[error("tls to {upstream} failed: {reason}")]
+    Tls {
+        /// `host:port`.
+        upstream: Arc<str>,
+        /// Why, as rustls says it (e.g. `invalid peer certificate: UnknownIssuer`).
+        reason: Arc<str>,
+    },
 }
 
-/// TCP connector for upstream connections: resolves `host:port`, applies the connect timeout
-/// the caller's route gives, and sets TCP_NODELAY.
+/// Connector for upstream connections: resolves `host:port`, applies the connect timeout the
+/// caller's route gives (to the TCP connect and the TLS handshake together), sets TCP_NODELAY,
+/// and runs TLS for a TLS upstream.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Connector;
 
 impl Connector {
-    /// Open a TCP connection to `up` within `timeout` (the route's `connect_timeout`, taken from
-    /// the request's own snapshot).
+    /// Open a connection to `up` within `timeout` (the route's `connect_timeout`, taken from
+    /// the request's own snapshot); for a TLS upstream, ALPN offers `h2` when `h2`, else
+    /// `http/1.1`.
     pub async fn connect(
+        &self,
+        up: &UpstreamState,
+        timeout: Duration,
+        h2: bool,
+    ) -> Result<UpstreamIo, ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tcp = self.connect_tcp(up, timeout).await?;
+        let tls = match &up.tls {
+            None => return Ok(UpstreamIo::Plain(tcp)),
+            Some(Ok(c)) => c,
+            Some(Err(why)) => {
+                return Err(ConnectError::Tls {
+                    upstream: up.key.clone(),
+                    reason: why.clone(),
+                })
+            }
+        };
+        match tokio::time::timeout_at(deadline, tls.handshake(tcp, h2)).await {
+            Ok(Ok(s)) => Ok(UpstreamIo::Tls(Box::new(s))),
+            Ok(Err(e)) => Err(ConnectError::Tls {
+                upstream: up.key.clone(),
+                reason: e.to_string().into(),
+            }),
+            Err(_) => Err(ConnectError::TimedOut {
+                upstream: up.key.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    async fn connect_tcp(
         &self,
         up: &UpstreamState,
         timeout: Duration,

@@ -10,7 +10,7 @@ pub mod settings;
 pub mod table;
 
 pub use kind::{LayerKind, RouteKind};
-pub use policy::{Readiness, RoutePolicy, UpstreamProtocol};
+pub use policy::{Readiness, RoutePolicy, UpstreamProtocol, UpstreamTls};
 pub use settings::{ContextSettings, HostPattern, Settings};
 pub use table::{
     LayerId, LayerRoutes, Route, RoutingTable, ServiceId, ServiceIndex, Upstream, UpstreamId,

@@ -4,6 +4,7 @@
 
 use http::{HeaderName, HeaderValue};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the proxy does while a branch-local upstream is not ready.
@@ -92,4 +93,28 @@ pub struct RoutePolicy {
     /// Most requests waiting for a connection to one upstream; past it a request gets a fast
     /// `503` naming the limit (a circuit breaker: never an unbounded queue).
     pub max_pending: u32,
+}
+
+/// TLS to a route's upstreams (`policy.upstream_tls`). Plain data: the CA bundle is read when the
+/// config is compiled, and the proxy builds its TLS client from it once per upstream of a table.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The CA bundle file (for messages).
+    pub ca_file: Arc<str>,
+    /// Its PEM contents when the table was compiled (empty: it could not be read then).
+    pub ca_pem: Arc<[u8]>,
+    /// Name sent in SNI and checked against the upstream's certificate; `None`: the
+    /// endpoint's host.
+    pub server_name: Option<Arc<str>>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // the bundle's bytes say nothing a reader of a table dump needs
+        f.debug_struct("UpstreamTls")
+            .field("ca_file", &self.ca_file)
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }

@@ -7,7 +7,7 @@
 //! values already merged along its lineage, so the request path never merges.
 
 pub use crate::kind::{LayerKind, RouteKind};
-pub use crate::policy::{Readiness, RoutePolicy};
+pub use crate::policy::{Readiness, RoutePolicy, UpstreamTls};
 use crate::settings::Settings;
 use http::HeaderValue;
 use rustc_hash::FxHashMap;
@@ -68,11 +68,14 @@ impl LayerRoutes {
     }
 }
 
-/// One upstream endpoint.
+/// One upstream endpoint. The same `host:port` reached with and without TLS (or with other
+/// TLS settings) is two upstreams: their connections are never pooled together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
     /// `host:port`.
     pub authority: Arc<str>,
+    /// TLS to the upstream, when its route's policy asks for it (`None`: plain TCP).
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Service resolution by Host and path prefix.
