@@ -3,7 +3,7 @@
 //!
 //! A body may take as long as it likes in all, but no longer than its idle timeout between two
 //! chunks (nginx's `client_body_timeout` and `proxy_read_timeout`, Envoy's
-//! `stream_idle_timeout`). [`IdleGuard`] arms one coarse deadline (`crate::deadline`) the first
+//! `stream_idle_timeout`). `IdleGuard` arms one coarse deadline (`crate::deadline`) the first
 //! time its body waits, and never re-arms it per chunk: a later wait only notes when it began,
 //! and when the deadline comes a body that moved meanwhile is given another full timeout from
 //! the start of its current wait. Only time spent waiting for the body counts (time the reader
