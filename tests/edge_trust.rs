@@ -454,7 +454,9 @@ async fn local_replies_hide_upstream_addresses_from_untrusted_clients() {
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead_addr = dead.local_addr().expect("addr");
     drop(dead);
-    let extra = format!("  down:\n    hosts: [down]\n    endpoints: [\"{dead_addr}\"]\n");
+    let extra = format!(
+        "  down:\n    hosts: [down]\n    path_prefixes: [/pkg.Svc/]\n    endpoints: [\"{dead_addr}\"]\n"
+    );
     let e = edge(&[], &extra).await;
     let r = get(&h1_client(), e.addr, "/", &[("host", "down")]).await;
     assert_eq!(r.status, 502);
@@ -465,6 +467,32 @@ async fn local_replies_hide_upstream_addresses_from_untrusted_clients() {
         r.text()
     );
     assert!(r.route().contains("local-reply"), "{}", r.route());
+    // a gRPC call gets its failure in grpc-message: redacted the same way
+    let r = send(
+        &h2_client(),
+        http::Method::POST,
+        e.addr,
+        "/pkg.Svc/Call",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "a trailers-only gRPC reply");
+    let message = r
+        .headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        r.headers.get("grpc-status").and_then(|v| v.to_str().ok()),
+        Some("14"),
+        "UNAVAILABLE: {message}"
+    );
+    assert!(
+        !message.contains(&port) && message.contains("bad gateway"),
+        "the gRPC reply names the upstream: {message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
