@@ -2,25 +2,10 @@
 //! and every mistake reported with file, line, field and reason.
 
 use microstax_config::economics::SchemaPolicy;
-use microstax_config::{parse_text, Config, ConfigError, LayerKind};
 
-fn build(files: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let mut docs = Vec::new();
-    for (file, text) in files {
-        let kind = if file.starts_with("teams/") {
-            LayerKind::Team
-        } else if file.starts_with("branches/") {
-            LayerKind::Branch
-        } else {
-            LayerKind::Org
-        };
-        let stem = std::path::Path::new(file)
-            .file_stem()
-            .and_then(|s| s.to_str());
-        docs.extend(parse_text(file, text, Some(kind), stem)?);
-    }
-    Config::build(docs)
-}
+mod common;
+
+use common::build;
 
 const ORG: &str = "kind: org
 services:
