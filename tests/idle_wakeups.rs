@@ -102,8 +102,22 @@ async fn an_idle_keep_alive_client_does_not_wake_the_worker() {
 
     // the worker settles (the upstream connection goes back to its pool), then is watched
     let window = Duration::from_secs(2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = switches(&tids[0]);
+    // settled: no wake-up over a 100 ms poll (within 10 s)
+    let settle = std::time::Instant::now() + Duration::from_secs(10);
+    let mut before = switches(&tids[0]);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = switches(&tids[0]);
+        if now == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < settle,
+            "the worker never settled"
+        );
+        before = now;
+    }
+    // the measured window
     tokio::time::sleep(window).await;
     let woke = switches(&tids[0]) - before;
     // needed in 2 s: at most one pool reap (every 5 s); a 20 ms ticker shows as ~100
