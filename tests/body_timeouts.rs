@@ -378,5 +378,7 @@ async fn a_request_body_stalled_after_its_response_is_cut() {
     assert!(cut.is_ok(), "the client connection stayed open");
     let up_closed = tokio::time::timeout(CUT_WITHIN, closed.recv()).await;
     assert!(up_closed.is_ok(), "the upstream connection stayed open");
-    assert_eq!(counter(&registry, "request"), 1);
+    // the exchange ended with its response (as Envoy resets an upstream stream whose response
+    // completed first): the rest of the body is not waited for, so no stall is counted
+    assert_eq!(counter(&registry, "request"), 0);
 }

@@ -40,7 +40,8 @@ impl Proxy {
                 self.wake(up);
             }
             match d.route.policy.readiness {
-                Readiness::Hold { ms } => return self.hold(snap, d, ms).await,
+                // boxed: the wait's state would otherwise enlarge every request's future
+                Readiness::Hold { ms } => return Box::pin(self.hold(snap, d, ms)).await,
                 Readiness::Fail => {
                     let reason = format!("upstream {} is {}", up.key, state(asleep));
                     return Err((LocalReply::starting(reason), d));

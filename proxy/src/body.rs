@@ -33,6 +33,9 @@ pub enum BodyError {
     /// No chunk came for its idle timeout.
     #[error("no body data for {0:?}")]
     Idle(Duration),
+    /// Reading an upstream response body from its connection failed.
+    #[error(transparent)]
+    Upstream(Box<crate::h1::ExchangeError>),
 }
 
 /// Whether `e` (or its cause) is a body that stalled past its idle timeout.
@@ -140,14 +143,15 @@ pub(crate) fn poll_idle<B>(
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>
 where
-    B: Body<Data = Bytes, Error = hyper::Error>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BodyError>,
 {
     match body.poll_frame(cx) {
         Poll::Ready(Some(Ok(f))) => {
             idle.moved();
             Poll::Ready(Some(Ok(f)))
         }
-        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e)))),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
         Poll::Ready(None) => Poll::Ready(None),
         Poll::Pending if idle.stalled(cx) => {
             Poll::Ready(Some(Err(BodyError::Idle(idle.timeout()))))

@@ -12,9 +12,11 @@
 //! ([`UpstreamError::Overloaded`]).
 
 use crate::body::UpstreamBody;
+use crate::h1::{self, Conn, ExchangeError};
 use crate::h2pool::{self, H2Sender, Next};
-use crate::pool::{self, Lease, PooledBody, Sender, Waiter};
+use crate::pool::{self, Lease, PooledBody, Waiter};
 use crate::upstream::{ConnSlot, ConnectError, Connector, UpstreamState};
+use crate::upstream_tls::UpstreamIo;
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -30,9 +32,10 @@ pub enum UpstreamError {
     /// The connection opened but the handshake failed; nothing was sent.
     #[error("handshake with upstream failed")]
     Handshake(#[source] hyper::Error),
-    /// The request was (at least partly) sent and the exchange failed; a retry may repeat it.
+    /// The request was (at least partly) sent and the exchange failed; a retry may repeat it
+    /// (unless the failure comes back with the request: then nothing of it was sent).
     #[error("{0}")]
-    Exchange(#[source] hyper::Error),
+    Exchange(#[source] ExchangeError),
     /// The upstream's connections and pending queue are full; nothing was sent.
     #[error("{conns} connections busy and {pending} requests waiting")]
     Overloaded {
@@ -135,24 +138,22 @@ impl UpstreamClient {
     ) -> Result<Response<PooledBody>, Failed> {
         let mut queued = None;
         loop {
-            while let Some(mut sender) = pool::take(up, now) {
-                // an idle connection may still be finishing the previous exchange, or be closing
-                if sender.ready().await.is_err() {
-                    continue;
-                }
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(leased(up, sender, resp, reuse)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(Failed::sent(UpstreamError::Exchange(e.into_error()))),
-                    },
+            while let Some(conn) = pool::take(up, now) {
+                match self.send_on(conn, req, reuse).await {
+                    Ok(resp) => return Ok(resp),
+                    // the pooled connection had been closed: nothing was sent
+                    Err(Failed {
+                        unsent: Some(unsent),
+                        ..
+                    }) => req = *unsent,
+                    Err(f) => return Err(f),
                 }
             }
             if let Some(slot) = up.try_open(limits.max_connections) {
                 drop(queued);
-                return self
-                    .send_on_new(up, req, reuse, connect_timeout, slot)
-                    .await;
+                // boxed, as the wait below: connecting (and TLS) has a large state that would
+                // otherwise be part of every request's future, which is moved by value
+                return Box::pin(self.send_on_new(up, req, reuse, connect_timeout, slot)).await;
             }
             if queued.is_none() {
                 match up.try_queue(limits.max_pending) {
@@ -178,10 +179,13 @@ impl UpstreamClient {
             }
             match Waiter::new(up.id) {
                 Some(w) => {
-                    tokio::select! {
-                        () = w.returned() => {}
-                        () = freed => {}
-                    }
+                    Box::pin(async {
+                        tokio::select! {
+                            () = w.returned() => {}
+                            () = freed => {}
+                        }
+                    })
+                    .await
                 }
                 None => freed.await,
             }
@@ -208,47 +212,69 @@ impl UpstreamClient {
         req: Request<UpstreamBody>,
         reuse: Reuse,
         connect_timeout: Duration,
-        slot: ConnSlot,
+        mut slot: ConnSlot,
     ) -> Result<Response<PooledBody>, Failed> {
-        let mut sender = match self.open(up, connect_timeout, slot).await {
-            Ok(s) => s,
+        let io = match self.connector.connect(up, connect_timeout, false).await {
+            Ok(io) => io,
             Err(e) => return Err(Failed::unsent(e, req)),
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(leased(up, sender, resp, reuse)),
-            Err(mut e) => match e.take_message() {
-                // the new connection closed before the request was written
-                Some(unsent) => Err(Failed::unsent(
-                    UpstreamError::Exchange(e.into_error()),
-                    unsent,
-                )),
-                None => Err(Failed::sent(UpstreamError::Exchange(e.into_error()))),
-            },
+        slot.opened();
+        self.send_on(Conn::new(io, slot), req, reuse).await
+    }
+
+    /// One exchange on `conn`: on this task ([`crate::h1`]), or for an upgrade over hyper's
+    /// client, which then owns the connection (it is never pooled again).
+    async fn send_on(
+        &self,
+        conn: Box<Conn>,
+        req: Request<UpstreamBody>,
+        reuse: Reuse,
+    ) -> Result<Response<PooledBody>, Failed> {
+        if reuse == Reuse::Never {
+            let Some((io, slot)) = (*conn).into_io() else {
+                return Err(Failed::unsent(
+                    UpstreamError::Exchange(ExchangeError::Closed),
+                    req,
+                ));
+            };
+            return Box::pin(self.upgrade_on(io, slot, req)).await;
+        }
+        match h1::exchange(conn, req, true).await {
+            Ok(resp) => Ok(resp.map(PooledBody::direct)),
+            Err((e, Some(unsent))) => Err(Failed::unsent(UpstreamError::Exchange(e), unsent)),
+            Err((e, None)) => Err(Failed::sent(UpstreamError::Exchange(e))),
         }
     }
 
-    async fn open(
+    /// Send an upgrade request over hyper's HTTP/1.1 client on `io`; its driver task keeps the
+    /// connection (and `slot`) until the tunnel ends.
+    async fn upgrade_on(
         &self,
-        up: &UpstreamState,
-        connect_timeout: Duration,
-        mut slot: ConnSlot,
-    ) -> Result<Sender, UpstreamError> {
-        let stream = self.connector.connect(up, connect_timeout, false).await?;
-        let (sender, conn) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        slot.opened();
-        // the driver runs on this worker's runtime, beside the requests that use it; the slot
-        // counts the connection until it closes
+        io: UpstreamIo,
+        slot: ConnSlot,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let (mut sender, conn) = match self.builder.handshake(TokioIo::new(io)).await {
+            Ok(h) => h,
+            Err(e) => return Err(Failed::unsent(UpstreamError::Handshake(e), req)),
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
             drop(slot);
         });
-        Ok(sender)
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| PooledBody::hyper(body, Some(Lease::new(sender))))),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let error = UpstreamError::Exchange(ExchangeError::Hyper(e.into_error()));
+                match unsent {
+                    Some(unsent) => Err(Failed::unsent(error, unsent)),
+                    None => Err(Failed::sent(error)),
+                }
+            }
+        }
     }
 
     /// Send `req` (already in HTTP/2 form: absolute URI, version 2) to `up` on a stream of one
@@ -279,7 +305,7 @@ impl UpstreamClient {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| Failed::sent(UpstreamError::Exchange(e)))?;
+            .map_err(|e| Failed::sent(UpstreamError::Exchange(ExchangeError::Hyper(e))))?;
         Ok(resp.map(|body| PooledBody::stream(body, slot)))
     }
 
@@ -301,14 +327,4 @@ impl UpstreamClient {
         });
         Ok(sender)
     }
-}
-
-fn leased(
-    up: &Arc<UpstreamState>,
-    sender: Sender,
-    resp: Response<hyper::body::Incoming>,
-    reuse: Reuse,
-) -> Response<PooledBody> {
-    let lease = Lease::new(up.clone(), sender, reuse == Reuse::Pool);
-    resp.map(|body| PooledBody::new(body, Some(lease)))
 }

@@ -348,8 +348,9 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         coarse: Option<CoarseSleep>,
-        #[pin]
-        tokio: Option<tokio::time::Sleep>,
+        // boxed: only outside the per-core workers (tests, `serve`); inline it would make
+        // every request's future larger, and that future is moved by value
+        tokio: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -365,7 +366,7 @@ pub fn within<F: Future>(deadline: Instant, fut: F) -> Within<F> {
         Within {
             fut,
             coarse: None,
-            tokio: Some(tokio::time::sleep_until(deadline.into())),
+            tokio: Some(Box::pin(tokio::time::sleep_until(deadline.into()))),
         }
     }
 }
@@ -383,8 +384,8 @@ impl<F: Future> Future for Within<F> {
                 return Poll::Ready(Err(Elapsed));
             }
         }
-        if let Some(s) = this.tokio.as_pin_mut() {
-            if s.poll(cx).is_ready() {
+        if let Some(s) = this.tokio {
+            if s.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Elapsed));
             }
         }

@@ -430,12 +430,16 @@ impl Proxy {
             retries += 1;
             req = *unsent;
             if let (true, Some(until)) = (holding, hold_until) {
-                tokio::time::sleep(pause).await;
-                if !up.is_serving() {
-                    // the executor saw the crash: its restart's readiness ends the wait
-                    let left = until.saturating_duration_since(Instant::now());
-                    let _ = tokio::time::timeout(left, up.wait_ready()).await;
-                }
+                // boxed: a rare wait, kept out of every request's future
+                Box::pin(async {
+                    tokio::time::sleep(pause).await;
+                    if !up.is_serving() {
+                        // the executor saw the crash: its restart's readiness ends the wait
+                        let left = until.saturating_duration_since(Instant::now());
+                        let _ = tokio::time::timeout(left, up.wait_ready()).await;
+                    }
+                })
+                .await;
                 pause = (pause * 2).min(HOLD_PAUSE_MAX);
                 continue;
             }
@@ -501,15 +505,7 @@ fn head_copy(req: &Request<crate::body::UpstreamBody>) -> Request<crate::body::U
 /// Whether a sent request failed before a complete response head: the connection closed or
 /// was reset while the proxy waited for it.
 fn reset_before_response(e: &UpstreamError) -> bool {
-    let UpstreamError::Exchange(e) = e else {
-        return false;
-    };
-    if e.is_incomplete_message() {
-        return true;
-    }
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+    matches!(e, UpstreamError::Exchange(e) if e.is_reset())
 }
 
 /// Phase 1: resolve the branch context, the service, the route and the upstream.

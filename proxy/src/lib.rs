@@ -16,6 +16,7 @@ pub mod drain;
 pub mod edge_metrics;
 pub mod forward;
 pub mod grpc;
+pub mod h1;
 pub mod h2pool;
 pub mod headers;
 pub mod lifecycle;

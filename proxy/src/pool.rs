@@ -8,6 +8,7 @@
 //! upstream at its connection limit) registers here and is woken when one is returned.
 
 use crate::body::{poll_idle, BodyError, IdleGuard, UpstreamBody};
+use crate::h1::{Conn, ResponseBody};
 use crate::h2pool::StreamSlot;
 use crate::upstream::UpstreamState;
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// The request half of an upstream connection.
+/// The request half of a hyper client connection (one carrying an upgrade).
 pub type Sender = SendRequest<UpstreamBody>;
 
 /// Idle connections kept per upstream and worker; a surplus connection is closed on return.
@@ -33,7 +34,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 pub(crate) const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Idle {
-    sender: Sender,
+    conn: Box<Conn>,
     since: Instant,
     /// The upstream's epoch when it was pooled.
     epoch: u32,
@@ -59,7 +60,7 @@ impl LocalPools {
         self.by_upstream.retain(|_, stack| {
             stack
                 .idle
-                .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
+                .retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.conn.is_closed());
             !stack.idle.is_empty() || stack.waiters > 0
         });
     }
@@ -75,18 +76,18 @@ thread_local! {
 /// Take this thread's most recently returned connection to upstream `id`, skipping closed and
 /// expired ones. `now` is the request's start time (no extra clock read). Most recent first, so
 /// a surplus of connections after a burst goes unused and expires.
-pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Sender> {
+pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Box<Conn>> {
     let (id, epoch) = (up.id, up.epoch());
     POOLS
         .try_with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
             let stack = p.by_upstream.get_mut(&id)?;
-            while let Some(idle) = stack.idle.pop() {
-                if !idle.sender.is_closed()
-                    && idle.epoch == epoch
+            while let Some(mut idle) = stack.idle.pop() {
+                if idle.epoch == epoch
                     && now.saturating_duration_since(idle.since) < IDLE_TIMEOUT
+                    && !idle.conn.is_closed()
                 {
-                    return Some(idle.sender);
+                    return Some(idle.conn);
                 }
             }
             None
@@ -99,10 +100,7 @@ pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Sender> {
 /// waiting for one, or idle. While requests of another worker wait for a connection to `up`
 /// (its limit reached) and none of this one's do, the connection is closed instead, which
 /// makes room for them to open one.
-pub(crate) fn put(up: &UpstreamState, sender: Sender) {
-    if sender.is_closed() {
-        return;
-    }
+pub(crate) fn put(up: &UpstreamState, conn: Box<Conn>) {
     let id = up.id;
     let now = Instant::now();
     // during thread teardown the pool may be gone: the connection is then simply closed
@@ -115,11 +113,11 @@ pub(crate) fn put(up: &UpstreamState, sender: Sender) {
         }
         let stack = p.by_upstream.entry(id).or_default();
         if stack.waiters == 0 && up.connections().1 > 0 {
-            return; // dropping the sender closes the connection
+            return; // dropping it closes the connection
         }
         if stack.idle.len() < MAX_IDLE {
             stack.idle.push(Idle {
-                sender,
+                conn,
                 since: now,
                 epoch: up.epoch(),
             });
@@ -193,33 +191,64 @@ pub fn idle_local(id: u64) -> usize {
         .unwrap_or(0)
 }
 
-/// A connection on loan for one exchange.
+/// The request half of a hyper connection carrying an upgrade, kept until the tunnel is set
+/// up (the connection is never reused).
 pub(crate) struct Lease {
-    upstream: Arc<UpstreamState>,
-    sender: Sender,
-    /// False for a connection that carried an upgrade: it is never reused.
-    reusable: bool,
+    _sender: Sender,
 }
 
 impl Lease {
-    pub(crate) fn new(upstream: Arc<UpstreamState>, sender: Sender, reusable: bool) -> Lease {
-        Lease {
-            upstream,
-            sender,
-            reusable,
+    pub(crate) fn new(sender: Sender) -> Lease {
+        Lease { _sender: sender }
+    }
+}
+
+/// Where an upstream response body comes from.
+enum Inner {
+    /// Read on the request's task from a pooled HTTP/1.1 connection ([`crate::h1`]), which it
+    /// returns to the pool at its end.
+    Direct(ResponseBody),
+    /// From hyper's client (an upgrade's response, an HTTP/2 stream).
+    Hyper(Incoming),
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Inner::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Upstream(Box::new(e))),
+            Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Read),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Direct(b) => b.is_end_stream(),
+            Inner::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Direct(b) => b.size_hint(),
+            Inner::Hyper(b) => b.size_hint(),
         }
     }
 }
 
-/// An upstream response body that returns its connection to the pool once read to the end.
+/// An upstream response body, under the response body idle timeout.
 pub struct PooledBody {
-    body: Incoming,
+    body: Inner,
     lease: Option<Lease>,
     /// The stream this body holds on a multiplexed HTTP/2 connection.
     _slot: Option<StreamSlot>,
-    /// The body yielded its last frame (a chunked body's end is not visible in
-    /// `is_end_stream`).
-    done: bool,
     /// The response body idle timeout (off until the request path sets it).
     idle: IdleGuard,
     /// Counted when the body stalls.
@@ -227,27 +256,29 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
-    pub(crate) fn new(body: Incoming, lease: Option<Lease>) -> PooledBody {
+    fn with(body: Inner, lease: Option<Lease>, slot: Option<StreamSlot>) -> PooledBody {
         PooledBody {
             body,
             lease,
-            _slot: None,
-            done: false,
+            _slot: slot,
             idle: IdleGuard::off(),
             stalls: None,
         }
     }
 
+    /// A body read from its HTTP/1.1 connection on the request's task.
+    pub(crate) fn direct(body: ResponseBody) -> PooledBody {
+        PooledBody::with(Inner::Direct(body), None, None)
+    }
+
+    /// A body from hyper's HTTP/1.1 client, holding `lease` (an upgrade).
+    pub(crate) fn hyper(body: Incoming, lease: Option<Lease>) -> PooledBody {
+        PooledBody::with(Inner::Hyper(body), lease, None)
+    }
+
     /// The body of an HTTP/2 response holding `slot` on its connection until dropped.
     pub(crate) fn stream(body: Incoming, slot: StreamSlot) -> PooledBody {
-        PooledBody {
-            body,
-            lease: None,
-            _slot: Some(slot),
-            done: false,
-            idle: IdleGuard::off(),
-            stalls: None,
-        }
+        PooledBody::with(Inner::Hyper(body), None, Some(slot))
     }
 
     /// Allow at most `timeout` between two chunks (zero: no limit); past it the body fails
@@ -265,6 +296,14 @@ impl PooledBody {
     pub(crate) fn take_lease(&mut self) -> Option<Lease> {
         self.lease.take()
     }
+
+    /// Whether the body has been read to its end (its connection, if pooled, returned).
+    pub fn is_done(&self) -> bool {
+        match &self.body {
+            Inner::Direct(b) => b.is_done(),
+            Inner::Hyper(b) => b.is_end_stream(),
+        }
+    }
 }
 
 impl Body for PooledBody {
@@ -277,41 +316,22 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = poll_idle(Pin::new(&mut this.body), &mut this.idle, cx);
-        match &polled {
-            Poll::Ready(None) => this.done = true,
-            // trailers are the last frame; a reader may stop without polling again
-            Poll::Ready(Some(Ok(f))) if f.is_trailers() => this.done = true,
-            // a failed or stalled exchange leaves the connection in an unknown state: dropping
-            // the lease (and then the body) closes it
-            Poll::Ready(Some(Err(e))) => {
-                this.lease = None;
-                if let BodyError::Idle(t) = e {
-                    if let Some(c) = this.stalls {
-                        c.inc();
-                    }
-                    tracing::info!(timeout = ?t, "upstream response body stalled: cut");
-                }
+        // a failed or stalled exchange leaves the connection in an unknown state: dropping
+        // the body closes it
+        if let Poll::Ready(Some(Err(BodyError::Idle(t)))) = &polled {
+            if let Some(c) = this.stalls {
+                c.inc();
             }
-            _ => {}
+            tracing::info!(timeout = ?t, "upstream response body stalled: cut");
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.body.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if let Some(l) = self.lease.take() {
-            if l.reusable && (self.done || self.body.is_end_stream()) {
-                put(&l.upstream, l.sender);
-            }
-        }
     }
 }

@@ -113,6 +113,11 @@ pub(crate) struct ConnSlot {
 }
 
 impl ConnSlot {
+    /// The upstream it counts against.
+    pub(crate) fn upstream(&self) -> &Arc<UpstreamState> {
+        &self.up
+    }
+
     /// The connection is open: it no longer counts against the connect concurrency.
     pub(crate) fn opened(&mut self) {
         if std::mem::take(&mut self.opening) {
