@@ -12,7 +12,7 @@
 //! ([`UpstreamError::Overloaded`]).
 
 use crate::body::UpstreamBody;
-use crate::h1::{self, Conn, ExchangeError};
+use crate::h1::{self, Added, Conn, ExchangeError};
 use crate::h2pool::{self, H2Sender, Next};
 use crate::pool::{self, Lease, PooledBody, Waiter};
 use crate::upstream::{ConnSlot, ConnectError, Connector, UpstreamState};
@@ -127,10 +127,12 @@ impl UpstreamClient {
     /// Send `req` to `up` over a pooled connection if this worker has one, else a new one
     /// opened within `connect_timeout` when `limits` allow, else once one is returned (the
     /// caller's deadline bounds the wait). `now` is the request's start time.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         up: &Arc<UpstreamState>,
         mut req: Request<UpstreamBody>,
+        added: &Added,
         reuse: Reuse,
         now: Instant,
         connect_timeout: Duration,
@@ -139,7 +141,7 @@ impl UpstreamClient {
         let mut queued = None;
         loop {
             while let Some(conn) = pool::take(up, now) {
-                match self.send_on(conn, req, reuse).await {
+                match self.send_on(conn, req, added, reuse).await {
                     Ok(resp) => return Ok(resp),
                     // the pooled connection had been closed: nothing was sent
                     Err(Failed {
@@ -153,7 +155,8 @@ impl UpstreamClient {
                 drop(queued);
                 // boxed, as the wait below: connecting (and TLS) has a large state that would
                 // otherwise be part of every request's future, which is moved by value
-                return Box::pin(self.send_on_new(up, req, reuse, connect_timeout, slot)).await;
+                let new = self.send_on_new(up, req, added, reuse, connect_timeout, slot);
+                return Box::pin(new).await;
             }
             if queued.is_none() {
                 match up.try_queue(limits.max_pending) {
@@ -202,7 +205,8 @@ impl UpstreamClient {
         connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, Failed> {
         let slot = up.open_unbounded();
-        self.send_on_new(up, req, reuse, connect_timeout, slot)
+        let added = Added::default();
+        self.send_on_new(up, req, &added, reuse, connect_timeout, slot)
             .await
     }
 
@@ -210,6 +214,7 @@ impl UpstreamClient {
         &self,
         up: &Arc<UpstreamState>,
         req: Request<UpstreamBody>,
+        added: &Added,
         reuse: Reuse,
         connect_timeout: Duration,
         mut slot: ConnSlot,
@@ -219,15 +224,17 @@ impl UpstreamClient {
             Err(e) => return Err(Failed::unsent(e, req)),
         };
         slot.opened();
-        self.send_on(Conn::new(io, slot), req, reuse).await
+        self.send_on(Conn::new(io, slot), req, added, reuse).await
     }
 
-    /// One exchange on `conn`: on this task ([`crate::h1`]), or for an upgrade over hyper's
-    /// client, which then owns the connection (it is never pooled again).
+    /// One exchange on `conn`: on this task ([`crate::h1`]), with `added` written after the
+    /// request's fields, or for an upgrade over hyper's client, which then owns the connection
+    /// (it is never pooled again; an upgrade's fields are all in its map).
     async fn send_on(
         &self,
         conn: Box<Conn>,
         req: Request<UpstreamBody>,
+        added: &Added,
         reuse: Reuse,
     ) -> Result<Response<PooledBody>, Failed> {
         if reuse == Reuse::Never {
@@ -239,7 +246,7 @@ impl UpstreamClient {
             };
             return Box::pin(self.upgrade_on(io, slot, req)).await;
         }
-        match h1::exchange(conn, req, true).await {
+        match h1::exchange(conn, req, added, true).await {
             Ok(resp) => Ok(resp.map(PooledBody::direct)),
             Err((e, Some(unsent))) => Err(Failed::unsent(UpstreamError::Exchange(e), unsent)),
             Err((e, None)) => Err(Failed::sent(UpstreamError::Exchange(e))),

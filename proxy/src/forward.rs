@@ -13,6 +13,7 @@ use crate::client::{Limits, Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
 use crate::grpc::{self, Code};
+use crate::h1::Added;
 use crate::headers::{self, HeaderError};
 use crate::lifecycle::WAKE_CHANNEL_CAPACITY;
 use crate::metrics::KindLabel;
@@ -262,7 +263,8 @@ impl Proxy {
             Some(t) => t.min(policy.request_timeout),
             None => policy.request_timeout,
         };
-        prepare(snap, &d, &mut req, conn, upgrade, h2)
+        let mut added = Added::default();
+        prepare(snap, &d, &mut req, conn, upgrade, h2, &mut added)
             .map_err(|e| LocalReply::bad_request(format!("the request names {e}")))?;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
@@ -275,7 +277,17 @@ impl Proxy {
         let idle = self.options.request_body_idle_timeout;
         let stalls = Some(&self.stalls.request);
         let req = req.map(|b| Either::Left(RequestBody::new(b, idle, stalls)));
-        let attempts = self.attempts(snap, &mut d, req, h2, reuse, start, connect_timeout, limits);
+        let attempts = self.attempts(
+            snap,
+            &mut d,
+            req,
+            &added,
+            h2,
+            reuse,
+            start,
+            connect_timeout,
+            limits,
+        );
         let mut resp = match deadline::within(start + timeout, attempts).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
@@ -349,6 +361,7 @@ impl Proxy {
         snap: &'s Snapshot,
         d: &mut Decision<'s>,
         mut req: Request<crate::body::UpstreamBody>,
+        added: &Added,
         h2: bool,
         reuse: Reuse,
         start: Instant,
@@ -383,9 +396,9 @@ impl Proxy {
                 if h2 {
                     self.client.send_h2(up, req, connect_timeout).await
                 } else {
-                    let sent = self
-                        .client
-                        .send(up, req, reuse, start, connect_timeout, limits);
+                    let sent =
+                        self.client
+                            .send(up, req, added, reuse, start, connect_timeout, limits);
                     sent.await
                 }
             };
@@ -644,6 +657,7 @@ fn prepare(
     conn: &ConnInfo,
     upgrade: bool,
     h2: bool,
+    added: &mut Added,
 ) -> Result<(), HeaderError> {
     let version = req.version();
     if let Some(a) = target_authority(req.uri()) {
@@ -670,19 +684,38 @@ fn prepare(
             conn.trust.metrics.stripped.inc();
         }
     }
+    let policy = &d.route.policy;
+    // fields the request lacks go after it in an HTTP/1.1 head the proxy writes itself (see
+    // `Added`); into the map for HTTP/2, upgrades (hyper's client) and routes that set or
+    // remove fields (those apply to the added ones too)
+    let mut added =
+        (!h2 && !upgrade && policy.remove_headers.is_empty() && policy.set_headers.is_empty())
+            .then_some(added);
     let h = req.headers_mut();
     headers::strip_request(h, upgrade, &snap.rules.header)?;
-    headers::append_forwarded_for(h, &conn.peer_ip);
-    if d.trusted {
-        h.entry(headers::X_FORWARDED_PROTO)
-            .or_insert_with(|| conn.proto.clone());
-    } else {
+    add_field(
+        h,
+        &mut added,
+        headers::X_FORWARDED_FOR,
+        &conn.peer_ip,
+        |h| headers::append_forwarded_for(h, &conn.peer_ip),
+    );
+    if !d.trusted {
         // an untrusted client does not say how it reached us
-        h.insert(headers::X_FORWARDED_PROTO, conn.proto.clone());
+        h.remove(headers::X_FORWARDED_PROTO);
     }
-    h.append(header::VIA, headers::via(version));
-    propagate_context(snap, d, h);
-    let policy = &d.route.policy;
+    add_field(
+        h,
+        &mut added,
+        headers::X_FORWARDED_PROTO,
+        &conn.proto,
+        |_| {},
+    );
+    let via = (header::VIA, headers::via(version));
+    if let Err((name, value)) = push(&mut added, via) {
+        h.append(name, value);
+    }
+    propagate_context(snap, d, h, added);
     for name in policy.remove_headers.iter() {
         h.remove(name);
     }
@@ -693,6 +726,33 @@ fn prepare(
         to_h2_form(req, &d.upstream.key);
     }
     Ok(())
+}
+
+/// Give the request field `name: value` unless it has one (then `present` decides): in
+/// `added` when there is one, else in the map.
+fn add_field(
+    h: &mut http::HeaderMap,
+    added: &mut Option<&mut Added>,
+    name: HeaderName,
+    value: &HeaderValue,
+    present: impl FnOnce(&mut http::HeaderMap),
+) {
+    if h.contains_key(&name) {
+        present(h);
+    } else if let Err((name, value)) = push(added, (name, value.clone())) {
+        h.insert(name, value);
+    }
+}
+
+/// Put a field in `added`, if there is one with room; else it is given back.
+fn push(
+    added: &mut Option<&mut Added>,
+    (name, value): (HeaderName, HeaderValue),
+) -> Result<(), (HeaderName, HeaderValue)> {
+    match added {
+        Some(a) => a.push(name, value),
+        None => Err((name, value)),
+    }
 }
 
 /// Put an (origin-form, HTTP/1.1) upstream request in HTTP/2 form: the host moves from `Host`
@@ -738,7 +798,12 @@ fn origin_form(uri: &Uri) -> Uri {
 /// baggage member with the branch (every other member kept). With no context, a branch header
 /// or baggage member the request carried was malformed: it is removed, so the next hop cannot
 /// read what this one ignored.
-fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap) {
+fn propagate_context(
+    snap: &Snapshot,
+    d: &Decision<'_>,
+    h: &mut http::HeaderMap,
+    added: Option<&mut Added>,
+) {
     let key = &*snap.rules.baggage_key;
     let Some((name, _)) = &d.branch else {
         h.remove(&snap.rules.header);
@@ -774,7 +839,10 @@ fn propagate_context(snap: &Snapshot, d: &Decision<'_>, h: &mut http::HeaderMap)
                     HeaderValue::from_str(&m).ok()
                 });
             if let Some(m) = member {
-                e.insert(m);
+                let mut added = added;
+                if let Err((_, m)) = push(&mut added, (BAGGAGE, m)) {
+                    e.insert(m);
+                }
             }
         }
         Entry::Occupied(mut e) => {

@@ -298,10 +298,48 @@ fn hex_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
 
 fn write_fields(out: &mut Vec<u8>, h: &HeaderMap) {
     for (name, value) in h {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
+    }
+}
+
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Fields the proxy adds to a request for an HTTP/1.1 upstream (`X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `Via`, the `baggage` member), written after the request's own fields.
+/// Kept out of the request's `HeaderMap`: hyper sizes that map for the fields the client sent,
+/// so inserting four more would grow and rehash it on every request.
+#[derive(Debug, Default)]
+pub struct Added {
+    fields: [Option<(HeaderName, HeaderValue)>; 4],
+    len: usize,
+}
+
+impl Added {
+    /// Add a field, if it fits; else it is given back.
+    pub(crate) fn push(
+        &mut self,
+        name: HeaderName,
+        value: HeaderValue,
+    ) -> Result<(), (HeaderName, HeaderValue)> {
+        match self.fields.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some((name, value));
+                self.len += 1;
+                Ok(())
+            }
+            None => Err((name, value)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields[..self.len]
+            .iter()
+            .filter_map(|f| f.as_ref().map(|(n, v)| (n, v)))
     }
 }
 
@@ -313,12 +351,13 @@ pub(crate) type Failure = (ExchangeError, Option<Request<UpstreamBody>>);
 pub(crate) async fn exchange(
     mut conn: Box<Conn>,
     req: Request<UpstreamBody>,
+    added: &Added,
     reuse: bool,
 ) -> Result<Response<ResponseBody>, Failure> {
     let reused = conn.served > 0;
     conn.served = conn.served.saturating_add(1);
     let head_only = req.method() == Method::HEAD;
-    let (framing, mut keep) = encode_head(&req, &mut conn.wbuf);
+    let (framing, mut keep) = encode_head(&req, added, &mut conn.wbuf);
     let keep_request_head = reused && idempotent(req.method()) && framing == Framing::Empty;
     // the head goes out first; a failure there sent nothing of the request on a reused
     // connection the upstream had closed, so the request comes back for another connection
@@ -414,7 +453,7 @@ fn idempotent(m: &Method) -> bool {
 
 /// Write the request head into `out`; returns the body's framing and whether the request lets
 /// the connection be reused.
-fn encode_head(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> (Framing, bool) {
+fn encode_head(req: &Request<UpstreamBody>, added: &Added, out: &mut Vec<u8>) -> (Framing, bool) {
     let h = req.headers();
     let mut keep = true;
     for v in h.get_all(header::CONNECTION) {
@@ -450,6 +489,9 @@ fn encode_head(req: &Request<UpstreamBody>, out: &mut Vec<u8>) -> (Framing, bool
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out, h);
+    for (name, value) in added.iter() {
+        write_field(out, name, value);
+    }
     if let Some(n) = add {
         use std::io::Write as _;
         let _ = write!(out, "content-length: {n}\r\n");

@@ -27,7 +27,7 @@ const TRANSFER_ENCODING_BIT: u8 = 1 << 5;
 /// naming more is refused rather than searched name by name.
 pub const MAX_CONNECTION_OPTIONS: usize = 64;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers a client's `Connection` may not remove: the proxy keeps them (Host, the framing,
