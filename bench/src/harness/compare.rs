@@ -165,6 +165,10 @@ pub fn arrangements() -> Vec<Arrangement> {
             loads: vec![
                 sat(Proto::H2c, false),
                 grpc(Shape::Unary),
+                Load::GrpcH2load {
+                    conns: 8,
+                    streams: 16,
+                },
                 grpc(Shape::Stream),
                 grpc(Shape::Client),
             ],

@@ -44,6 +44,10 @@ pub enum Load {
         conns: u32,
         streams: u32,
     },
+    /// Unary gRPC-shaped POSTs from `h2load` (`-d` a file holding one length-prefixed message,
+    /// `content-type: application/grpc`, `te: trailers`): a faster generator than
+    /// [`Load::Grpc`], but h2load checks only the HTTP status, not `grpc-status`.
+    GrpcH2load { conns: u32, streams: u32 },
 }
 
 impl Load {
@@ -62,6 +66,7 @@ impl Load {
             }
             Load::Rate { proto, rps, .. } => format!("{} {rps}/s", p(proto)),
             Load::Grpc { shape, .. } => format!("grpc {} sat", shape.label()),
+            Load::GrpcH2load { .. } => "grpc unary h2load sat".to_string(),
         }
     }
 
@@ -76,6 +81,7 @@ impl Load {
                 proto: Proto::H2c,
                 ..
             } | Load::Grpc { .. }
+                | Load::GrpcH2load { .. }
         )
     }
 }
@@ -130,12 +136,45 @@ pub fn run(load: &Load, addr: SocketAddr, ctx: &GenCtx) -> anyhow::Result<Outcom
             streams,
         } => h2load(addr, large, Proto::H2c, conns, streams, None, ctx),
         Load::Rate { proto, rps, conns } => h2load(addr, false, proto, conns, 1, Some(rps), ctx),
+        Load::GrpcH2load { conns, streams } => grpc_h2load(addr, conns, streams, ctx),
         Load::Grpc {
             shape,
             conns,
             streams,
         } => grpc(addr, shape, conns, streams, ctx),
     }
+}
+
+fn grpc_h2load(
+    addr: SocketAddr,
+    conns: u32,
+    streams: u32,
+    ctx: &GenCtx,
+) -> anyhow::Result<Outcome> {
+    let msg = ctx.dir.join("grpc-unary.bin");
+    std::fs::write(&msg, super::upstream::GRPC_MESSAGE)?;
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, &ctx.tools.h2load);
+    cmd.arg("-t")
+        .arg(ctx.threads.to_string())
+        .arg("-c")
+        .arg(conns.max(ctx.threads).to_string())
+        .arg("-m")
+        .arg(streams.max(1).to_string())
+        .arg("-D")
+        .arg(ctx.duration_s.to_string())
+        .arg("-H")
+        .arg(BRANCH_HEADER)
+        .arg("-H")
+        .arg("content-type: application/grpc")
+        .arg("-H")
+        .arg("te: trailers")
+        .arg("-d")
+        .arg(&msg)
+        .arg(format!("http://{addr}/bench.Bench/Unary"));
+    let (out, cpu) = run_bounded_cpu("h2load", cmd, ctx.dir, timeout(ctx))?;
+    let mut o = parse_h2load(&out).with_context(|| format!("reading h2load output:\n{out}"))?;
+    o.gen_cpu_s = cpu;
+    Ok(o)
 }
 
 fn grpc(
