@@ -6,7 +6,7 @@
 mod harness;
 
 use clap::{Parser, Subcommand};
-use harness::{changes, compare, environments, fleet, instructions, upstream};
+use harness::{changes, compare, environments, fleet, grpcload, instructions, upstream};
 
 #[derive(Parser)]
 #[command(version, about = "MicroStax load harness")]
@@ -30,6 +30,9 @@ enum Cmd {
     /// The fast upstream (started by `compare`; prints its addresses on the first line).
     #[command(hide = true)]
     Upstream(upstream::Args),
+    /// The gRPC load generator (started by `compare`; prints one result line).
+    #[command(hide = true)]
+    GrpcLoad(grpcload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Environments(args) => environments::run(args),
         Cmd::Fleet(args) => fleet::run(args),
         Cmd::Upstream(args) => upstream::run(args),
+        Cmd::GrpcLoad(args) => grpcload::run(args),
     }
 }

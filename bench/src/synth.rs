@@ -146,8 +146,21 @@ impl Spec {
 /// default service for any other Host) with `baseline` as its baseline endpoint, and one branch
 /// per `(name, endpoint)` overriding it. The branch is chosen by `x-microstax-branch`.
 pub fn header_routing(baseline: &str, branches: &[(&str, &str)]) -> Layers {
+    header_routing_over(baseline, branches, None)
+}
+
+/// [`header_routing`] with the service's upstream protocol (`policy.protocol`, e.g. `http2`),
+/// which the branches inherit.
+pub fn header_routing_over(
+    baseline: &str,
+    branches: &[(&str, &str)],
+    protocol: Option<&str>,
+) -> Layers {
+    let policy = protocol.map_or(String::new(), |p| {
+        format!("    policy: {{protocol: {p}}}\n")
+    });
     let org = format!(
-        "kind: org\nrouting: {{default_service: app}}\nservices:\n  app:\n    hosts: [app]\n    endpoints: [\"{baseline}\"]\n"
+        "kind: org\nrouting: {{default_service: app}}\nservices:\n  app:\n    hosts: [app]\n    endpoints: [\"{baseline}\"]\n{policy}"
     );
     let branches = branches
         .iter()
@@ -218,6 +231,9 @@ mod tests {
         );
         let cfg = l.config()?;
         assert!(cfg.branch_id("b2").is_some());
+        let l = header_routing_over("127.0.0.1:9000", &[("b1", "127.0.0.1:9001")], Some("http2"));
+        assert!(l.org.contains("policy: {protocol: http2}"));
+        l.config()?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! under callgrind ([`super::instructions`]) once and adds them as their own row. The summary is
 //! printed and written as markdown, JSON and SVG.
 
+use super::grpcload::Shape;
 use super::instructions::{self, Callgrind};
 use super::load::{self, GenCtx, Load, Proto};
 use super::procfs;
@@ -35,7 +36,7 @@ pub struct Args {
     /// Systems to run (default all).
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<System>,
-    /// Arrangements to run by name (default all): iso-1w, sidecar-1w, shared-2w.
+    /// Arrangements to run by name (default all): iso-1w, sidecar-1w, shared-2w, h2up-1w.
     #[arg(long, value_delimiter = ',')]
     pub arrangements: Vec<String>,
     /// The microstax binary (default: built with cargo, or found next to this binary).
@@ -58,6 +59,10 @@ pub struct Args {
     /// --quick); 0 leaves the row out. Needs valgrind; without it the row is left out, noted.
     #[arg(long)]
     pub instructions: Option<u64>,
+    /// Only the loads whose id contains one of these (e.g. `grpc,h2c 2B`; default all); an
+    /// arrangement left with no load is skipped.
+    #[arg(long, value_delimiter = ',')]
+    pub loads: Vec<String>,
 }
 
 /// The arrangement and load names of the callgrind row.
@@ -73,6 +78,8 @@ pub struct Arrangement {
     pub proxy_cpus: &'static str,
     pub upstream_cpus: &'static str,
     pub gen_threads: u32,
+    /// The proxies speak HTTP/2 (prior knowledge) to the upstream.
+    pub upstream_h2: bool,
     pub loads: Vec<Load>,
 }
 
@@ -100,6 +107,12 @@ pub fn arrangements() -> Vec<Arrangement> {
         rps,
         conns: if rps <= 1_000 { 1 } else { 10 },
     };
+    // gRPC calls with the same concurrency as the h2c saturation load.
+    let grpc = |shape| Load::Grpc {
+        shape,
+        conns: 8,
+        streams: 16,
+    };
     vec![
         Arrangement {
             name: "iso-1w",
@@ -109,6 +122,7 @@ pub fn arrangements() -> Vec<Arrangement> {
             proxy_cpus: "1",
             upstream_cpus: "0",
             gen_threads: 1,
+            upstream_h2: false,
             loads: vec![sat(Proto::H1, false), sat(Proto::H1, true), sat(Proto::H2c, false)],
         },
         Arrangement {
@@ -119,6 +133,7 @@ pub fn arrangements() -> Vec<Arrangement> {
             proxy_cpus: "1",
             upstream_cpus: "1",
             gen_threads: 1,
+            upstream_h2: false,
             loads: vec![
                 rate(Proto::H1, 1_000),
                 rate(Proto::H1, 10_000),
@@ -135,7 +150,28 @@ pub fn arrangements() -> Vec<Arrangement> {
             proxy_cpus: "0,1",
             upstream_cpus: "0,1",
             gen_threads: 2,
+            upstream_h2: false,
             loads: vec![sat(Proto::H1, false), sat(Proto::H2c, false)],
+        },
+        Arrangement {
+            name: "h2up-1w",
+            what: "1 worker; HTTP/2 (h2c prior knowledge) to the upstream; proxy alone on core 1; load generator and upstream on core 0",
+            workers: 1,
+            gen_cpus: "0",
+            proxy_cpus: "1",
+            upstream_cpus: "0",
+            gen_threads: 1,
+            upstream_h2: true,
+            loads: vec![
+                sat(Proto::H2c, false),
+                grpc(Shape::Unary),
+                Load::GrpcH2load {
+                    conns: 8,
+                    streams: 16,
+                },
+                grpc(Shape::Stream),
+                grpc(Shape::Client),
+            ],
         },
     ]
 }
@@ -163,10 +199,20 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     if !args.arrangements.is_empty() {
         for a in &args.arrangements {
             if !arrs.iter().any(|x| x.name == a) {
-                bail!("unknown arrangement `{a}`: use iso-1w, sidecar-1w or shared-2w");
+                bail!("unknown arrangement `{a}`: use iso-1w, sidecar-1w, shared-2w or h2up-1w");
             }
         }
         arrs.retain(|x| args.arrangements.iter().any(|a| a == x.name));
+    }
+    if !args.loads.is_empty() {
+        for a in &mut arrs {
+            a.loads
+                .retain(|l| args.loads.iter().any(|want| l.id().contains(want.as_str())));
+        }
+        arrs.retain(|a| !a.loads.is_empty());
+        if arrs.is_empty() {
+            bail!("no load matches --loads {}", args.loads.join(","));
+        }
     }
     Ok(Plan {
         quiet_wait: args
@@ -296,7 +342,7 @@ fn run_arrangement(
                 plan.rounds,
                 sys.label()
             );
-            match run_system(sys, arr, round, addrs, upstream.pid(), ctx) {
+            match run_system(sys, arr, round, addrs, upstream.pid(), ctx, notes) {
                 Ok(s) => samples.extend(s),
                 Err(e) => {
                     let note = format!("{} {} round {round} failed: {e:#}", arr.name, sys.label());
@@ -449,6 +495,7 @@ fn run_system(
     ups: Upstreams,
     upstream_pid: u32,
     ctx: &RunCtx,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Sample>> {
     let start = StartCtx {
         tools: ctx.tools,
@@ -460,9 +507,10 @@ fn run_system(
         filler_branches: ctx.filler_branches,
         wrapper: &[],
         start_timeout: systems::START_TIMEOUT,
+        upstream_h2: arr.upstream_h2,
     };
     let mut running = systems::start(sys, &start)?;
-    let result = drive(&mut running, arr, round, upstream_pid, ctx);
+    let result = drive(&mut running, arr, round, upstream_pid, ctx, notes);
     running.stop();
     result
 }
@@ -473,6 +521,7 @@ fn drive(
     round: usize,
     upstream_pid: u32,
     ctx: &RunCtx,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Sample>> {
     let sys = running.system;
     let mut out = Vec::new();
@@ -514,20 +563,7 @@ fn drive(
         ..gen
     };
     for l in &arr.loads {
-        let addr = if matches!(
-            l,
-            Load::Saturation {
-                proto: Proto::H2c,
-                ..
-            } | Load::Rate {
-                proto: Proto::H2c,
-                ..
-            }
-        ) {
-            running.h2c
-        } else {
-            running.h1
-        };
+        let addr = if l.is_h2c() { running.h2c } else { running.h1 };
         let me = std::process::id();
         let (machine0, t0) = (procfs::machine_busy_seconds(), Instant::now());
         let (up0, me0) = (
@@ -553,6 +589,16 @@ fn drive(
             cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0) + (up1 - up0) + (me1 - me0) + o.gen_cpu_s;
         let foreign = ((machine1 - machine0) - ours).max(0.0) / wall.as_secs_f64().max(1e-3);
         let id = l.id();
+        if let Some(e) = o.first_error.as_deref().filter(|_| o.errors > 0) {
+            let note = format!(
+                "{} {id} {} round {round}: {} failed calls (not counted as throughput); first: {e}",
+                arr.name,
+                sys.label(),
+                o.errors
+            );
+            eprintln!("{note}");
+            notes.push(note);
+        }
         push(&id, Metric::Rps, o.rps);
         push(&id, Metric::Errors, o.errors as f64);
         push(&id, Metric::Foreign, foreign);

@@ -184,6 +184,7 @@ pub fn measure(sys: System, env: &Env, settings: &Settings) -> anyhow::Result<Me
         filler_branches: settings.branches.saturating_sub(2),
         wrapper: &wrapper,
         start_timeout: START_TIMEOUT,
+        upstream_h2: false,
     };
     let mut running = systems::start(sys, &start)?;
     let result = count(&mut running, env.callgrind, settings, &dir);

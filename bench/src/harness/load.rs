@@ -3,6 +3,7 @@
 //! per-request log gives the latency percentiles). Every request carries
 //! `x-microstax-branch: b1`, so every request goes through the branch match.
 
+use super::grpcload::{self, Shape};
 use super::procs::{pinned, run_bounded_cpu};
 use super::tools::Tools;
 use anyhow::{bail, Context as _};
@@ -36,6 +37,17 @@ pub enum Load {
     },
     /// A fixed total request rate spread over `conns` connections.
     Rate { proto: Proto, rps: u32, conns: u32 },
+    /// gRPC calls as fast as they go over h2c: `conns` connections, `streams` calls in flight on
+    /// each, every call checked (the harness's own generator, [`super::grpcload`]).
+    Grpc {
+        shape: Shape,
+        conns: u32,
+        streams: u32,
+    },
+    /// Unary gRPC-shaped POSTs from `h2load` (`-d` a file holding one length-prefixed message,
+    /// `content-type: application/grpc`, `te: trailers`): a faster generator than
+    /// [`Load::Grpc`], but h2load checks only the HTTP status, not `grpc-status`.
+    GrpcH2load { conns: u32, streams: u32 },
 }
 
 impl Load {
@@ -53,7 +65,24 @@ impl Load {
                 format!("{} {}k/s", p(proto), rps / 1000)
             }
             Load::Rate { proto, rps, .. } => format!("{} {rps}/s", p(proto)),
+            Load::Grpc { shape, .. } => format!("grpc {} sat", shape.label()),
+            Load::GrpcH2load { .. } => "grpc unary h2load sat".to_string(),
         }
+    }
+
+    /// Whether the load speaks h2c (goes to a system's h2c listener).
+    pub fn is_h2c(&self) -> bool {
+        matches!(
+            self,
+            Load::Saturation {
+                proto: Proto::H2c,
+                ..
+            } | Load::Rate {
+                proto: Proto::H2c,
+                ..
+            } | Load::Grpc { .. }
+                | Load::GrpcH2load { .. }
+        )
     }
 }
 
@@ -72,6 +101,10 @@ pub struct Outcome {
     pub p999_us: Option<f64>,
     /// CPU seconds the generator itself used.
     pub gen_cpu_s: f64,
+    /// gRPC messages received in checked calls (gRPC loads only).
+    pub messages: Option<u64>,
+    /// The first failure a gRPC load saw, if any.
+    pub first_error: Option<String>,
 }
 
 /// Where and how long to run a generator.
@@ -103,7 +136,80 @@ pub fn run(load: &Load, addr: SocketAddr, ctx: &GenCtx) -> anyhow::Result<Outcom
             streams,
         } => h2load(addr, large, Proto::H2c, conns, streams, None, ctx),
         Load::Rate { proto, rps, conns } => h2load(addr, false, proto, conns, 1, Some(rps), ctx),
+        Load::GrpcH2load { conns, streams } => grpc_h2load(addr, conns, streams, ctx),
+        Load::Grpc {
+            shape,
+            conns,
+            streams,
+        } => grpc(addr, shape, conns, streams, ctx),
     }
+}
+
+fn grpc_h2load(
+    addr: SocketAddr,
+    conns: u32,
+    streams: u32,
+    ctx: &GenCtx,
+) -> anyhow::Result<Outcome> {
+    let msg = ctx.dir.join("grpc-unary.bin");
+    std::fs::write(&msg, super::upstream::GRPC_MESSAGE)?;
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, &ctx.tools.h2load);
+    cmd.arg("-t")
+        .arg(ctx.threads.to_string())
+        .arg("-c")
+        .arg(conns.max(ctx.threads).to_string())
+        .arg("-m")
+        .arg(streams.max(1).to_string())
+        .arg("-D")
+        .arg(ctx.duration_s.to_string())
+        .arg("-H")
+        .arg(BRANCH_HEADER)
+        .arg("-H")
+        .arg("content-type: application/grpc")
+        .arg("-H")
+        .arg("te: trailers")
+        .arg("-d")
+        .arg(&msg)
+        .arg(format!("http://{addr}/bench.Bench/Unary"));
+    let (out, cpu) = run_bounded_cpu("h2load", cmd, ctx.dir, timeout(ctx))?;
+    let mut o = parse_h2load(&out).with_context(|| format!("reading h2load output:\n{out}"))?;
+    o.gen_cpu_s = cpu;
+    Ok(o)
+}
+
+fn grpc(
+    addr: SocketAddr,
+    shape: Shape,
+    conns: u32,
+    streams: u32,
+    ctx: &GenCtx,
+) -> anyhow::Result<Outcome> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = pinned(&ctx.tools.taskset, ctx.cpus, &exe);
+    cmd.arg("grpc-load")
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--shape")
+        .arg(match shape {
+            Shape::Unary => "unary",
+            Shape::Stream => "stream",
+            Shape::Client => "client",
+        })
+        .arg("--conns")
+        .arg(conns.max(ctx.threads).to_string())
+        .arg("--streams")
+        .arg(streams.to_string())
+        .arg("--threads")
+        .arg(ctx.threads.to_string())
+        .arg("--duration")
+        .arg(ctx.duration_s.to_string());
+    let (out, cpu) = run_bounded_cpu("grpc-load", cmd, ctx.dir, timeout(ctx))?;
+    let (mut o, messages, first) =
+        grpcload::parse(&out).with_context(|| format!("reading grpc-load output:\n{out}"))?;
+    o.gen_cpu_s = cpu;
+    o.messages = Some(messages);
+    o.first_error = (!first.is_empty()).then_some(first);
+    Ok(o)
 }
 
 fn url(addr: SocketAddr, large: bool) -> String {

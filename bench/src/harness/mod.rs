@@ -4,6 +4,7 @@ pub mod changes;
 pub mod compare;
 pub mod environments;
 pub mod fleet;
+pub mod grpcload;
 pub mod h1client;
 pub mod instructions;
 pub mod load;

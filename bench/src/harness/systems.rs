@@ -74,6 +74,10 @@ pub struct StartCtx<'a> {
     pub wrapper: &'a [OsString],
     /// How long the system may take to listen and to answer each routing probe.
     pub start_timeout: Duration,
+    /// Speak HTTP/2 (prior knowledge) to the upstream instead of HTTP/1.1: MicroStax
+    /// `policy.protocol: http2`, nginx `grpc_pass` (its only HTTP/2 upstream module), HAProxy
+    /// `proto h2` on the server lines.
+    pub upstream_h2: bool,
 }
 
 impl StartCtx<'_> {
@@ -161,6 +165,7 @@ fn start_nginx(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Running
         h2c,
         &ctx.upstreams,
         &fillers,
+        ctx.upstream_h2,
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -187,7 +192,14 @@ fn start_haproxy(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Runni
     if let Some(m) = &map {
         std::fs::write(m, haproxy_map(&fillers))?;
     }
-    let cfg = haproxy_cfg(ctx.workers, h1, h2c, &ctx.upstreams, map.as_deref());
+    let cfg = haproxy_cfg(
+        ctx.workers,
+        h1,
+        h2c,
+        &ctx.upstreams,
+        map.as_deref(),
+        ctx.upstream_h2,
+    );
     std::fs::write(&path, cfg)?;
     let mut cmd = ctx.command(haproxy);
     cmd.arg("-f").arg(&path).arg("-db");
@@ -210,7 +222,8 @@ fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Run
     let fillers: Vec<String> = ctx.fillers().collect();
     let mut branches = vec![("b1", b1.as_str()), ("b2", b2.as_str())];
     branches.extend(fillers.iter().map(|f| (f.as_str(), b2.as_str())));
-    let layers = synth::header_routing(&u.baseline.to_string(), &branches);
+    let protocol = ctx.upstream_h2.then_some("http2");
+    let layers = synth::header_routing_over(&u.baseline.to_string(), &branches, protocol);
     let config = dir.path().join("config");
     layers.write_dir(&config)?;
     let addr = loopback(free_port()?);
@@ -252,7 +265,10 @@ pub struct NginxProcs {
 /// nginx: one master (idle) and `workers` workers, or one process without a master; upstream
 /// keep-alive; no request limit per connection (nginx closes keep-alive connections after 1000
 /// requests by default, which would add reconnects the other systems do not pay). Each filler
-/// branch is one more `map` entry to the `b2` upstream.
+/// branch is one more `map` entry to the `b2` upstream. With `upstream_h2` the location uses
+/// `grpc_pass grpc://` instead of `proxy_pass`: nginx's proxy module speaks only HTTP/1.x to
+/// upstreams, and its gRPC module, which speaks HTTP/2 to them, is its only way to reach an h2c
+/// upstream (it forwards any request, not only gRPC ones, and keeps the upstream `keepalive`).
 pub fn nginx_conf(
     dir: &Path,
     procs: NginxProcs,
@@ -260,7 +276,13 @@ pub fn nginx_conf(
     h2c: SocketAddr,
     u: &Upstreams,
     fillers: &[String],
+    upstream_h2: bool,
 ) -> String {
+    let pass = if upstream_h2 {
+        "grpc_pass grpc://$microstax_backend;"
+    } else {
+        "proxy_pass http://$microstax_backend;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";"
+    };
     let d = dir.display();
     let (workers, master) = (procs.workers, if procs.master { "on" } else { "off" });
     let mut map = String::new();
@@ -300,9 +322,7 @@ http {{
         listen {h1};
         listen {h2c} http2;
         location / {{
-            proxy_pass http://$microstax_backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {pass}
         }}
     }}
 }}
@@ -316,14 +336,17 @@ http {{
 /// HAProxy: one process with `workers` threads, HTTP mode, h2c on its own bind line. Without a
 /// map file the branch is chosen by one ACL per branch; with one (filler branches) by a lookup
 /// of the header in the map (`branch backend` lines, see [`haproxy_map`]), an ebtree lookup
-/// rather than 1,000 ACLs tried in turn.
+/// rather than 1,000 ACLs tried in turn. With `upstream_h2` every server line has `proto h2`
+/// (HTTP/2 prior knowledge to the upstream).
 pub fn haproxy_cfg(
     workers: usize,
     h1: SocketAddr,
     h2c: SocketAddr,
     u: &Upstreams,
     map: Option<&Path>,
+    upstream_h2: bool,
 ) -> String {
+    let proto = if upstream_h2 { " proto h2" } else { "" };
     let choose = match map {
         None => "    use_backend branch_b1 if { req.hdr(x-microstax-branch) -m str b1 }\n    use_backend branch_b2 if { req.hdr(x-microstax-branch) -m str b2 }\n".to_string(),
         Some(m) => format!(
@@ -346,11 +369,11 @@ frontend fe
     bind {h2c} proto h2
 {choose}    default_backend baseline
 backend baseline
-    server s0 {base}
+    server s0 {base}{proto}
 backend branch_b1
-    server s1 {b1}
+    server s1 {b1}{proto}
 backend branch_b2
-    server s2 {b2}
+    server s2 {b2}{proto}
 "#,
         base = u.baseline,
         b1 = u.b1,
@@ -479,6 +502,7 @@ mod tests {
             loopback(2),
             &ups(),
             &fillers,
+            false,
         );
         assert!(c.contains("master_process off;"));
         assert!(c.contains("        br-1 branch_b2;\n    }"));
@@ -493,20 +517,26 @@ mod tests {
             loopback(2),
             &ups(),
             &[],
+            true,
         );
         assert!(c.contains("worker_processes 2;\n") && c.contains("master_process on;"));
+        assert!(c.contains("grpc_pass grpc://$microstax_backend;") && !c.contains("proxy_pass"));
     }
 
     #[test]
     fn haproxy_uses_a_map_only_with_fillers() {
-        let c = haproxy_cfg(1, loopback(1), loopback(2), &ups(), None);
+        let c = haproxy_cfg(1, loopback(1), loopback(2), &ups(), None, false);
         assert!(c.contains("use_backend branch_b1 if { req.hdr(x-microstax-branch) -m str b1 }"));
+        assert!(!c.contains("proto h2\nbackend"));
+        let c = haproxy_cfg(1, loopback(1), loopback(2), &ups(), None, true);
+        assert!(c.contains("server s1 127.0.0.1:9001 proto h2\n"));
         let c = haproxy_cfg(
             1,
             loopback(1),
             loopback(2),
             &ups(),
             Some(Path::new("/t/m.map")),
+            false,
         );
         assert!(c.contains("map_str(/t/m.map,baseline)") && !c.contains(" if {"));
         assert_eq!(

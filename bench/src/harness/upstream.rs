@@ -4,19 +4,26 @@
 //! that answered in `x-upstream`, so the harness can check that a proxy routed a branch header
 //! to the right upstream.
 //!
+//! A gRPC call (`content-type: application/grpc...`) is answered as gRPC ([`grpc_answer`]):
+//! length-prefixed messages and a `grpc-status: 0` trailer; `/bench.Bench/Unary` and
+//! `/bench.Bench/ClientStream` answer one message, `/bench.Bench/Stream` [`STREAM_MESSAGES`].
+//!
 //! It prints `role=addr ...` as its first stdout line, then serves until its stdin closes (the
 //! harness holds the other end, so the upstream cannot outlive the harness) or it is killed.
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use http::HeaderMap;
 use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 
 /// Size of the large body.
@@ -88,16 +95,110 @@ async fn accept_loop(listener: TcpListener, tag: HeaderValue) {
     }
 }
 
+/// Messages of one `/bench.Bench/Stream` answer.
+pub const STREAM_MESSAGES: usize = 10;
+/// The gRPC message every answer carries: `ok` behind its 5-byte length prefix.
+pub const GRPC_MESSAGE: [u8; 7] = [0, 0, 0, 0, 2, b'o', b'k'];
+static GRPC_STREAM: [u8; 7 * STREAM_MESSAGES] = {
+    let mut a = [0u8; 7 * STREAM_MESSAGES];
+    let mut i = 0;
+    while i < STREAM_MESSAGES {
+        let mut j = 0;
+        while j < 7 {
+            a[i * 7 + j] = GRPC_MESSAGE[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    a
+};
+
+/// A body of one data frame and then trailers (a gRPC answer).
+pub struct DataThenTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl DataThenTrailers {
+    /// `data` (left out when empty), then `trailers`.
+    pub fn new(data: Bytes, trailers: HeaderMap) -> Self {
+        DataThenTrailers {
+            data: (!data.is_empty()).then_some(data),
+            trailers: Some(trailers),
+        }
+    }
+}
+
+impl Body for DataThenTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// Whether a request is a gRPC call.
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Answer a gRPC call: read the request's messages whole, then the messages of the method and
+/// `grpc-status: 0` (or `12`, UNIMPLEMENTED, for another method).
+async fn grpc_answer(req: Request<Incoming>, tag: HeaderValue) -> Response<DataThenTrailers> {
+    let path = req.uri().path().to_string();
+    let _ = req.into_body().collect().await;
+    let (data, status) = match path.as_str() {
+        "/bench.Bench/Unary" | "/bench.Bench/ClientStream" => {
+            (Bytes::from_static(&GRPC_MESSAGE), "0")
+        }
+        "/bench.Bench/Stream" => (Bytes::from_static(&GRPC_STREAM), "0"),
+        _ => (Bytes::new(), "12"),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    let mut resp = Response::new(DataThenTrailers::new(data, trailers));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("x-upstream", tag);
+    resp
+}
+
 async fn answer(
     req: Request<Incoming>,
     tag: HeaderValue,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<DataThenTrailers>, Infallible> {
+    if is_grpc(&req) {
+        return Ok(grpc_answer(req, tag).await);
+    }
     let body = if req.uri().path().starts_with("/large") {
         Bytes::from_static(&LARGE)
     } else {
         Bytes::from_static(b"ok")
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(DataThenTrailers {
+        data: Some(body),
+        trailers: None,
+    });
     resp.headers_mut().insert("x-upstream", tag);
     Ok(resp)
 }
