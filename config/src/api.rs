@@ -15,8 +15,7 @@ pub fn version(text: &str) -> Result<Version, String> {
 
 /// Parse a `requires` value.
 pub fn requirement(text: &str) -> Result<VersionReq, String> {
-    VersionReq::parse(text.trim())
-        .map_err(|e| format!("`{text}` is not a semver requirement: {e}"))
+    VersionReq::parse(text.trim()).map_err(|e| format!("`{text}` is not a semver requirement: {e}"))
 }
 
 /// Whether `api` (a version) meets `req` (a requirement); unparsable values never do.

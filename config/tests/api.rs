@@ -40,14 +40,19 @@ fn a_bad_version_names_file_line_and_field() {
 
 #[test]
 fn a_bad_requirement_and_a_non_dependency_are_errors() {
-    let org = ORG.replace("requires: {orders: \"^2\"}", "requires: {orders: \"^^2\", payments: \"1\"}");
+    let org = ORG.replace(
+        "requires: {orders: \"^2\"}",
+        "requires: {orders: \"^^2\", payments: \"1\"}",
+    );
     let e = errors(&[("org.yaml", &org)]);
     assert!(
         e.contains("org.yaml:7: services.web.requires.orders: `^^2` is not a semver requirement"),
         "{e}"
     );
     assert!(
-        e.contains("services.web.requires.payments: `payments` is not one of the service's depends_on"),
+        e.contains(
+            "services.web.requires.payments: `payments` is not one of the service's depends_on"
+        ),
         "{e}"
     );
     let branch = "services:\n  orders:\n    requires: {web: \"^1\"}\n";
@@ -60,7 +65,8 @@ fn a_bad_requirement_and_a_non_dependency_are_errors() {
 
 #[test]
 fn a_branch_changes_api_and_requires_with_provenance() {
-    let branch = "services:\n  orders:\n    api: \"3.0.0\"\n  web:\n    requires: {orders: \"^3\"}\n";
+    let branch =
+        "services:\n  orders:\n    api: \"3.0.0\"\n  web:\n    requires: {orders: \"^3\"}\n";
     let cfg = build(&[("org.yaml", ORG), ("branches/b.yaml", branch)]).unwrap();
     let b = cfg.layer_id("b").unwrap();
     let o = cfg.effective(b, "orders").unwrap();
@@ -69,7 +75,10 @@ fn a_branch_changes_api_and_requires_with_provenance() {
     assert_eq!(api.origin.line, 3);
     let w = cfg.effective(b, "web").unwrap();
     assert_eq!(w.requires["orders"].value, "^3");
-    assert_eq!(cfg.effective(0, "web").unwrap().requires["orders"].value, "^2");
+    assert_eq!(
+        cfg.effective(0, "web").unwrap().requires["orders"].value,
+        "^2"
+    );
     assert!(microstax_config::api::satisfies("2.3.0", "^2"));
     assert!(!microstax_config::api::satisfies("3.0.0", "^2"));
 }

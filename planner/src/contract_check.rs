@@ -15,13 +15,9 @@ pub(crate) fn check(config: &Config, id: LayerIdx, file: &Arc<str>) -> Result<()
         layers.extend(config.children(layers[i]));
         i += 1;
     }
-    let uses = config.layers().any(|l| {
-        l.doc
-            .doc
-            .services
-            .values()
-            .any(|s| !s.requires.is_empty())
-    });
+    let uses = config
+        .layers()
+        .any(|l| l.doc.doc.services.values().any(|s| !s.requires.is_empty()));
     if !uses {
         return Ok(());
     }

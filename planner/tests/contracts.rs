@@ -32,7 +32,8 @@ fn plan(branch: &str) -> microstax_planner::Plan {
 fn a_compatible_change_plans() {
     let p = plan("services:\n  orders:\n    api: \"2.4.0\"\n");
     assert!(p.economics.refused.is_none(), "{}", p.to_table());
-    let both = plan("services:\n  orders:\n    api: \"3.0.0\"\n  web:\n    requires: {orders: \"^3\"}\n");
+    let both =
+        plan("services:\n  orders:\n    api: \"3.0.0\"\n  web:\n    requires: {orders: \"^3\"}\n");
     assert!(both.economics.refused.is_none(), "{}", both.to_table());
 }
 
@@ -46,5 +47,9 @@ fn an_incompatible_callee_under_an_unchanged_caller_is_refused_with_the_edge() {
         "{all}\n{}",
         r.reason
     );
-    assert!(p.to_table().contains("route web -> orders"), "{}", p.to_table());
+    assert!(
+        p.to_table().contains("route web -> orders"),
+        "{}",
+        p.to_table()
+    );
 }
