@@ -53,3 +53,21 @@ fn an_incompatible_callee_under_an_unchanged_caller_is_refused_with_the_edge() {
         p.to_table()
     );
 }
+
+#[test]
+fn a_local_caller_needing_more_than_the_parent_serves_is_refused() {
+    let p = plan("services:\n  web:\n    local: \"127.0.0.1:9\"\n    requires: {orders: \"^3\"}\n");
+    let r = p.economics.refused.as_ref().expect("refused");
+    assert!(
+        r.reason.contains("contracts cannot all be met"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.conflicting.iter().any(|c| c.starts_with(
+            "route web -> orders: orders serves api 2.3.0 (services.orders.api, baseline (org.yaml:11))"
+        ) && c.contains("requirement ^3 (services.web.requires.orders, branch/b (branches/b.yaml:4))")),
+        "{:?}",
+        r.conflicting
+    );
+}
