@@ -3,6 +3,7 @@
 //! with provenance. The compiled routing table it is compiled into lives in `microstax-table`
 //! (re-exported here) so that the data plane builds without this crate and its YAML parsers.
 
+pub mod api;
 mod catalog;
 pub mod economics;
 pub mod environments;

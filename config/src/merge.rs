@@ -57,6 +57,10 @@ pub struct Effective {
     pub migrations: Vec<Sourced<MigrationDoc>>,
     /// Message contracts changed along the lineage, topic -> version.
     pub contracts: BTreeMap<String, Sourced<String>>,
+    /// The API version the service serves (the nearest layer's).
+    pub api: Option<Sourced<String>>,
+    /// What it requires of its callees, callee -> semver requirement (key by key).
+    pub requires: BTreeMap<String, Sourced<String>>,
 }
 
 /// One flattened field of an [`Effective`], for display and diffing.
@@ -185,6 +189,12 @@ impl Effective {
         }
         for (k, v) in &self.contracts {
             push(format!("contracts.{k}"), v.value.clone(), &v.origin);
+        }
+        if let Some(a) = &self.api {
+            push("api".into(), a.value.clone(), &a.origin);
+        }
+        for (k, v) in &self.requires {
+            push(format!("requires.{k}"), v.value.clone(), &v.origin);
         }
         out
     }
@@ -332,6 +342,21 @@ fn apply_service(e: &mut Effective, s: &ServiceDoc, at: &dyn Fn(&str) -> Origin,
             },
         );
     }
+    if let Some(a) = &s.api {
+        e.api = Some(Sourced {
+            value: a.clone(),
+            origin: at(&format!("{base}.api")),
+        });
+    }
+    for (k, v) in &s.requires {
+        e.requires.insert(
+            k.clone(),
+            Sourced {
+                value: v.clone(),
+                origin: at(&format!("{base}.requires.{k}")),
+            },
+        );
+    }
 }
 
 impl Config {
@@ -386,6 +411,8 @@ impl Config {
             upstream_tls: None,
             migrations: Vec::new(),
             contracts: BTreeMap::new(),
+            api: None,
+            requires: BTreeMap::new(),
         };
         if let Some(d) = &org.doc.doc.defaults {
             apply_policy(&mut e, d, &|p| org.origin(p), "defaults");

@@ -293,6 +293,14 @@ pub struct ServiceDoc {
     /// Branch only: message contracts changed by this layer, topic -> contract version.
     #[serde(default)]
     pub contracts: BTreeMap<String, String>,
+    /// The version of the API the service serves to its callers (semver, e.g. `2.3.0`); set
+    /// in the org layer, changed by a team or branch layer.
+    pub api: Option<String>,
+    /// What the service needs of the services it calls: callee -> semver requirement (e.g.
+    /// `payments: "^2"`); each key must be one of its `depends_on`. Merged key by key along
+    /// the lineage.
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
 }
 
 /// A data store used by a service.

@@ -117,6 +117,7 @@ impl Config {
                 );
             }
             check_service_values(&doc, &base, s, report);
+            crate::api::check_service(&doc, &base, s, &cat.depends_on, report);
             for (i, m) in s.migrations.iter().enumerate() {
                 if !cat.stores.iter().any(|st| st.name == m.store) {
                     let field = format!("{base}.migrations.{i}.store");

@@ -40,6 +40,7 @@ impl Config {
             }
             check_service_values(&doc, &base, s, report);
             crate::economics::check_service(&doc, &base, s, report);
+            crate::api::check_service(&doc, &base, s, &s.depends_on, report);
             for f in ["local", "migrations", "contracts"] {
                 if doc.spans.has(&format!("{base}.{f}")) {
                     report.at(

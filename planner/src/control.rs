@@ -463,6 +463,8 @@ fn apply_one(cfg: &Config, c: &Change) -> Result<(Config, LayerIdx), ConfigError
             let (next, id) = cfg.upsert((**doc).clone())?;
             // a write that takes its team over budget is refused, never trimmed
             crate::budget::check(&next, id, &doc.file)?;
+            // so is one that leaves a branch's routes with an incompatible contract
+            crate::contract_check::check(&next, id, &doc.file)?;
             Ok((next, id))
         }
         Change::Remove { name, origin } => {

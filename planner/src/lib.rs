@@ -8,6 +8,7 @@
 pub mod admin;
 mod budget;
 pub mod compile;
+mod contract_check;
 pub mod control;
 pub mod cost;
 mod decision;

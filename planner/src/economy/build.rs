@@ -372,6 +372,14 @@ pub(crate) fn choose(
         }
     }
     b.implications(plan);
+    let fixed = super::contracts::constrain(
+        config,
+        idx,
+        &planner.catalog,
+        plan,
+        &b.decision,
+        &mut b.problem,
+    );
     let budget = config.budget(idx);
     if let (Some(bu), Some(used)) = (&budget, others) {
         b.problem.budgets.push(Budget {
@@ -439,6 +447,13 @@ pub(crate) fn choose(
             None
         }
     };
+    if !fixed.is_empty() && econ.refused.is_none() {
+        econ.refused = Some(Refusal {
+            reason: "the routes' contracts cannot all be met: no choice of this branch serves every caller a compatible api".into(),
+            conflicting: fixed,
+            without_budget: None,
+        });
+    }
     if let Some(bu) = &budget {
         let used = others.unwrap_or_default();
         let (cost, inst) = solution.as_ref().map_or((0, 0), |s| (s.cost, s.instances));

@@ -7,6 +7,7 @@
 //! Costs are integer micro-units per hour at the layer's [`microstax_config::economics::Prices`].
 
 mod build;
+mod contracts;
 
 pub use crate::solve::Usage;
 pub(crate) use build::choose;
