@@ -37,6 +37,7 @@ fn spec(id: &str, service: &str, branch: &str) -> InstanceSpec {
         ]),
         cpu_millis: Some(250),
         memory_mib: Some(256),
+        replicas: 1,
     }
 }
 
