@@ -304,9 +304,10 @@ impl Reconciler {
     /// Whether `id` (an instance or one of its replicas) is one the desired state asks for.
     fn wanted(&self, desired: &Desired, id: &InstanceId) -> bool {
         let (_, k) = id.replica_of();
-        desired.instances.get(&id.base()).is_some_and(|d| {
-            k == 0 || (k < d.spec.replicas && !self.executor.runs_replicas())
-        })
+        desired
+            .instances
+            .get(&id.base())
+            .is_some_and(|d| k == 0 || (k < d.spec.replicas && !self.executor.runs_replicas()))
     }
 
     fn release_instances(&self, st: &mut State, desired: &Desired, now: Instant, pass: &mut Pass) {
