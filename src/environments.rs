@@ -227,9 +227,12 @@ pub(crate) async fn keep_converged(
             if now.saturating_duration_since(last) >= idle && !runtime.is_parked(id) {
                 tracing::info!(instance = %id.short(), service = %d.spec.service, "idle: scaled to zero");
                 runtime.park(id);
-                proxy.set_asleep(addr, true);
-                asleep.insert(id.clone());
-                ready_since.remove(id);
+                // every replica's upstream sleeps with it
+                for (r, addr) in view.placements.iter().filter(|(r, _)| r.base() == *id) {
+                    proxy.set_asleep(addr, true);
+                    asleep.insert(r.clone());
+                    ready_since.remove(r);
+                }
             }
         }
     }

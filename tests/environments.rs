@@ -525,3 +525,58 @@ async fn a_store_without_settings_keeps_its_users_from_starting_and_says_why() {
     );
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
+    // the reliability floor: a branch-local api runs two replicas
+    let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
+    let org = org.replace("    run:\n", "    min_replicas: 2\n    run:\n");
+    std::fs::write(cfg.join("org.yaml"), org).unwrap();
+    write_branch(&cfg, "feat", "on");
+    let (child, proxy, admin) = setup.run(&[]).await;
+    let c = h1_client();
+    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
+    let pids = wait_for(DEADLINE, "two ready replicas", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        let list = v["instances"].as_array()?.clone();
+        let ready: Vec<u64> = list
+            .iter()
+            .filter(|i| i["state"] == "ready")
+            .filter_map(|i| i["pid"].as_u64())
+            .collect();
+        (ready.len() == 2).then_some(ready)
+    })
+    .await;
+    assert_ne!(pids[0], pids[1]);
+    // both replicas answer through the proxy (bounded: 200 requests)
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.text());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // one replica crashes: requests keep succeeding, and it comes back with a new pid
+    signal(pids[1], rustix::process::Signal::KILL);
+    for i in 0..20 {
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "request {i} after the crash: {}", r.text());
+    }
+    wait_for(DEADLINE, "the crashed replica restarted", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        let list = v["instances"].as_array()?.clone();
+        let ready: Vec<u64> = list
+            .iter()
+            .filter(|i| i["state"] == "ready")
+            .filter_map(|i| i["pid"].as_u64())
+            .collect();
+        (ready.len() == 2 && ready.contains(&pids[0]) && !ready.contains(&pids[1])).then_some(())
+    })
+    .await;
+    stop_bin(child).await;
+}

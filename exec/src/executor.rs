@@ -23,6 +23,14 @@ pub trait Executor: Send + Sync {
     /// is then pushed on [`Executor::changes`].
     fn ensure(&self, spec: &InstanceSpec) -> Result<std::sync::Arc<str>, ExecError>;
 
+    /// Whether one [`Executor::ensure`] runs every replica of a spec behind one address (the
+    /// kubernetes executor: one Deployment with `replicas: N` behind its Service). When not, the
+    /// reconciler ensures each replica as an instance of its own ([`InstanceId::replica`]), on
+    /// its own address with its own readiness.
+    fn runs_replicas(&self) -> bool {
+        false
+    }
+
     /// Stop the instance. Idempotent: an unknown id is not an error.
     fn stop(&self, id: &InstanceId) -> Result<(), ExecError>;
 

@@ -214,7 +214,7 @@ pub fn object_name(spec: &InstanceSpec) -> String {
 }
 
 fn name_for(service: &str, id: &InstanceId) -> String {
-    let short = dns_chars(id.short(), 12);
+    let short = dns_chars(&id.short(), 12);
     let room = MAX_LABEL - short.len() - 1;
     format!("{}-{short}", dns_label(service, room))
 }
@@ -284,7 +284,7 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
         .ok_or_else(|| unrunnable("no image".into()))?;
     let port = opts.container_port;
     let name = object_name(spec);
-    let short = spec.id.short();
+    let short = &spec.id.short();
 
     let selector = json!({
         "app.kubernetes.io/managed-by": MANAGED_BY,
@@ -400,7 +400,7 @@ fn render(spec: &InstanceSpec, opts: &KubernetesOptions) -> Result<Vec<Value>, E
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": 1,
+            "replicas": spec.replicas.max(1),
             "selector": { "matchLabels": selector },
             "template": {
                 "metadata": { "labels": labels, "annotations": annotations },
@@ -454,6 +454,10 @@ impl KubernetesExecutor {
 impl Executor for KubernetesExecutor {
     fn name(&self) -> &'static str {
         "kubernetes"
+    }
+
+    fn runs_replicas(&self) -> bool {
+        true
     }
 
     fn ensure(&self, spec: &InstanceSpec) -> Result<Arc<str>, ExecError> {

@@ -249,7 +249,6 @@ impl Reconciler {
             .map(|o| (o.id, o.state))
             .collect();
         for (id, want) in &desired.instances {
-            st.released.remove(id);
             let spec = match bind_stores(want, &st.stores, &st.store_failures) {
                 Ok(spec) => spec,
                 Err(reason) => {
@@ -261,26 +260,54 @@ impl Reconciler {
                     continue;
                 }
             };
-            match observed.get(id) {
-                // still stopping (given back, then needed again): started once it is gone
-                Some(InstanceState::Stopping) => continue,
-                Some(_) if st.placed.contains_key(id) => continue,
-                _ => {}
-            }
-            match self.executor.ensure(&spec) {
-                Ok(addr) => {
-                    let new = st.placed.insert(id.clone(), addr).is_none();
-                    if new || !observed.contains_key(id) {
-                        pass.started.push(id.clone());
-                    }
+            for spec in self.replicas(spec) {
+                let id = &spec.id;
+                st.released.remove(id);
+                match observed.get(id) {
+                    // still stopping (given back, then needed again): started once it is gone
+                    Some(InstanceState::Stopping) => continue,
+                    Some(_) if st.placed.contains_key(id) => continue,
+                    _ => {}
                 }
-                Err(e) => pass.failures.push(Failure::Instance {
-                    id: id.clone(),
-                    service: want.spec.service.clone(),
-                    reason: e.to_string(),
-                }),
+                match self.executor.ensure(&spec) {
+                    Ok(addr) => {
+                        let new = st.placed.insert(id.clone(), addr).is_none();
+                        if new || !observed.contains_key(id) {
+                            pass.started.push(id.clone());
+                        }
+                    }
+                    Err(e) => pass.failures.push(Failure::Instance {
+                        id: id.clone(),
+                        service: want.spec.service.clone(),
+                        reason: e.to_string(),
+                    }),
+                }
             }
         }
+    }
+
+    /// What to ensure for `spec`: itself, when the executor runs its replicas behind one
+    /// address (or it has one), else one instance per replica, each under its replica id.
+    fn replicas(&self, spec: InstanceSpec) -> Vec<InstanceSpec> {
+        if spec.replicas <= 1 || self.executor.runs_replicas() {
+            return vec![spec];
+        }
+        (0..spec.replicas)
+            .map(|k| InstanceSpec {
+                id: spec.id.replica(k),
+                replicas: 1,
+                ..spec.clone()
+            })
+            .collect()
+    }
+
+    /// Whether `id` (an instance or one of its replicas) is one the desired state asks for.
+    fn wanted(&self, desired: &Desired, id: &InstanceId) -> bool {
+        let (_, k) = id.replica_of();
+        desired
+            .instances
+            .get(&id.base())
+            .is_some_and(|d| k == 0 || (k < d.spec.replicas && !self.executor.runs_replicas()))
     }
 
     fn release_instances(&self, st: &mut State, desired: &Desired, now: Instant, pass: &mut Pass) {
@@ -294,7 +321,7 @@ impl Reconciler {
             .chain(st.placed.keys().cloned())
             .collect();
         for id in known {
-            if desired.instances.contains_key(&id) {
+            if self.wanted(desired, &id) {
                 continue;
             }
             let since = *st.released.entry(id.clone()).or_insert(now);

@@ -13,9 +13,42 @@ use std::time::{Duration, SystemTime};
 pub struct InstanceId(pub Arc<str>);
 
 impl InstanceId {
-    /// The short form (12 hex digits) used in names, labels and logs.
-    pub fn short(&self) -> &str {
-        self.0.get(..12).unwrap_or(&self.0)
+    /// The short form (12 hex digits, and `.k` for replica k) used in names, labels and logs.
+    pub fn short(&self) -> String {
+        let (base, k) = self.replica_of();
+        let short = base.get(..12).unwrap_or(base);
+        match k {
+            0 => short.to_owned(),
+            k => format!("{short}.{k}"),
+        }
+    }
+
+    /// The id of replica `k` of this instance: the instance's own id for replica 0, `<id>.k`
+    /// after it (an executor that runs one process per replica keeps each under its own id).
+    pub fn replica(&self, k: u32) -> InstanceId {
+        match k {
+            0 => self.clone(),
+            k => InstanceId(Arc::from(format!("{}.{k}", self.replica_of().0))),
+        }
+    }
+
+    /// The instance's own id and the replica index (0 when it names no replica).
+    pub fn replica_of(&self) -> (&str, u32) {
+        match self.0.rsplit_once('.') {
+            Some((base, k)) => match k.parse() {
+                Ok(k) => (base, k),
+                Err(_) => (&self.0, 0),
+            },
+            None => (&self.0, 0),
+        }
+    }
+
+    /// The instance's own id (without a replica suffix).
+    pub fn base(&self) -> InstanceId {
+        match self.replica_of() {
+            (_, 0) => self.clone(),
+            (base, _) => InstanceId(Arc::from(base)),
+        }
     }
 }
 
@@ -64,6 +97,9 @@ pub struct InstanceSpec {
     pub cpu_millis: Option<u32>,
     /// Memory request in MiB (kubernetes executor).
     pub memory_mib: Option<u32>,
+    /// Replicas the plan chose (the service's reliability floor; at least 1): the process
+    /// executor runs one process per replica, the kubernetes executor renders `replicas: N`.
+    pub replicas: u32,
 }
 
 /// Where an instance is in its life.

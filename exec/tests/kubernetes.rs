@@ -37,6 +37,7 @@ fn spec(id: &str, service: &str, branch: &str) -> InstanceSpec {
         ]),
         cpu_millis: Some(250),
         memory_mib: Some(256),
+        replicas: 1,
     }
 }
 
@@ -104,6 +105,8 @@ fn renders_valid_manifests_with_names_labels_and_env() {
     c.run = None;
     c.cpu_millis = None;
     c.memory_mib = None;
+    // the reliability floor the plan chose: one Deployment with that many replicas
+    c.replicas = 3;
     for s in [&a, &b, &c] {
         exec.ensure(s).unwrap();
     }
@@ -115,6 +118,14 @@ fn renders_valid_manifests_with_names_labels_and_env() {
     validate(&files);
 
     assert_eq!(object_name(&a), "orders-0123456789ab");
+    assert_eq!(
+        find(&rendered(dir.path(), &c), "Deployment")["spec"]["replicas"],
+        3
+    );
+    assert_eq!(
+        find(&rendered(dir.path(), &a), "Deployment")["spec"]["replicas"],
+        1
+    );
     for s in [&a, &b, &c] {
         let name = object_name(s);
         assert!(is_dns_label(&name), "{name}");

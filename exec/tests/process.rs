@@ -41,6 +41,7 @@ fn spec(id: &str, mode: &str) -> InstanceSpec {
         env: BTreeMap::from([("NAME".into(), "world".into())]),
         cpu_millis: None,
         memory_mib: None,
+        replicas: 1,
     }
 }
 

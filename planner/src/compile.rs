@@ -399,25 +399,34 @@ impl Compiler {
             let hex = entry.instance.hex();
             let placed = environments
                 .as_ref()
-                .and_then(|e| e.placement(entry.instance));
-            let addr = match (placed, template) {
-                (Some(a), _) => a.to_string(),
-                (None, Some(t)) => {
-                    instance_address(t, &entry.name, &layer.name, hex.get(..12).unwrap_or(&hex))
-                }
+                .map(|e| e.placement(entry.instance))
+                .unwrap_or_default();
+            // every replica the executor runs on its own address: the proxy balances over them
+            let addrs: Vec<String> = match (placed.is_empty(), template) {
+                (false, _) => placed.iter().map(|a| a.to_string()).collect(),
+                (true, Some(t)) => vec![instance_address(
+                    t,
+                    &entry.name,
+                    &layer.name,
+                    hex.get(..12).unwrap_or(&hex),
+                )],
                 // not placed (yet, or it failed: `explain` and `/instances` say why)
-                (None, None) => continue,
-            };
-            let Ok(ep) = Endpoint::parse(&addr) else {
-                continue;
+                (true, None) => continue,
             };
             let tls = self.tls(&eff);
-            let id = self.intern(&ep.0, &tls, offset, upstreams);
+            let ids: Vec<UpstreamId> = addrs
+                .iter()
+                .filter_map(|a| Endpoint::parse(a).ok())
+                .map(|ep| self.intern(&ep.0, &tls, offset, upstreams))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
             let route = Route {
                 service: sid as u32,
                 layer: idx as u32,
                 kind: RouteKind::Branch,
-                upstreams: vec![id].into_boxed_slice(),
+                upstreams: ids.into_boxed_slice(),
                 policy: self.policy(&eff),
             };
             // a policy-only override compiled a route to the parent's instance: replace it

@@ -29,8 +29,9 @@ pub trait Environments: Send + Sync {
     /// before the table that routes to them is compiled.
     fn prepare<'a>(&'a self, config: &'a Config) -> BoxFuture<'a, ()>;
 
-    /// Where the planned instance `key` answers, once prepared.
-    fn placement(&self, key: InstanceKey) -> Option<Arc<str>>;
+    /// Where the planned instance `key` answers, once prepared: one address per replica the
+    /// executor runs on its own (empty when it is not placed).
+    fn placement(&self, key: InstanceKey) -> Vec<Arc<str>>;
 }
 
 /// Why a planned instance has no placement, by layer and service (for `explain`).
@@ -178,6 +179,7 @@ pub fn desired(config: &Config, planner: &Planner) -> (Desired, Problems) {
                     .collect(),
                 cpu_millis: eff.resources.as_ref().map(|r| r.value.cpu_m),
                 memory_mib: eff.resources.as_ref().map(|r| r.value.memory_mi),
+                replicas: e.chosen.as_ref().map_or(1, |c| c.replicas.max(1)),
             };
             // scaled to zero only where the solver chose it (a latency objective may keep it warm)
             let scaled = e
@@ -219,7 +221,8 @@ pub struct RuntimeView {
 /// [`Environments`] over a reconciler: the planner's side of the executors.
 pub struct Runtime {
     reconciler: Arc<Reconciler>,
-    placements: ArcSwap<FxHashMap<u128, Arc<str>>>,
+    /// By instance key, the address of each replica in replica order.
+    placements: ArcSwap<FxHashMap<u128, Vec<Arc<str>>>>,
     desired: ArcSwap<Desired>,
     problems: ArcSwap<Problems>,
     failures: ArcSwap<Vec<Failure>>,
@@ -287,11 +290,17 @@ impl Runtime {
     fn record(&self, pass: &Pass) -> bool {
         let parked = self.parked.load();
         let prev = self.placements.load();
-        let mut next: FxHashMap<u128, Arc<str>> = pass
-            .placements
-            .iter()
-            .filter_map(|(id, a)| Some((u128::from_str_radix(&id.0, 16).ok()?, a.clone())))
-            .collect();
+        let mut by_replica: BTreeMap<(u128, u32), Arc<str>> = BTreeMap::new();
+        for (id, a) in &pass.placements {
+            let (base, k) = id.replica_of();
+            if let Ok(key) = u128::from_str_radix(base, 16) {
+                by_replica.insert((key, k), a.clone());
+            }
+        }
+        let mut next: FxHashMap<u128, Vec<Arc<str>>> = FxHashMap::default();
+        for ((key, _), a) in by_replica {
+            next.entry(key).or_default().push(a);
+        }
         // a parked instance keeps its address: its route stays and a request wakes it there
         for id in parked.iter() {
             if let Ok(k) = u128::from_str_radix(&id.0, 16) {
@@ -315,13 +324,14 @@ impl Runtime {
     /// next pass past the grace, until [`Runtime::wake`].
     pub fn park(&self, id: &InstanceId) {
         let mut next = (**self.parked.load()).clone();
-        if next.insert(id.clone()) {
+        if next.insert(id.base()) {
             self.parked.store(Arc::new(next));
         }
     }
 
     /// Start a scaled-to-zero instance again (at its old address, when it is still free).
     pub fn wake(&self, id: &InstanceId) -> bool {
+        let id = &id.base();
         let mut next = (**self.parked.load()).clone();
         let was = next.remove(id);
         if was {
@@ -389,7 +399,7 @@ impl Runtime {
 
     /// Whether `id` is scaled to zero.
     pub fn is_parked(&self, id: &InstanceId) -> bool {
-        self.parked.load().contains(id)
+        self.parked.load().contains(&id.base())
     }
 
     /// What the runtime knows now.
@@ -398,7 +408,13 @@ impl Runtime {
             .placements
             .load()
             .iter()
-            .map(|(k, a)| (InstanceId(Arc::from(InstanceKey(*k).hex())), a.clone()))
+            .flat_map(|(k, addrs)| {
+                let id = InstanceId(Arc::from(InstanceKey(*k).hex()));
+                addrs
+                    .iter()
+                    .zip(0u32..)
+                    .map(move |(a, r)| (id.replica(r), a.clone()))
+            })
             .collect();
         RuntimeView {
             desired: self.desired.load_full(),
@@ -447,24 +463,38 @@ impl Runtime {
         let Some(d) = v.desired.instances.get(&id) else {
             return (None, problem);
         };
-        let o = v.observed.get(&id);
-        let state = match o.map(|o| &o.state) {
-            None if self.is_parked(&id) => "scaled to zero".to_string(),
-            None => "not started".to_string(),
-            Some(s) => state_text(s),
-        };
-        let mut text = format!("{} ({state})", id.short());
-        if let Some(a) = v.placements.get(&id) {
-            text.push_str(&format!(" at {a}"));
-        }
-        if let Some(pid) = o.and_then(|o| o.pid) {
-            text.push_str(&format!(", pid {pid}"));
+        let replicas = replica_ids(&id, d, &v);
+        let mut text = replicas
+            .iter()
+            .map(|r| self.replica_text(r, &v))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if replicas.len() > 1 {
+            text = format!("{} replicas: {text}", replicas.len());
         }
         if d.branches.len() > 1 {
             let b: Vec<&str> = d.branches.iter().map(|b| &**b).collect();
             text.push_str(&format!(", shared by {}", b.join(", ")));
         }
         (Some(text), problem)
+    }
+
+    /// One instance or replica as `explain` shows it: id, state, address and pid.
+    fn replica_text(&self, id: &InstanceId, v: &RuntimeView) -> String {
+        let o = v.observed.get(id);
+        let state = match o.map(|o| &o.state) {
+            None if self.is_parked(id) => "scaled to zero".to_string(),
+            None => "not started".to_string(),
+            Some(s) => state_text(s),
+        };
+        let mut text = format!("{} ({state})", id.short());
+        if let Some(a) = v.placements.get(id) {
+            text.push_str(&format!(" at {a}"));
+        }
+        if let Some(pid) = o.and_then(|o| o.pid) {
+            text.push_str(&format!(", pid {pid}"));
+        }
+        text
     }
 
     async fn planner(&self, config: &Config) -> Option<Arc<Planner>> {
@@ -503,8 +533,26 @@ impl Environments for Runtime {
         })
     }
 
-    fn placement(&self, key: InstanceKey) -> Option<Arc<str>> {
-        self.placements.load().get(&key.0).cloned()
+    fn placement(&self, key: InstanceKey) -> Vec<Arc<str>> {
+        self.placements
+            .load()
+            .get(&key.0)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The ids the executor runs `id` under: its replicas' when it runs them one by one (their
+/// placements or observations say so), else `id` alone.
+pub fn replica_ids(id: &InstanceId, d: &DesiredInstance, v: &RuntimeView) -> Vec<InstanceId> {
+    let split = (1..d.spec.replicas).any(|k| {
+        let r = id.replica(k);
+        v.placements.contains_key(&r) || v.observed.contains_key(&r)
+    });
+    if split {
+        (0..d.spec.replicas).map(|k| id.replica(k)).collect()
+    } else {
+        vec![id.clone()]
     }
 }
 
@@ -542,11 +590,15 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
         .desired
         .instances
         .iter()
+        .flat_map(|(id, d)| replica_ids(id, d, &v).into_iter().map(move |r| (r, d)))
         .map(|(id, d)| {
+            let id = &id;
             let o = v.observed.get(id);
             json!({
                 "instance": id.short(),
                 "id": &*id.0,
+                "replica": id.replica_of().1,
+                "replicas": d.spec.replicas,
                 "service": &*d.spec.service,
                 "branches": d.branches.iter().map(|b| &**b).collect::<Vec<_>>(),
                 "state": state_text(o),
@@ -559,7 +611,12 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
         .collect();
     // what still runs but no plan needs (given back after the grace)
     for (id, o) in &v.observed {
-        if !v.desired.instances.contains_key(id) {
+        let wanted = v
+            .desired
+            .instances
+            .get(&id.base())
+            .is_some_and(|d| id.replica_of().1 < d.spec.replicas);
+        if !wanted {
             instances.push(json!({
                 "instance": id.short(), "id": &*id.0, "service": &*o.service,
                 "branches": [], "state": format!("{} (unneeded, given back after the grace)", state_text(Some(o))),

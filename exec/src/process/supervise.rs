@@ -43,7 +43,7 @@ pub(super) fn command_line(
 ) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
     let values = Values {
         port,
-        instance: spec.id.short(),
+        instance: &spec.id.short(),
         service: &spec.service,
         branch: &spec.branch,
         env: &spec.env,
