@@ -8,7 +8,7 @@
 //! the downstream connection asks for it. A connection belongs to one exchange at a time and
 //! goes back to its worker's pool ([`crate::pool`]) as soon as its response body has been read
 //! to the end; nothing polls it while it is idle, so before it is reused a read with no waker
-//! checks that the upstream has not closed it ([`Conn::is_closed`]).
+//! checks that the upstream has not closed it (`Conn::is_closed`).
 //!
 //! Framing follows RFC 9112: a request body goes out with its `Content-Length`, or chunked when
 //! its length is unknown; a response body is delimited by `Transfer-Encoding: chunked` (whose
