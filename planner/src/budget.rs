@@ -64,14 +64,20 @@ pub(crate) fn check(config: &Config, id: LayerIdx, file: &Arc<str>) -> Result<()
                 money(*cost)
             ));
         }
-        return Err(ConfigError::Invalid {
-            diagnostics: vec![Diagnostic {
-                file: file.clone(),
-                line: 0,
-                field: String::new(),
-                reason,
-            }],
-        });
+        return Err(refused(file, reason));
     }
     Ok(())
+}
+
+/// A write to `file` refused for `reason` (a budget, a route contract): one diagnostic for the
+/// whole layer.
+pub(crate) fn refused(file: &Arc<str>, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        diagnostics: vec![Diagnostic {
+            file: file.clone(),
+            line: 0,
+            field: String::new(),
+            reason,
+        }],
+    }
 }

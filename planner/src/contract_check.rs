@@ -3,7 +3,7 @@
 //! and the requirement, like a budget refusal, and the last good table keeps serving.
 
 use crate::planner::Planner;
-use microstax_config::{Config, ConfigError, Diagnostic, LayerIdx};
+use microstax_config::{Config, ConfigError, LayerIdx};
 use std::sync::Arc;
 
 /// Check layer `id` and every layer below it (for an org change, every layer). `file` names the
@@ -44,14 +44,7 @@ pub(crate) fn check(config: &Config, id: LayerIdx, file: &Arc<str>) -> Result<()
             r.reason,
             r.conflicting.join("; ")
         );
-        return Err(ConfigError::Invalid {
-            diagnostics: vec![Diagnostic {
-                file: file.clone(),
-                line: 0,
-                field: String::new(),
-                reason,
-            }],
-        });
+        return Err(crate::budget::refused(file, reason));
     }
     Ok(())
 }

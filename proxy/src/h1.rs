@@ -694,11 +694,6 @@ impl ResponseBody {
         // else dropped: closed
     }
 
-    /// Whether the body has been read to its end.
-    pub(crate) fn is_done(&self) -> bool {
-        self.framing == Framing::Empty
-    }
-
     fn fail(&mut self, e: ExchangeError) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         self.conn = None;
         self.framing = Framing::Empty;

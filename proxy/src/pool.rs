@@ -296,14 +296,6 @@ impl PooledBody {
     pub(crate) fn take_lease(&mut self) -> Option<Lease> {
         self.lease.take()
     }
-
-    /// Whether the body has been read to its end (its connection, if pooled, returned).
-    pub fn is_done(&self) -> bool {
-        match &self.body {
-            Inner::Direct(b) => b.is_done(),
-            Inner::Hyper(b) => b.is_end_stream(),
-        }
-    }
 }
 
 impl Body for PooledBody {
