@@ -20,6 +20,7 @@ use crate::upstream_tls::UpstreamIo;
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,69 +129,74 @@ impl UpstreamClient {
     /// opened within `connect_timeout` when `limits` allow, else once one is returned (the
     /// caller's deadline bounds the wait). `now` is the request's start time.
     #[allow(clippy::too_many_arguments)]
-    pub async fn send(
-        &self,
-        up: &Arc<UpstreamState>,
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        &'a self,
+        up: &'a Arc<UpstreamState>,
         mut req: Request<UpstreamBody>,
-        added: &Added,
+        added: &'a Added,
         reuse: Reuse,
         now: Instant,
         connect_timeout: Duration,
         limits: Limits,
-    ) -> Result<Response<PooledBody>, Failed> {
-        let mut queued = None;
-        loop {
-            while let Some(conn) = pool::take(up, now) {
-                match self.send_on(conn, req, added, reuse).await {
-                    Ok(resp) => return Ok(resp),
-                    // the pooled connection had been closed: nothing was sent
-                    Err(Failed {
-                        unsent: Some(unsent),
-                        ..
-                    }) => req = *unsent,
-                    Err(f) => return Err(f),
-                }
-            }
-            if let Some(slot) = up.try_open(limits.max_connections) {
-                drop(queued);
-                // boxed, as the wait below: connecting (and TLS) has a large state that would
-                // otherwise be part of every request's future, which is moved by value
-                let new = self.send_on_new(up, req, added, reuse, connect_timeout, slot);
-                return Box::pin(new).await;
-            }
-            if queued.is_none() {
-                match up.try_queue(limits.max_pending) {
-                    Some(q) => queued = Some(q),
-                    None => {
-                        let e = UpstreamError::Overloaded {
-                            conns: limits.max_connections,
-                            pending: limits.max_pending,
-                        };
-                        return Err(Failed::unsent(e, req));
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + use<'a> {
+        async move {
+            let mut queued = None;
+            loop {
+                while let Some(conn) = pool::take(up, now) {
+                    match std::pin::pin!(self.send_on(conn, req, added, reuse)).await {
+                        Ok(resp) => return Ok(resp),
+                        // the pooled connection had been closed: nothing was sent
+                        Err(Failed {
+                            unsent: Some(unsent),
+                            ..
+                        }) => req = *unsent,
+                        Err(f) => return Err(f),
                     }
                 }
-            }
-            // woken by a connection returned to this worker's pool, or one closing or opened
-            // anywhere (room for a new one). Armed only now (arming takes the notifier's
-            // lock, which the fast path above never does), then one more look, so that a
-            // connection freed on another thread meanwhile is not missed.
-            let freed = up.freed();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if pool::idle_local(up.id) > 0 || up.has_room(limits.max_connections) {
-                continue;
-            }
-            match Waiter::new(up.id) {
-                Some(w) => {
-                    Box::pin(async {
-                        tokio::select! {
-                            () = w.returned() => {}
-                            () = freed => {}
-                        }
-                    })
-                    .await
+                if let Some(slot) = up.try_open(limits.max_connections) {
+                    drop(queued);
+                    // boxed, as the wait below: connecting (and TLS) has a large state that would
+                    // otherwise be part of every request's future, which is moved by value
+                    let new = self.send_on_new(up, req, added, reuse, connect_timeout, slot);
+                    return Box::pin(new).await;
                 }
-                None => freed.await,
+                if queued.is_none() {
+                    match up.try_queue(limits.max_pending) {
+                        Some(q) => queued = Some(q),
+                        None => {
+                            let e = UpstreamError::Overloaded {
+                                conns: limits.max_connections,
+                                pending: limits.max_pending,
+                            };
+                            return Err(Failed::unsent(e, req));
+                        }
+                    }
+                }
+                // woken by a connection returned to this worker's pool, or one closing or opened
+                // anywhere (room for a new one). Armed only now (arming takes the notifier's
+                // lock, which the fast path above never does), then one more look, so that a
+                // connection freed on another thread meanwhile is not missed.
+                let freed = up.freed();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if pool::idle_local(up.id) > 0 || up.has_room(limits.max_connections) {
+                    continue;
+                }
+                match Waiter::new(up.id) {
+                    Some(w) => {
+                        Box::pin(async {
+                            tokio::select! {
+                                () = w.returned() => {}
+                                () = freed => {}
+                            }
+                        })
+                        .await
+                    }
+                    None => freed.await,
+                }
             }
         }
     }
@@ -230,26 +236,31 @@ impl UpstreamClient {
     /// One exchange on `conn`: on this task ([`crate::h1`]), with `added` written after the
     /// request's fields, or for an upgrade over hyper's client, which then owns the connection
     /// (it is never pooled again; an upgrade's fields are all in its map).
-    async fn send_on(
-        &self,
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    fn send_on<'a>(
+        &'a self,
         conn: Box<Conn>,
         req: Request<UpstreamBody>,
-        added: &Added,
+        added: &'a Added,
         reuse: Reuse,
-    ) -> Result<Response<PooledBody>, Failed> {
-        if reuse == Reuse::Never {
-            let Some((io, slot)) = (*conn).into_io() else {
-                return Err(Failed::unsent(
-                    UpstreamError::Exchange(ExchangeError::Closed),
-                    req,
-                ));
-            };
-            return Box::pin(self.upgrade_on(io, slot, req)).await;
-        }
-        match h1::exchange(conn, req, added, true).await {
-            Ok(resp) => Ok(resp.map(PooledBody::direct)),
-            Err((e, Some(unsent))) => Err(Failed::unsent(UpstreamError::Exchange(e), unsent)),
-            Err((e, None)) => Err(Failed::sent(UpstreamError::Exchange(e))),
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + use<'a> {
+        async move {
+            if reuse == Reuse::Never {
+                let Some((io, slot)) = (*conn).into_io() else {
+                    return Err(Failed::unsent(
+                        UpstreamError::Exchange(ExchangeError::Closed),
+                        req,
+                    ));
+                };
+                return Box::pin(self.upgrade_on(io, slot, req)).await;
+            }
+            match std::pin::pin!(h1::exchange(conn, req, added, true)).await {
+                Ok(resp) => Ok(resp.map(PooledBody::direct)),
+                Err((e, Some(unsent))) => Err(Failed::unsent(UpstreamError::Exchange(e), unsent)),
+                Err((e, None)) => Err(Failed::sent(UpstreamError::Exchange(e))),
+            }
         }
     }
 
@@ -287,33 +298,42 @@ impl UpstreamClient {
     /// Send `req` (already in HTTP/2 form: absolute URI, version 2) to `up` on a stream of one
     /// of this worker's HTTP/2 connections to it, opening one within `connect_timeout` when
     /// none has a free stream.
-    pub async fn send_h2(
-        &self,
-        up: &UpstreamState,
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    pub fn send_h2<'a>(
+        &'a self,
+        up: &'a UpstreamState,
         req: Request<UpstreamBody>,
         connect_timeout: Duration,
-    ) -> Result<Response<PooledBody>, Failed> {
-        let (mut sender, slot) = loop {
-            match h2pool::next(up.id, up.epoch()) {
-                Next::Ready(sender, slot) => break (sender, slot),
-                Next::Wait(opening) => {
-                    // the caller's deadline bounds the wait; the opener's connect timeout too
-                    let _ = tokio::time::timeout(connect_timeout, opening.over()).await;
-                }
-                Next::Open(opening) => match self.open_h2(up, connect_timeout).await {
-                    Ok(sender) => {
-                        let slot = opening.finish(sender.clone(), up.epoch());
-                        break (sender, slot);
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + use<'a> {
+        async move {
+            let (mut sender, slot) = loop {
+                match h2pool::next(up.id, up.epoch()) {
+                    Next::Ready(sender, slot) => break (sender, slot),
+                    Next::Wait(opening) => {
+                        // the caller's deadline bounds the wait; the opener's connect timeout too
+                        // boxed, as opening below: rare waits kept out of every request's future
+                        let wait = tokio::time::timeout(connect_timeout, opening.over());
+                        let _ = Box::pin(wait).await;
                     }
-                    Err(e) => return Err(Failed::unsent(e, req)),
-                },
-            }
-        };
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| Failed::sent(UpstreamError::Exchange(ExchangeError::Hyper(e))))?;
-        Ok(resp.map(|body| PooledBody::stream(body, slot)))
+                    Next::Open(opening) => {
+                        match Box::pin(self.open_h2(up, connect_timeout)).await {
+                            Ok(sender) => {
+                                let slot = opening.finish(sender.clone(), up.epoch());
+                                break (sender, slot);
+                            }
+                            Err(e) => return Err(Failed::unsent(e, req)),
+                        }
+                    }
+                }
+            };
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| Failed::sent(UpstreamError::Exchange(ExchangeError::Hyper(e))))?;
+            Ok(resp.map(|body| PooledBody::stream(body, slot)))
+        }
     }
 
     async fn open_h2(

@@ -34,6 +34,7 @@ use microstax_table::table::BASELINE_ID;
 use microstax_table::{LayerId, Readiness, Route, RouteKind, ServiceId, UpstreamProtocol};
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -185,49 +186,60 @@ impl Proxy {
     }
 
     /// Handle one request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
-        let start = Instant::now();
-        let snap = self.router.load();
-        let is_grpc = grpc::is_grpc(req.headers());
-        let mut routed = None;
-        let (resp, service, kind, layer) = match decide(&snap, &req, conn, start) {
-            Err(reply) => (
-                local(&snap, reply, is_grpc),
-                None,
-                KindLabel::None,
-                BASELINE_ID,
-            ),
-            Ok(d) => match self.admit(&snap, self.record(d, start)).await {
-                Err((reply, d)) => {
-                    let kind = d.kind();
-                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
-                    (local(&snap, reply, is_grpc), Some(d.service), kind, d.layer)
-                }
-                Ok(d) => {
-                    if d.fallback {
-                        d.upstream.touch(activity::stamp(start));
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + use<'a> {
+        async move {
+            let start = Instant::now();
+            let snap = self.router.load();
+            let is_grpc = grpc::is_grpc(req.headers());
+            let mut routed = None;
+            let (resp, service, kind, layer) = match decide(&snap, &req, conn, start) {
+                Err(reply) => (
+                    local(&snap, reply, is_grpc),
+                    None,
+                    KindLabel::None,
+                    BASELINE_ID,
+                ),
+                Ok(d) => match self.admit(&snap, self.record(d, start)).await {
+                    Err((reply, d)) => {
+                        let kind = d.kind();
+                        routed = conn.log.enabled().then(|| routed_of(&snap, &d));
+                        (local(&snap, reply, is_grpc), Some(d.service), kind, d.layer)
                     }
-                    routed = conn.log.enabled().then(|| routed_of(&snap, &d));
-                    let (service, kind, layer) = (d.service, d.kind(), d.layer);
-                    let resp = match self.forward(&snap, d, req, conn, start, is_grpc).await {
-                        Ok(r) => r,
-                        Err(reply) => local(&snap, reply, is_grpc),
-                    };
-                    (resp, Some(service), kind, layer)
-                }
-            },
-        };
-        let mut resp = resp;
-        if !conn.trusted {
-            crate::reply::redact(&mut resp);
+                    Ok(d) => {
+                        if d.fallback {
+                            d.upstream.touch(activity::stamp(start));
+                        }
+                        routed = conn.log.enabled().then(|| routed_of(&snap, &d));
+                        let (service, kind, layer) = (d.service, d.kind(), d.layer);
+                        // pinned where it is built: `.await` on the value would move it again
+                        let fwd = std::pin::pin!(self.forward(&snap, d, req, conn, start, is_grpc));
+                        let resp = match fwd.await {
+                            Ok(r) => r,
+                            Err(reply) => local(&snap, reply, is_grpc),
+                        };
+                        (resp, Some(service), kind, layer)
+                    }
+                },
+            };
+            let mut resp = resp;
+            if !conn.trusted {
+                crate::reply::redact(&mut resp);
+            }
+            if let Some(r) = routed {
+                resp.extensions_mut().insert(r);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            snap.metrics
+                .request(service, kind, layer, resp.status().as_u16(), secs);
+            resp
         }
-        if let Some(r) = routed {
-            resp.extensions_mut().insert(r);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        snap.metrics
-            .request(service, kind, layer, resp.status().as_u16(), secs);
-        resp
     }
 
     /// Record the request's activity: its branch's layer and the upstream its route chose.
@@ -240,99 +252,109 @@ impl Proxy {
     }
 
     /// Phases 3 and 4: send upstream and finish the response.
-    async fn forward(
-        &self,
-        snap: &Snapshot,
-        mut d: Decision<'_>,
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    fn forward<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+        mut d: Decision<'a>,
         mut req: Request<Incoming>,
-        conn: &ConnInfo,
+        conn: &'a ConnInfo,
         start: Instant,
         is_grpc: bool,
-    ) -> Result<Response<ResponseBody>, LocalReply> {
-        let upgrade = headers::wants_upgrade(req.headers(), req.version());
-        let policy = &d.route.policy;
-        // an upgrade is an HTTP/1.1 mechanism: such a request always goes over HTTP/1.1
-        let h2 = !upgrade
-            && match policy.protocol {
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::Http1 => false,
-                UpstreamProtocol::Auto => is_grpc,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, LocalReply>> + use<'a> {
+        async move {
+            let upgrade = headers::wants_upgrade(req.headers(), req.version());
+            let policy = &d.route.policy;
+            // an upgrade is an HTTP/1.1 mechanism: such a request always goes over HTTP/1.1
+            let h2 = !upgrade
+                && match policy.protocol {
+                    UpstreamProtocol::Http2 => true,
+                    UpstreamProtocol::Http1 => false,
+                    UpstreamProtocol::Auto => is_grpc,
+                };
+            // a gRPC call's own deadline bounds the wait, when shorter than the route's
+            let timeout = match is_grpc.then(|| grpc::timeout(req.headers())).flatten() {
+                Some(t) => t.min(policy.request_timeout),
+                None => policy.request_timeout,
             };
-        // a gRPC call's own deadline bounds the wait, when shorter than the route's
-        let timeout = match is_grpc.then(|| grpc::timeout(req.headers())).flatten() {
-            Some(t) => t.min(policy.request_timeout),
-            None => policy.request_timeout,
-        };
-        let mut added = Added::default();
-        prepare(snap, &d, &mut req, conn, upgrade, h2, &mut added)
-            .map_err(|e| LocalReply::bad_request(format!("the request names {e}")))?;
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
-        d.upstream.requests.fetch_add(1, Ordering::Relaxed);
-        let connect_timeout = policy.connect_timeout.min(timeout);
-        let limits = Limits {
-            max_connections: policy.max_connections,
-            max_pending: policy.max_pending,
-        };
-        let idle = self.options.request_body_idle_timeout;
-        let stalls = Some(&self.stalls.request);
-        let req = req.map(|b| Either::Left(RequestBody::new(b, idle, stalls)));
-        let attempts = self.attempts(
-            snap,
-            &mut d,
-            req,
-            &added,
-            h2,
-            reuse,
-            start,
-            connect_timeout,
-            limits,
-        );
-        let mut resp = match deadline::within(start + timeout, attempts).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
-            Err(_) => {
-                d.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
-                snap.metrics.timeout(d.service);
-                let reason = format!(
-                    "upstream {} did not answer within {timeout:?}",
-                    d.upstream.key
-                );
-                return Err(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason)
-                    .with_grpc(Code::DeadlineExceeded));
+            let mut added = Added::default();
+            prepare(snap, &d, &mut req, conn, upgrade, h2, &mut added)
+                .map_err(|e| LocalReply::bad_request(format!("the request names {e}")))?;
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
+            d.upstream.requests.fetch_add(1, Ordering::Relaxed);
+            let connect_timeout = policy.connect_timeout.min(timeout);
+            let limits = Limits {
+                max_connections: policy.max_connections,
+                max_pending: policy.max_pending,
+            };
+            let idle = self.options.request_body_idle_timeout;
+            let stalls = Some(&self.stalls.request);
+            let req = req.map(|b| Either::Left(RequestBody::new(b, idle, stalls)));
+            let outcome = {
+                // pinned where it is built: `within` then holds a pointer, not a copy of
+                // the (large) future, and nothing moves it again
+                let attempts = std::pin::pin!(self.attempts(
+                    snap,
+                    &mut d,
+                    req,
+                    &added,
+                    h2,
+                    reuse,
+                    start,
+                    connect_timeout,
+                    limits,
+                ));
+                deadline::within(start + timeout, attempts).await
+            };
+            let mut resp = match outcome {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(upstream_error(snap, &d, &e)),
+                Err(_) => {
+                    d.upstream.timeouts.fetch_add(1, Ordering::Relaxed);
+                    snap.metrics.timeout(d.service);
+                    let reason = format!(
+                        "upstream {} did not answer within {timeout:?}",
+                        d.upstream.key
+                    );
+                    return Err(LocalReply::new(StatusCode::GATEWAY_TIMEOUT, reason)
+                        .with_grpc(Code::DeadlineExceeded));
+                }
+            };
+            resp.body_mut().idle_timeout(
+                self.options.response_body_idle_timeout,
+                Some(&self.stalls.response),
+            );
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
+                // dropping the response unread closes its connection: its framing is unknown
+                let reason = format!("upstream {} answered with {e}", d.upstream.key);
+                return Err(LocalReply::new(StatusCode::BAD_GATEWAY, reason));
             }
-        };
-        resp.body_mut().idle_timeout(
-            self.options.response_body_idle_timeout,
-            Some(&self.stalls.response),
-        );
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let Err(e) = headers::strip_response(resp.headers_mut(), switching) {
-            // dropping the response unread closes its connection: its framing is unknown
-            let reason = format!("upstream {} answered with {e}", d.upstream.key);
-            return Err(LocalReply::new(StatusCode::BAD_GATEWAY, reason));
+            if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let lease = resp.body_mut().take_lease();
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
+            }
+            if d.fallback {
+                resp.headers_mut()
+                    .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
+            }
+            if let Some(waited) = d.held {
+                let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+                resp.headers_mut()
+                    .insert(COLD_START_HEADER, HeaderValue::from(ms));
+            }
+            if snap.table.settings.debug_header {
+                add_route_header(snap, &d, resp.headers_mut());
+            }
+            if let Some(c) = d.set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+            Ok(resp.map(Either::Left))
         }
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let lease = resp.body_mut().take_lease();
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
-        }
-        if d.fallback {
-            resp.headers_mut()
-                .insert(FALLBACK_HEADER, HeaderValue::from_static("not-ready"));
-        }
-        if let Some(waited) = d.held {
-            let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
-            resp.headers_mut()
-                .insert(COLD_START_HEADER, HeaderValue::from(ms));
-        }
-        if snap.table.settings.debug_header {
-            add_route_header(snap, &d, resp.headers_mut());
-        }
-        if let Some(c) = d.set_cookie {
-            resp.headers_mut().append(header::SET_COOKIE, c);
-        }
-        Ok(resp.map(Either::Left))
     }
 }
 
@@ -356,115 +378,123 @@ impl Proxy {
     /// upstream's retry budget allows. Outcomes feed outlier detection. `d.upstream` ends as
     /// the upstream that answered (or failed last).
     #[allow(clippy::too_many_arguments)]
-    async fn attempts<'s>(
-        &self,
+    // not an `async fn`: that would keep a second copy of each by-value argument in
+    // the future (rust-lang/rust#62958), and the request's future is moved by value
+    #[allow(clippy::manual_async_fn)]
+    fn attempts<'a, 's>(
+        &'a self,
         snap: &'s Snapshot,
-        d: &mut Decision<'s>,
+        d: &'a mut Decision<'s>,
         mut req: Request<crate::body::UpstreamBody>,
-        added: &Added,
+        added: &'a Added,
         h2: bool,
         reuse: Reuse,
         start: Instant,
         connect_timeout: Duration,
         limits: Limits,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut retries = 0;
-        // a branch instance that refuses connections is restarting (its executor may not have
-        // seen the crash yet): as for a not-ready upstream, the request is held for the route's
-        // `hold` time, connecting again as the instance comes back, within the retry budget
-        let hold_until = match d.route.policy.readiness {
-            Readiness::Hold { ms } if d.route.kind != RouteKind::Baseline => {
-                Some(start + Duration::from_millis(ms))
-            }
-            _ => None,
-        };
-        let mut pause = HOLD_PAUSE;
-        // the head of a request that may be sent again after a reset (its body is empty, so
-        // the head is all of it); a sent request is consumed. Kept only where a retry has
-        // somewhere to go, its upstream is failing, or it is an executor's instance whose
-        // pooled connections die with it when it crashes: the copy costs ~2k instructions, 6%
-        // of a request, which a healthy single endpoint should not pay
-        let worth = d.route.upstreams.len() > 1
-            || d.upstream.failing()
-            || (hold_until.is_some() && d.upstream.is_managed());
-        let copy = (worth && reuse == Reuse::Pool && replayable(&req)).then(|| head_copy(&req));
-        loop {
-            let up = d.upstream;
-            let sent = {
-                // counted only where the balancer has a choice to make
-                let _in_flight = (d.route.upstreams.len() > 1).then(|| InFlight::start(up.id));
-                if h2 {
-                    self.client.send_h2(up, req, connect_timeout).await
-                } else {
-                    let sent =
-                        self.client
-                            .send(up, req, added, reuse, start, connect_timeout, limits);
-                    sent.await
+    ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + use<'a, 's> {
+        async move {
+            let mut retries = 0;
+            // a branch instance that refuses connections is restarting (its executor may not have
+            // seen the crash yet): as for a not-ready upstream, the request is held for the route's
+            // `hold` time, connecting again as the instance comes back, within the retry budget
+            let hold_until = match d.route.policy.readiness {
+                Readiness::Hold { ms } if d.route.kind != RouteKind::Baseline => {
+                    Some(start + Duration::from_millis(ms))
                 }
+                _ => None,
             };
-            let stamp = activity::stamp(start);
-            let failed = match sent {
-                Ok(resp) => {
-                    if resp.status().is_server_error() {
-                        self.outlier(snap, d, stamp);
+            let mut pause = HOLD_PAUSE;
+            // the head of a request that may be sent again after a reset (its body is empty, so
+            // the head is all of it); a sent request is consumed. Kept only where a retry has
+            // somewhere to go, its upstream is failing, or it is an executor's instance whose
+            // pooled connections die with it when it crashes: the copy costs ~2k instructions, 6%
+            // of a request, which a healthy single endpoint should not pay
+            let worth = d.route.upstreams.len() > 1
+                || d.upstream.failing()
+                || (hold_until.is_some() && d.upstream.is_managed());
+            let copy = (worth && reuse == Reuse::Pool && replayable(&req))
+                .then(|| Box::new(head_copy(&req)));
+            loop {
+                let up = d.upstream;
+                let sent = {
+                    // counted only where the balancer has a choice to make
+                    let _in_flight = (d.route.upstreams.len() > 1).then(|| InFlight::start(up.id));
+                    if h2 {
+                        std::pin::pin!(self.client.send_h2(up, req, connect_timeout)).await
                     } else {
-                        up.succeeded();
+                        let sent =
+                            self.client
+                                .send(up, req, added, reuse, start, connect_timeout, limits);
+                        std::pin::pin!(sent).await
                     }
-                    return Ok(resp);
+                };
+                let stamp = activity::stamp(start);
+                let failed = match sent {
+                    Ok(resp) => {
+                        if resp.status().is_server_error() {
+                            self.outlier(snap, d, stamp);
+                        } else {
+                            up.succeeded();
+                        }
+                        return Ok(resp);
+                    }
+                    Err(f) => f,
+                };
+                if failed.error.is_connect() {
+                    up.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    snap.metrics.connect_error(d.service);
                 }
-                Err(f) => f,
-            };
-            if failed.error.is_connect() {
-                up.connect_errors.fetch_add(1, Ordering::Relaxed);
-                snap.metrics.connect_error(d.service);
-            }
-            // a client's stalled request body says nothing of the upstream
-            let stalled = matches!(&failed.error, UpstreamError::Exchange(e) if body::is_idle(e));
-            if !stalled && !matches!(failed.error, UpstreamError::Overloaded { .. }) {
-                self.outlier(snap, d, stamp);
-            }
-            let retryable = !matches!(failed.error, UpstreamError::Overloaded { .. });
-            let unsent = failed.unsent.or_else(|| {
-                let reset = reset_before_response(&failed.error);
-                reset.then(|| copy.as_ref().map(|c| Box::new(head_copy(c))))?
-            });
-            let holding = d.route.upstreams.len() == 1
-                && d.upstream.is_managed()
-                && hold_until.is_some_and(|t| Instant::now() + pause < t);
-            let Some(unsent) = unsent.filter(|_| retryable && (retries < MAX_RETRIES || holding))
-            else {
-                return Err(failed.error);
-            };
-            if !up.try_retry(stamp) {
-                snap.metrics.retry(d.service, false);
-                return Err(failed.error);
-            }
-            snap.metrics.retry(d.service, true);
-            retries += 1;
-            req = *unsent;
-            if let (true, Some(until)) = (holding, hold_until) {
-                // boxed: a rare wait, kept out of every request's future
-                Box::pin(async {
-                    tokio::time::sleep(pause).await;
-                    if !up.is_serving() {
-                        // the executor saw the crash: its restart's readiness ends the wait
-                        let left = until.saturating_duration_since(Instant::now());
-                        let _ = tokio::time::timeout(left, up.wait_ready()).await;
-                    }
-                })
-                .await;
-                pause = (pause * 2).min(HOLD_PAUSE_MAX);
-                continue;
-            }
-            let mut back = || snap.metrics.ejected.dec();
-            if let Some(next) = balance::pick(
-                &d.route.upstreams,
-                &snap.upstreams,
-                stamp,
-                Some(up.id),
-                &mut back,
-            ) {
-                d.upstream = next;
+                // a client's stalled request body says nothing of the upstream
+                let stalled =
+                    matches!(&failed.error, UpstreamError::Exchange(e) if body::is_idle(e));
+                if !stalled && !matches!(failed.error, UpstreamError::Overloaded { .. }) {
+                    self.outlier(snap, d, stamp);
+                }
+                let retryable = !matches!(failed.error, UpstreamError::Overloaded { .. });
+                let unsent = failed.unsent.or_else(|| {
+                    let reset = reset_before_response(&failed.error);
+                    reset.then(|| copy.as_deref().map(|c| Box::new(head_copy(c))))?
+                });
+                let holding = d.route.upstreams.len() == 1
+                    && d.upstream.is_managed()
+                    && hold_until.is_some_and(|t| Instant::now() + pause < t);
+                let Some(unsent) =
+                    unsent.filter(|_| retryable && (retries < MAX_RETRIES || holding))
+                else {
+                    return Err(failed.error);
+                };
+                if !up.try_retry(stamp) {
+                    snap.metrics.retry(d.service, false);
+                    return Err(failed.error);
+                }
+                snap.metrics.retry(d.service, true);
+                retries += 1;
+                req = *unsent;
+                if let (true, Some(until)) = (holding, hold_until) {
+                    // boxed: a rare wait, kept out of every request's future
+                    Box::pin(async {
+                        tokio::time::sleep(pause).await;
+                        if !up.is_serving() {
+                            // the executor saw the crash: its restart's readiness ends the wait
+                            let left = until.saturating_duration_since(Instant::now());
+                            let _ = tokio::time::timeout(left, up.wait_ready()).await;
+                        }
+                    })
+                    .await;
+                    pause = (pause * 2).min(HOLD_PAUSE_MAX);
+                    continue;
+                }
+                let mut back = || snap.metrics.ejected.dec();
+                if let Some(next) = balance::pick(
+                    &d.route.upstreams,
+                    &snap.upstreams,
+                    stamp,
+                    Some(up.id),
+                    &mut back,
+                ) {
+                    d.upstream = next;
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -348,100 +349,108 @@ pub(crate) type Failure = (ExchangeError, Option<Request<UpstreamBody>>);
 
 /// Send `req` over `conn` and wait for the response head. The response body reads from the
 /// connection and returns it to its worker's pool at its end (when `reuse`).
-pub(crate) async fn exchange(
+// not an `async fn`: that would keep a second copy of each by-value argument in
+// the future (rust-lang/rust#62958), and the request's future is moved by value
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn exchange<'a>(
     mut conn: Box<Conn>,
     req: Request<UpstreamBody>,
-    added: &Added,
+    added: &'a Added,
     reuse: bool,
-) -> Result<Response<ResponseBody>, Failure> {
-    let reused = conn.served > 0;
-    conn.served = conn.served.saturating_add(1);
-    let head_only = req.method() == Method::HEAD;
-    let (framing, mut keep) = encode_head(&req, added, &mut conn.wbuf);
-    let keep_request_head = reused && idempotent(req.method()) && framing == Framing::Empty;
-    // the head goes out first; a failure there sent nothing of the request on a reused
-    // connection the upstream had closed, so the request comes back for another connection
-    let mut at = 0;
-    if let Err(e) = poll_fn(|cx| conn.poll_write_buf(&mut at, cx)).await {
-        conn.wbuf.clear();
-        return Err((e.into(), Some(req)));
-    }
-    let (parts, body) = req.into_parts();
-    let mut out = (framing != Framing::Empty).then_some(Outgoing {
-        body,
-        framing,
-        at: 0,
-        big: None,
-        ended: false,
-    });
-    if out.is_none() {
-        if let Err(e) = poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await {
-            return Err((e.into(), None));
+) -> impl Future<Output = Result<Response<ResponseBody>, Failure>> + use<'a> {
+    async move {
+        let reused = conn.served > 0;
+        conn.served = conn.served.saturating_add(1);
+        let head_only = req.method() == Method::HEAD;
+        let (framing, mut keep) = encode_head(&req, added, &mut conn.wbuf);
+        let keep_request_head = reused && idempotent(req.method()) && framing == Framing::Empty;
+        // the head goes out first; a failure there sent nothing of the request on a reused
+        // connection the upstream had closed, so the request comes back for another connection
+        let mut at = 0;
+        if let Err(e) = poll_fn(|cx| conn.poll_write_buf(&mut at, cx)).await {
+            conn.wbuf.clear();
+            return Err((e.into(), Some(req)));
         }
-    }
-    // send the body while watching for the response head; an upstream that answers early
-    // (a 413, say) and stops reading makes the send fail, and its answer still counts
-    let mut send_failed: Option<ExchangeError> = None;
-    let head = poll_fn(|cx| {
-        if let Some(o) = &mut out {
-            match o.poll_send(&mut conn, cx) {
-                Poll::Ready(Ok(())) => out = None,
-                // the client's body failed: the request cannot be completed
-                Poll::Ready(Err(e @ ExchangeError::Body(_))) => return Poll::Ready(Err(e)),
-                Poll::Ready(Err(e)) => {
-                    out = None;
-                    send_failed = Some(e);
+        let (parts, body) = req.into_parts();
+        let mut out = (framing != Framing::Empty).then_some(Outgoing {
+            body,
+            framing,
+            at: 0,
+            big: None,
+            ended: false,
+        });
+        if out.is_none() {
+            if let Err(e) = poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx)).await {
+                return Err((e.into(), None));
+            }
+        }
+        // send the body while watching for the response head; an upstream that answers early
+        // (a 413, say) and stops reading makes the send fail, and its answer still counts
+        let mut send_failed: Option<ExchangeError> = None;
+        let head = poll_fn(|cx| {
+            if let Some(o) = &mut out {
+                match o.poll_send(&mut conn, cx) {
+                    Poll::Ready(Ok(())) => out = None,
+                    // the client's body failed: the request cannot be completed
+                    Poll::Ready(Err(e @ ExchangeError::Body(_))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        out = None;
+                        send_failed = Some(e);
+                    }
+                    Poll::Pending => {}
                 }
-                Poll::Pending => {}
             }
-        }
-        loop {
-            match parse_head(&mut conn.rbuf, head_only) {
-                Err(e) => return Poll::Ready(Err(e)),
-                Ok(Some(Parsed::Interim)) => continue,
-                Ok(Some(Parsed::Final(h))) => return Poll::Ready(Ok(h)),
-                Ok(None) => {}
-            }
-            if conn.rbuf.len() >= MAX_HEAD {
-                return Poll::Ready(Err(ExchangeError::Invalid("response head too large")));
-            }
-            match ready!(conn.poll_read_more(cx)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(send_failed.take().unwrap_or(ExchangeError::Closed)))
+            loop {
+                match parse_head(&mut conn.rbuf, head_only) {
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(Some(Parsed::Interim)) => continue,
+                    Ok(Some(Parsed::Final(h))) => return Poll::Ready(Ok(h)),
+                    Ok(None) => {}
                 }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(send_failed.take().unwrap_or(e.into()))),
+                if conn.rbuf.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(ExchangeError::Invalid("response head too large")));
+                }
+                match ready!(conn.poll_read_more(cx)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(send_failed
+                            .take()
+                            .unwrap_or(ExchangeError::Closed)))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Err(send_failed.take().unwrap_or(e.into()))),
+                }
             }
+        })
+        .await;
+        if send_failed.is_some() {
+            keep = false;
         }
-    })
-    .await;
-    if send_failed.is_some() {
-        keep = false;
+        let head = match head {
+            Ok(h) => h,
+            Err(e) if keep_request_head && e.is_reset() && conn.rbuf.is_empty() => {
+                // a reused connection closed by the upstream just as the request went out:
+                // nothing was answered and the request is idempotent and bodiless, so it may go out
+                // again on another connection (what browsers and hyper's pooled client do)
+                let req =
+                    Request::from_parts(parts, http_body_util::Either::Right(Default::default()));
+                return Err((e, Some(req)));
+            }
+            Err(e) => return Err((e, None)),
+        };
+        keep &= head.keep_alive && reuse && head.framing != Framing::Eof;
+        let mut resp = Response::new(ResponseBody {
+            conn: Some(conn),
+            framing: head.framing,
+            chunk: ChunkState::Size,
+            out: out.map(Box::new),
+            keep,
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp.body_mut().finish_if_empty();
+        Ok(resp)
     }
-    let head = match head {
-        Ok(h) => h,
-        Err(e) if keep_request_head && e.is_reset() && conn.rbuf.is_empty() => {
-            // a reused connection closed by the upstream just as the request went out:
-            // nothing was answered and the request is idempotent and bodiless, so it may go out
-            // again on another connection (what browsers and hyper's pooled client do)
-            let req = Request::from_parts(parts, http_body_util::Either::Right(Default::default()));
-            return Err((e, Some(req)));
-        }
-        Err(e) => return Err((e, None)),
-    };
-    keep &= head.keep_alive && reuse && head.framing != Framing::Eof;
-    let mut resp = Response::new(ResponseBody {
-        conn: Some(conn),
-        framing: head.framing,
-        chunk: ChunkState::Size,
-        out: out.map(Box::new),
-        keep,
-    });
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    resp.body_mut().finish_if_empty();
-    Ok(resp)
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -539,9 +548,17 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut fields);
-    let len = match r.parse(buf) {
+    // left uninitialised: httparse writes the fields it parses (100 empty ones cost a
+    // 3.2 KiB memset on every response)
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut r,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
