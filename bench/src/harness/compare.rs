@@ -171,6 +171,7 @@ pub fn arrangements() -> Vec<Arrangement> {
                 },
                 grpc(Shape::Stream),
                 grpc(Shape::Client),
+                grpc(Shape::Bidi),
             ],
         },
     ]

@@ -8,7 +8,10 @@
 //!
 //! Call shapes: `unary` (one message each way), `stream` (server streaming: one message in,
 //! [`STREAM_MESSAGES`] out), `client` (client streaming: [`STREAM_MESSAGES`] in, one out; the
-//! request messages are sent as one body, as a client that has them at hand does).
+//! request messages are sent as one body, as a client that has them at hand does), `bidi`
+//! (bidirectional streaming, ping-pong: each of [`STREAM_MESSAGES`] messages goes out only
+//! after the answer to the one before came back, over one open request and response, so every
+//! message crosses the proxy on its own, both ways).
 //!
 //! Prints one line: `calls=N failed=N messages=N secs=S first_error=...`.
 
@@ -17,11 +20,15 @@ use super::upstream::{GRPC_MESSAGE, STREAM_MESSAGES};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Either, Full};
+use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// A gRPC call shape.
@@ -31,6 +38,7 @@ pub enum Shape {
     Unary,
     Stream,
     Client,
+    Bidi,
 }
 
 impl Shape {
@@ -40,6 +48,7 @@ impl Shape {
             Shape::Unary => "unary",
             Shape::Stream => "server-stream",
             Shape::Client => "client-stream",
+            Shape::Bidi => "bidi-stream",
         }
     }
 
@@ -48,11 +57,12 @@ impl Shape {
             Shape::Unary => "/bench.Bench/Unary",
             Shape::Stream => "/bench.Bench/Stream",
             Shape::Client => "/bench.Bench/ClientStream",
+            Shape::Bidi => "/bench.Bench/Bidi",
         }
     }
 
     fn request_messages(self) -> usize {
-        if self == Shape::Client {
+        if matches!(self, Shape::Client | Shape::Bidi) {
             STREAM_MESSAGES
         } else {
             1
@@ -60,7 +70,7 @@ impl Shape {
     }
 
     fn response_messages(self) -> usize {
-        if self == Shape::Stream {
+        if matches!(self, Shape::Stream | Shape::Bidi) {
             STREAM_MESSAGES
         } else {
             1
@@ -139,7 +149,7 @@ async fn drive(args: &Args, counts: Arc<Counts>) -> anyhow::Result<f64> {
     let body = Bytes::from(body);
     let branch = HeaderValue::from_str(&args.branch)?;
     let uri: http::Uri = format!("http://app{}", args.shape.path()).parse()?;
-    let mut senders = Vec::new();
+    let mut senders: Vec<Sender> = Vec::new();
     for _ in 0..args.conns.max(1) {
         let tcp = tokio::net::TcpStream::connect(args.addr)
             .await
@@ -169,10 +179,16 @@ async fn drive(args: &Args, counts: Arc<Counts>) -> anyhow::Result<f64> {
                     let req = Request::post(uri.clone())
                         .header("content-type", "application/grpc")
                         .header("te", "trailers")
-                        .header("x-microstax-branch", branch.clone())
-                        .body(Full::new(body.clone()));
-                    let Ok(req) = req else { return };
-                    match call(&mut send, req, shape).await {
+                        .header("x-microstax-branch", branch.clone());
+                    let done = if shape == Shape::Bidi {
+                        bidi(&mut send, req).await
+                    } else {
+                        let Ok(req) = req.body(Either::Left(Full::new(body.clone()))) else {
+                            return;
+                        };
+                        call(&mut send, req, shape).await
+                    };
+                    match done {
                         Ok(n) => {
                             counts.calls.fetch_add(1, Ordering::Relaxed);
                             counts.messages.fetch_add(n, Ordering::Relaxed);
@@ -190,20 +206,9 @@ async fn drive(args: &Args, counts: Arc<Counts>) -> anyhow::Result<f64> {
 }
 
 /// One call, checked; returns the messages received.
-async fn call(
-    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-    shape: Shape,
-) -> anyhow::Result<u64> {
+async fn call(send: &mut Sender, req: Request<CallBody>, shape: Shape) -> anyhow::Result<u64> {
     let resp = send.send_request(req).await.context("sending")?;
-    if resp.status() != http::StatusCode::OK {
-        bail!("HTTP status {}", resp.status());
-    }
-    let head_status = resp.headers().get("grpc-status").cloned();
-    let ct_ok = resp
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let (head_status, ct_ok) = check_head(&resp)?;
     let collected = resp
         .into_body()
         .collect()
@@ -227,6 +232,105 @@ async fn call(
         bail!("{n} messages, expected {}", shape.response_messages());
     }
     Ok(n)
+}
+
+/// The status of an answer's head, its `grpc-status` if it has one (a trailers-only answer)
+/// and whether its content type is gRPC's.
+fn check_head<B>(resp: &http::Response<B>) -> anyhow::Result<(Option<HeaderValue>, bool)> {
+    if resp.status() != http::StatusCode::OK {
+        bail!("HTTP status {}", resp.status());
+    }
+    let ct_ok = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    Ok((resp.headers().get("grpc-status").cloned(), ct_ok))
+}
+
+/// A request body a call writes as it goes: each message sent on the channel is one frame.
+pub struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Chan {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A call's request body: whole (unary, server and client streaming) or written as it goes.
+type CallBody = Either<Full<Bytes>, Chan>;
+type Sender = hyper::client::conn::http2::SendRequest<CallBody>;
+
+/// Longest a bidirectional call may take: a stuck one fails instead of holding the load.
+const BIDI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One bidirectional call, checked: send a message, wait for its echo, send the next, then end
+/// the request and expect `grpc-status: 0`; returns the messages received.
+async fn bidi(send: &mut Sender, req: http::request::Builder) -> anyhow::Result<u64> {
+    let call = async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let req = req.body(Either::Right(Chan(rx)))?;
+        let msg = Bytes::from_static(&GRPC_MESSAGE);
+        let closed = || anyhow::anyhow!("the request body was closed");
+        tx.send(msg.clone()).await.map_err(|_| closed())?;
+        let resp = send.send_request(req).await.context("sending")?;
+        let (head_status, ct_ok) = check_head(&resp)?;
+        if !ct_ok {
+            bail!("content-type is not application/grpc");
+        }
+        let mut body = resp.into_body();
+        let (mut tx, mut sent, mut got) = (Some(tx), 1, 0u64);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut status = head_status;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the body")?;
+            let frame = match frame.into_data() {
+                Ok(d) => {
+                    pending.extend_from_slice(&d);
+                    while let Some(n) = whole_message(&pending) {
+                        pending.drain(..n);
+                        got += 1;
+                        match &tx {
+                            Some(t) if sent < STREAM_MESSAGES => {
+                                t.send(msg.clone()).await.map_err(|_| closed())?;
+                                sent += 1;
+                            }
+                            // all answered: the request ends, and the answer's trailers follow
+                            _ => tx = None,
+                        }
+                    }
+                    continue;
+                }
+                Err(f) => f,
+            };
+            if let Ok(t) = frame.into_trailers() {
+                status = t.get("grpc-status").cloned();
+            }
+        }
+        match status {
+            Some(s) if s == "0" => {}
+            Some(s) => bail!("grpc-status {}", String::from_utf8_lossy(s.as_bytes())),
+            None => bail!("no grpc-status"),
+        }
+        if got != STREAM_MESSAGES as u64 || !pending.is_empty() {
+            bail!("{got} whole messages, expected {STREAM_MESSAGES}");
+        }
+        Ok(got)
+    };
+    tokio::time::timeout(BIDI_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| bail!("no end within {BIDI_TIMEOUT:?}"))
+}
+
+/// The length of the whole length-prefixed message at the front of `data`, if it is there.
+fn whole_message(data: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as usize;
+    (data.len() >= 5 + len).then_some(5 + len)
 }
 
 /// Count length-prefixed gRPC messages that exactly fill `data`; `None` if they do not.

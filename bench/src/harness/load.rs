@@ -194,6 +194,7 @@ fn grpc(
             Shape::Unary => "unary",
             Shape::Stream => "stream",
             Shape::Client => "client",
+            Shape::Bidi => "bidi",
         })
         .arg("--conns")
         .arg(conns.max(ctx.threads).to_string())

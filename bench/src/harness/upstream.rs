@@ -6,7 +6,9 @@
 //!
 //! A gRPC call (`content-type: application/grpc...`) is answered as gRPC ([`grpc_answer`]):
 //! length-prefixed messages and a `grpc-status: 0` trailer; `/bench.Bench/Unary` and
-//! `/bench.Bench/ClientStream` answer one message, `/bench.Bench/Stream` [`STREAM_MESSAGES`].
+//! `/bench.Bench/ClientStream` answer one message, `/bench.Bench/Stream` [`STREAM_MESSAGES`];
+//! `/bench.Bench/Bidi` echoes each request message as it arrives ([`Echo`]) and ends with the
+//! trailer once the request ends.
 //!
 //! It prints `role=addr ...` as its first stdout line, then serves until its stdin closes (the
 //! harness holds the other end, so the upstream cannot outlive the harness) or it is killed.
@@ -15,7 +17,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::{HeaderValue, Request, Response};
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt as _, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -159,10 +161,28 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// An answer's body: whole, or echoing the request's (bidirectional streaming).
+type AnswerBody = Either<DataThenTrailers, Echo>;
+
+/// The trailers of a successful gRPC answer.
+fn grpc_ok() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers
+}
+
 /// Answer a gRPC call: read the request's messages whole, then the messages of the method and
-/// `grpc-status: 0` (or `12`, UNIMPLEMENTED, for another method).
-async fn grpc_answer(req: Request<Incoming>, tag: HeaderValue) -> Response<DataThenTrailers> {
+/// `grpc-status: 0` (or `12`, UNIMPLEMENTED, for another method); a bidirectional call is
+/// echoed as it arrives.
+async fn grpc_answer(req: Request<Incoming>, tag: HeaderValue) -> Response<AnswerBody> {
     let path = req.uri().path().to_string();
+    if path == "/bench.Bench/Bidi" {
+        let echo = Echo {
+            inner: req.into_body(),
+            trailers: Some(grpc_ok()),
+        };
+        return grpc_response(Either::Right(echo), tag);
+    }
     let _ = req.into_body().collect().await;
     let (data, status) = match path.as_str() {
         "/bench.Bench/Unary" | "/bench.Bench/ClientStream" => {
@@ -173,7 +193,11 @@ async fn grpc_answer(req: Request<Incoming>, tag: HeaderValue) -> Response<DataT
     };
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static(status));
-    let mut resp = Response::new(DataThenTrailers::new(data, trailers));
+    grpc_response(Either::Left(DataThenTrailers::new(data, trailers)), tag)
+}
+
+fn grpc_response(body: AnswerBody, tag: HeaderValue) -> Response<AnswerBody> {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -186,7 +210,7 @@ async fn grpc_answer(req: Request<Incoming>, tag: HeaderValue) -> Response<DataT
 async fn answer(
     req: Request<Incoming>,
     tag: HeaderValue,
-) -> Result<Response<DataThenTrailers>, Infallible> {
+) -> Result<Response<AnswerBody>, Infallible> {
     if is_grpc(&req) {
         return Ok(grpc_answer(req, tag).await);
     }
@@ -195,10 +219,46 @@ async fn answer(
     } else {
         Bytes::from_static(b"ok")
     };
-    let mut resp = Response::new(DataThenTrailers {
+    let mut resp = Response::new(Either::Left(DataThenTrailers {
         data: Some(body),
         trailers: None,
-    });
+    }));
     resp.headers_mut().insert("x-upstream", tag);
     Ok(resp)
+}
+
+/// The body of a bidirectional call's answer: each data frame of the request, as it arrives,
+/// then `trailers` once the request ends (its own trailers are dropped).
+pub struct Echo {
+    inner: Incoming,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for Echo {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.trailers.is_none() {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) if !d.is_empty() => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    _ => {}
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers.is_none()
+    }
 }
