@@ -526,29 +526,66 @@ async fn a_store_without_settings_keeps_its_users_from_starting_and_says_why() {
     stop_bin(child).await;
 }
 
+/// One replica as `/instances` shows it.
+#[derive(Debug, Clone)]
+struct Replica {
+    index: u64,
+    pid: u64,
+    log: std::path::PathBuf,
+}
+
+/// The ready replicas `/instances` lists, by replica index.
+async fn ready_replicas(c: &TestClient, admin: std::net::SocketAddr) -> Vec<Replica> {
+    let v = get(c, admin, "/instances", &[]).await.json();
+    let mut out: Vec<Replica> = v["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["state"] == "ready")
+        .filter_map(|i| {
+            Some(Replica {
+                index: i["replica"].as_u64()?,
+                pid: i["pid"].as_u64()?,
+                log: i["log"].as_str()?.into(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r.index);
+    out
+}
+
+/// Wait until `n` replicas are ready; they are returned by replica index.
+async fn wait_ready_replicas(c: &TestClient, admin: std::net::SocketAddr, n: usize) -> Vec<Replica> {
+    wait_for(DEADLINE, &format!("{n} ready replicas"), || async {
+        let ready = ready_replicas(c, admin).await;
+        (ready.len() == n).then_some(ready)
+    })
+    .await
+}
+
+/// The org of the replica tests: `api` runs two replicas (its reliability floor), `extra`
+/// lines added to its service block.
+fn with_replicas(cfg: &Path, extra: &str) {
+    let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
+    let org = org.replace("    run:\n", &format!("    min_replicas: 2\n{extra}    run:\n"));
+    std::fs::write(cfg.join("org.yaml"), org).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
     let setup = Setup::new().await;
     let cfg = setup.cfg.clone();
     // the reliability floor: a branch-local api runs two replicas
-    let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
-    let org = org.replace("    run:\n", "    min_replicas: 2\n    run:\n");
-    std::fs::write(cfg.join("org.yaml"), org).unwrap();
+    with_replicas(&cfg, "");
     write_branch(&cfg, "feat", "on");
     let (child, proxy, admin) = setup.run(&[]).await;
     let c = h1_client();
     let headers = [("host", "api"), ("x-microstax-branch", "feat")];
-    let pids = wait_for(DEADLINE, "two ready replicas", || async {
-        let v = get(&c, admin, "/instances", &[]).await.json();
-        let list = v["instances"].as_array()?.clone();
-        let ready: Vec<u64> = list
-            .iter()
-            .filter(|i| i["state"] == "ready")
-            .filter_map(|i| i["pid"].as_u64())
-            .collect();
-        (ready.len() == 2).then_some(ready)
-    })
-    .await;
+    let pids: Vec<u64> = wait_ready_replicas(&c, admin, 2)
+        .await
+        .iter()
+        .map(|r| r.pid)
+        .collect();
     assert_ne!(pids[0], pids[1]);
     // both replicas answer through the proxy (bounded: 200 requests)
     let mut seen = std::collections::BTreeSet::new();
@@ -568,15 +605,91 @@ async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
         assert_eq!(r.status, 200, "request {i} after the crash: {}", r.text());
     }
     wait_for(DEADLINE, "the crashed replica restarted", || async {
-        let v = get(&c, admin, "/instances", &[]).await.json();
-        let list = v["instances"].as_array()?.clone();
-        let ready: Vec<u64> = list
-            .iter()
-            .filter(|i| i["state"] == "ready")
-            .filter_map(|i| i["pid"].as_u64())
-            .collect();
+        let ready: Vec<u64> = ready_replicas(&c, admin).await.iter().map(|r| r.pid).collect();
         (ready.len() == 2 && ready.contains(&pids[0]) && !ready.contains(&pids[1])).then_some(())
     })
     .await;
+    stop_bin(child).await;
+}
+
+/// Whether `log` has the line the fixture prints when it takes a `/hold` request for `until`.
+fn holds(log: &Path, until: &Path) -> bool {
+    let line = format!("held {}", until.display());
+    std::fs::read_to_string(log).is_ok_and(|s| s.lines().any(|l| l == line))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
+    with_replicas(
+        &cfg,
+        "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n",
+    );
+    write_branch(&cfg, "feat", "on");
+    // one proxy worker: the balancer's in-flight counts are per worker
+    let (child, proxy, admin) = setup.run(&[]).await;
+    let c = h1_client();
+    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
+    let replicas = wait_ready_replicas(&c, admin, 2).await;
+    // a request kept in flight on replica 0: power of two choices then sends every other
+    // request to replica 1, so replica 0's upstream sees no new request (bounded: a request
+    // that lands on replica 1 is released and another sent, at most 30)
+    let mut held = None;
+    for n in 0..30 {
+        let until = setup.dir.path().join(format!("release-{n}"));
+        let path = format!("/hold?until={}", until.display());
+        let task = {
+            let (c, headers) = (c.clone(), headers);
+            tokio::spawn(async move { get(&c, proxy, &path, &headers).await })
+        };
+        let on = wait_for(DEADLINE, "the held request taken", || async {
+            replicas.iter().find(|r| holds(&r.log, &until)).map(|r| r.index)
+        })
+        .await;
+        if on == 0 {
+            held = Some((until, task));
+            break;
+        }
+        std::fs::write(&until, "").unwrap();
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    let (until, task) = held.expect("a request held on replica 0 within 30 tries");
+    // four idle periods of requests that all reach replica 1: the instance is not idle, so
+    // neither replica stops (bounded by time, paced every 50 ms)
+    let end = std::time::Instant::now() + Duration::from_secs(4);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut served = 0;
+    while std::time::Instant::now() < end {
+        pace.tick().await;
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(".1 flag="), "replica 1 answers: {}", r.text());
+        // a request held for a wake means the instance was put to sleep under it
+        assert!(
+            !r.headers.contains_key("x-microstax-cold-start-ms"),
+            "request {served} to replica 1 was held for a cold start: {:?}",
+            r.headers
+        );
+        for r in &replicas {
+            assert!(
+                pid_alive(r.pid),
+                "replica {} (pid {}) stopped while replica 1 served {served} requests",
+                r.index,
+                r.pid
+            );
+        }
+        served += 1;
+    }
+    std::fs::write(&until, "").unwrap();
+    let r = task.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains(".1 flag="), "replica 0 answers: {}", r.text());
+    let m = get(&c, admin, "/metrics", &[]).await.text();
+    assert!(
+        m.lines().any(|l| l == "microstax_cold_starts_total 0"),
+        "no wake was needed: {}",
+        m.lines().filter(|l| l.contains("cold_starts")).collect::<Vec<_>>().join("\n")
+    );
     stop_bin(child).await;
 }
