@@ -693,3 +693,59 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
     );
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
+    // the wake may take a while on a loaded machine: hold up to 10 s
+    with_replicas(
+        &cfg,
+        "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n",
+    );
+    write_branch(&cfg, "feat", "on");
+    let (child, proxy, admin) = setup.run(&[]).await;
+    let c = h1_client();
+    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
+    let before = wait_ready_replicas(&c, admin, 2).await;
+    let r = get(&c, proxy, "/", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // no request for an idle period: both replicas stop, and both say so
+    wait_for(DEADLINE, "both idle replicas stopped", || async {
+        before.iter().all(|r| !pid_alive(r.pid)).then_some(())
+    })
+    .await;
+    let v = get(&c, admin, "/instances", &[]).await.json();
+    let states: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["state"].as_str())
+        .collect();
+    assert_eq!(states, ["scaled to zero", "scaled to zero"], "{v}");
+    // one request wakes the instance: it is held until a replica answers it
+    let r = get(&c, proxy, "/", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    assert!(
+        r.headers.contains_key("x-microstax-cold-start-ms"),
+        "{:?}",
+        r.headers
+    );
+    // and every replica runs again (new processes), sharing the load as before
+    let after = wait_ready_replicas(&c, admin, 2).await;
+    for (a, b) in after.iter().zip(&before) {
+        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.text());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both replicas answer after the wake: {seen:?}");
+    stop_bin(child).await;
+}
