@@ -715,14 +715,16 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
         before.iter().all(|r| !pid_alive(r.pid)).then_some(())
     })
     .await;
-    let v = get(&c, admin, "/instances", &[]).await.json();
-    let states: Vec<&str> = v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| i["state"].as_str())
-        .collect();
-    assert_eq!(states, ["scaled to zero", "scaled to zero"], "{v}");
+    wait_for(DEADLINE, "both replicas shown scaled to zero", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        let states: Vec<String> = v["instances"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| Some(i["state"].as_str()?.to_owned()))
+            .collect();
+        (states == ["scaled to zero", "scaled to zero"]).then_some(())
+    })
+    .await;
     // one request wakes the instance: it is held until a replica answers it
     let r = get(&c, proxy, "/", &headers).await;
     assert_eq!(r.status, 200, "{}", r.text());
