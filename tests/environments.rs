@@ -751,3 +751,35 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
     assert_eq!(seen.len(), 2, "both replicas answer after the wake: {seen:?}");
     stop_bin(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_reaps_the_replicas_a_killed_one_left_and_starts_them_again() {
+    let setup = Setup::new().await;
+    let cfg = setup.cfg.clone();
+    with_replicas(&cfg, "");
+    write_branch(&cfg, "feat", "on");
+    let (child, _, admin) = setup.run(&[]).await;
+    let c = h1_client();
+    let before = wait_ready_replicas(&c, admin, 2).await;
+    // SIGKILL: no drain, no shutdown of the instances
+    let mut child = child;
+    signal(
+        u64::from(child.id().expect("pid")),
+        rustix::process::Signal::KILL,
+    );
+    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+    // the next run on the same state directory does not adopt them: it reaps both (by their
+    // records) and starts both again, so no replica of the old run is left behind
+    let (child, proxy, admin) = setup.run(&[]).await;
+    wait_for(DEADLINE, "the old replicas gone", || async {
+        before.iter().all(|r| !pid_alive(r.pid)).then_some(())
+    })
+    .await;
+    let after = wait_ready_replicas(&c, admin, 2).await;
+    for (a, b) in after.iter().zip(&before) {
+        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
+    }
+    let r = get(&c, proxy, "/", &[("host", "api"), ("x-microstax-branch", "feat")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    stop_bin(child).await;
+}
