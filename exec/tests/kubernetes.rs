@@ -238,6 +238,34 @@ fn stop_prunes_the_file_and_a_new_executor_adopts_the_rest() {
 }
 
 #[test]
+fn an_adopted_manifest_is_rendered_again_when_its_replicas_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let mut a = spec(ID_A, "orders", "main");
+    exec.ensure(&a).unwrap();
+    let replicas =
+        |s: &InstanceSpec| find(&rendered(dir.path(), s), "Deployment")["spec"]["replicas"].clone();
+    assert_eq!(replicas(&a), 1);
+    // the replica count is not part of the content address: the same instance, ensured again
+    // by a new executor that adopted its manifest, with the floor raised to 3
+    drop(exec);
+    let again = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    assert_eq!(again.observe().len(), 1, "adopted");
+    let mut changes = again.changes();
+    changes.mark_unchanged();
+    a.replicas = 3;
+    again.ensure(&a).unwrap();
+    assert_eq!(replicas(&a), 3);
+    assert!(changes.has_changed().unwrap());
+    // ensured again unchanged: the file is not rewritten and nothing is announced
+    changes.mark_unchanged();
+    again.ensure(&a).unwrap();
+    assert!(!changes.has_changed().unwrap());
+    assert_eq!(again.observe().len(), 1);
+    validate(&[again.file_of(&a).unwrap()]);
+}
+
+#[test]
 fn an_instance_without_an_image_or_with_a_bad_env_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
