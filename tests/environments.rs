@@ -555,7 +555,11 @@ async fn ready_replicas(c: &TestClient, admin: std::net::SocketAddr) -> Vec<Repl
 }
 
 /// Wait until `n` replicas are ready; they are returned by replica index.
-async fn wait_ready_replicas(c: &TestClient, admin: std::net::SocketAddr, n: usize) -> Vec<Replica> {
+async fn wait_ready_replicas(
+    c: &TestClient,
+    admin: std::net::SocketAddr,
+    n: usize,
+) -> Vec<Replica> {
     wait_for(DEADLINE, &format!("{n} ready replicas"), || async {
         let ready = ready_replicas(c, admin).await;
         (ready.len() == n).then_some(ready)
@@ -567,7 +571,10 @@ async fn wait_ready_replicas(c: &TestClient, admin: std::net::SocketAddr, n: usi
 /// lines added to its service block.
 fn with_replicas(cfg: &Path, extra: &str) {
     let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
-    let org = org.replace("    run:\n", &format!("    min_replicas: 2\n{extra}    run:\n"));
+    let org = org.replace(
+        "    run:\n",
+        &format!("    min_replicas: 2\n{extra}    run:\n"),
+    );
     std::fs::write(cfg.join("org.yaml"), org).unwrap();
 }
 
@@ -605,7 +612,11 @@ async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
         assert_eq!(r.status, 200, "request {i} after the crash: {}", r.text());
     }
     wait_for(DEADLINE, "the crashed replica restarted", || async {
-        let ready: Vec<u64> = ready_replicas(&c, admin).await.iter().map(|r| r.pid).collect();
+        let ready: Vec<u64> = ready_replicas(&c, admin)
+            .await
+            .iter()
+            .map(|r| r.pid)
+            .collect();
         (ready.len() == 2 && ready.contains(&pids[0]) && !ready.contains(&pids[1])).then_some(())
     })
     .await;
@@ -644,7 +655,10 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
             tokio::spawn(async move { get(&c, proxy, &path, &headers).await })
         };
         let on = wait_for(DEADLINE, "the held request taken", || async {
-            replicas.iter().find(|r| holds(&r.log, &until)).map(|r| r.index)
+            replicas
+                .iter()
+                .find(|r| holds(&r.log, &until))
+                .map(|r| r.index)
         })
         .await;
         if on == 0 {
@@ -664,7 +678,11 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
         pace.tick().await;
         let r = get(&c, proxy, "/", &headers).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.text().contains(".1 flag="), "replica 1 answers: {}", r.text());
+        assert!(
+            r.text().contains(".1 flag="),
+            "replica 1 answers: {}",
+            r.text()
+        );
         // a request held for a wake means the instance was put to sleep under it
         assert!(
             !r.headers.contains_key("x-microstax-cold-start-ms"),
@@ -684,12 +702,19 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
     std::fs::write(&until, "").unwrap();
     let r = task.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(!r.text().contains(".1 flag="), "replica 0 answers: {}", r.text());
+    assert!(
+        !r.text().contains(".1 flag="),
+        "replica 0 answers: {}",
+        r.text()
+    );
     let m = get(&c, admin, "/metrics", &[]).await.text();
     assert!(
         m.lines().any(|l| l == "microstax_cold_starts_total 0"),
         "no wake was needed: {}",
-        m.lines().filter(|l| l.contains("cold_starts")).collect::<Vec<_>>().join("\n")
+        m.lines()
+            .filter(|l| l.contains("cold_starts"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     stop_bin(child).await;
 }
@@ -748,7 +773,11 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
             break;
         }
     }
-    assert_eq!(seen.len(), 2, "both replicas answer after the wake: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "both replicas answer after the wake: {seen:?}"
+    );
     stop_bin(child).await;
 }
 
@@ -779,7 +808,13 @@ async fn a_restarted_proxy_reaps_the_replicas_a_killed_one_left_and_starts_them_
     for (a, b) in after.iter().zip(&before) {
         assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
     }
-    let r = get(&c, proxy, "/", &[("host", "api"), ("x-microstax-branch", "feat")]).await;
+    let r = get(
+        &c,
+        proxy,
+        "/",
+        &[("host", "api"), ("x-microstax-branch", "feat")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     stop_bin(child).await;
 }
