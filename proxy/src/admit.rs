@@ -106,8 +106,7 @@ impl Proxy {
             return Err((LocalReply::starting(reason), d));
         };
         let since = Instant::now();
-        let waited =
-            tokio::time::timeout(Duration::from_millis(ms), first_serving(snap, &d)).await;
+        let waited = tokio::time::timeout(Duration::from_millis(ms), first_serving(snap, &d)).await;
         drop(held);
         match waited {
             Ok(next) => {
