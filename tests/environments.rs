@@ -567,44 +567,86 @@ async fn wait_ready_replicas(
     .await
 }
 
-/// The org of the replica tests: `api` runs two replicas (its reliability floor), `extra`
-/// lines added to its service block.
-fn with_replicas(cfg: &Path, extra: &str) {
-    let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
-    let org = org.replace(
-        "    run:\n",
-        &format!("    min_replicas: 2\n{extra}    run:\n"),
-    );
-    std::fs::write(cfg.join("org.yaml"), org).unwrap();
+/// The headers of a request for branch `feat`'s `api`.
+const FEAT: [(&str, &str); 2] = [("host", "api"), ("x-microstax-branch", "feat")];
+
+/// A run of the replica tests: `api` runs two replicas (its reliability floor) for branch
+/// `feat`, with `extra` lines in its service block; returned once both are ready.
+struct ReplicaRun {
+    setup: Setup,
+    child: tokio::process::Child,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    c: TestClient,
+    replicas: Vec<Replica>,
+}
+
+impl ReplicaRun {
+    async fn start(extra: &str) -> ReplicaRun {
+        let setup = Setup::new().await;
+        let org = std::fs::read_to_string(setup.cfg.join("org.yaml")).unwrap();
+        let org = org.replace(
+            "    run:\n",
+            &format!("    min_replicas: 2\n{extra}    run:\n"),
+        );
+        std::fs::write(setup.cfg.join("org.yaml"), org).unwrap();
+        write_branch(&setup.cfg, "feat", "on");
+        // one proxy worker (`spawn_run`): the balancer's in-flight counts are per worker
+        let (child, proxy, admin) = setup.run(&[]).await;
+        let c = h1_client();
+        let replicas = wait_ready_replicas(&c, admin, 2).await;
+        ReplicaRun {
+            setup,
+            child,
+            proxy,
+            admin,
+            c,
+            replicas,
+        }
+    }
+}
+
+/// Scale to zero after 1 s idle; a wake may take a while on a loaded machine: hold up to 10 s.
+const SCALED: &str =
+    "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n";
+
+/// Both replicas answer through the proxy (bounded: 200 requests).
+async fn both_answer(c: &TestClient, proxy: std::net::SocketAddr, headers: &[(&str, &str)]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let r = get(c, proxy, "/", headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.text());
+        if seen.len() == 2 {
+            return;
+        }
+    }
+    panic!("only one replica answered: {seen:?}");
+}
+
+/// Every replica of `after` runs a process other than its namesake of `before`.
+fn assert_new_processes(after: &[Replica], before: &[Replica]) {
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(before) {
+        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
-    let setup = Setup::new().await;
-    let cfg = setup.cfg.clone();
-    // the reliability floor: a branch-local api runs two replicas
-    with_replicas(&cfg, "");
-    write_branch(&cfg, "feat", "on");
-    let (child, proxy, admin) = setup.run(&[]).await;
-    let c = h1_client();
-    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
-    let pids: Vec<u64> = wait_ready_replicas(&c, admin, 2)
-        .await
-        .iter()
-        .map(|r| r.pid)
-        .collect();
+    let ReplicaRun {
+        setup: _setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start("").await;
+    let headers = FEAT;
+    let pids: Vec<u64> = replicas.iter().map(|r| r.pid).collect();
     assert_ne!(pids[0], pids[1]);
-    // both replicas answer through the proxy (bounded: 200 requests)
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..200 {
-        let r = get(&c, proxy, "/", &headers).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        seen.insert(r.text());
-        if seen.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    // both replicas answer through the proxy
+    both_answer(&c, proxy, &headers).await;
     // one replica crashes: requests keep succeeding, and it comes back with a new pid
     signal(pids[1], rustix::process::Signal::KILL);
     for i in 0..20 {
@@ -631,18 +673,15 @@ fn holds(log: &Path, until: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
-    let setup = Setup::new().await;
-    let cfg = setup.cfg.clone();
-    with_replicas(
-        &cfg,
-        "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n",
-    );
-    write_branch(&cfg, "feat", "on");
-    // one proxy worker: the balancer's in-flight counts are per worker
-    let (child, proxy, admin) = setup.run(&[]).await;
-    let c = h1_client();
-    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
-    let replicas = wait_ready_replicas(&c, admin, 2).await;
+    let ReplicaRun {
+        setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start(SCALED).await;
+    let headers = FEAT;
     // a request kept in flight on replica 0: power of two choices then sends every other
     // request to replica 1, so replica 0's upstream sees no new request (bounded: a request
     // that lands on replica 1 is released and another sent, at most 30)
@@ -721,18 +760,15 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
-    let setup = Setup::new().await;
-    let cfg = setup.cfg.clone();
-    // the wake may take a while on a loaded machine: hold up to 10 s
-    with_replicas(
-        &cfg,
-        "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n",
-    );
-    write_branch(&cfg, "feat", "on");
-    let (child, proxy, admin) = setup.run(&[]).await;
-    let c = h1_client();
-    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
-    let before = wait_ready_replicas(&c, admin, 2).await;
+    let ReplicaRun {
+        setup: _setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas: before,
+    } = ReplicaRun::start(SCALED).await;
+    let headers = FEAT;
     let r = get(&c, proxy, "/", &headers).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // no request for an idle period: both replicas stop, and both say so
@@ -761,37 +797,21 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
     );
     // and every replica runs again (new processes), sharing the load as before
     let after = wait_ready_replicas(&c, admin, 2).await;
-    for (a, b) in after.iter().zip(&before) {
-        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..200 {
-        let r = get(&c, proxy, "/", &headers).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        seen.insert(r.text());
-        if seen.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        2,
-        "both replicas answer after the wake: {seen:?}"
-    );
+    assert_new_processes(&after, &before);
+    both_answer(&c, proxy, &headers).await;
     stop_bin(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_reaps_the_replicas_a_killed_one_left_and_starts_them_again() {
-    let setup = Setup::new().await;
-    let cfg = setup.cfg.clone();
-    with_replicas(&cfg, "");
-    write_branch(&cfg, "feat", "on");
-    let (child, _, admin) = setup.run(&[]).await;
-    let c = h1_client();
-    let before = wait_ready_replicas(&c, admin, 2).await;
+    let ReplicaRun {
+        setup,
+        mut child,
+        c,
+        replicas: before,
+        ..
+    } = ReplicaRun::start("").await;
     // SIGKILL: no drain, no shutdown of the instances
-    let mut child = child;
     signal(
         u64::from(child.id().expect("pid")),
         rustix::process::Signal::KILL,
@@ -805,16 +825,8 @@ async fn a_restarted_proxy_reaps_the_replicas_a_killed_one_left_and_starts_them_
     })
     .await;
     let after = wait_ready_replicas(&c, admin, 2).await;
-    for (a, b) in after.iter().zip(&before) {
-        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
-    }
-    let r = get(
-        &c,
-        proxy,
-        "/",
-        &[("host", "api"), ("x-microstax-branch", "feat")],
-    )
-    .await;
+    assert_new_processes(&after, &before);
+    let r = get(&c, proxy, "/", &FEAT).await;
     assert_eq!(r.status, 200, "{}", r.text());
     stop_bin(child).await;
 }
