@@ -224,6 +224,22 @@ fn signal(pid: u64, signal: rustix::process::Signal) {
     }
 }
 
+/// A request for a scaled-to-zero instance: held while it starts, then served by it.
+async fn served_after_a_cold_start(
+    c: &TestClient,
+    proxy: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) {
+    let r = get(c, proxy, "/", headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    assert!(
+        r.headers.contains_key("x-microstax-cold-start-ms"),
+        "{:?}",
+        r.headers
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     let setup = Setup::new().await;
@@ -250,14 +266,7 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     })
     .await;
     // the next request wakes it and is held until it answers
-    let r = get(&c, proxy, "/", &headers).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().starts_with("instance="), "{}", r.text());
-    assert!(
-        r.headers.contains_key("x-microstax-cold-start-ms"),
-        "{:?}",
-        r.headers
-    );
+    served_after_a_cold_start(&c, proxy, &headers).await;
     let v = get(&c, admin, "/instances", &[]).await.json();
     let pid2 = v["instances"][0]["pid"].as_u64().expect("a pid");
     assert_ne!(pid2, pid);
@@ -787,14 +796,7 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
     })
     .await;
     // one request wakes the instance: it is held until a replica answers it
-    let r = get(&c, proxy, "/", &headers).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().starts_with("instance="), "{}", r.text());
-    assert!(
-        r.headers.contains_key("x-microstax-cold-start-ms"),
-        "{:?}",
-        r.headers
-    );
+    served_after_a_cold_start(&c, proxy, &headers).await;
     // and every replica runs again (new processes), sharing the load as before
     let after = wait_ready_replicas(&c, admin, 2).await;
     assert_new_processes(&after, &before);
