@@ -726,15 +726,10 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
         pace.tick().await;
         let r = get(&c, proxy, "/", &headers).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert!(
-            r.text().contains(".1 flag="),
-            "replica 1 answers: {}",
-            r.text()
-        );
         // a request held for a wake means the instance was put to sleep under it
         assert!(
             !r.headers.contains_key("x-microstax-cold-start-ms"),
-            "request {served} to replica 1 was held for a cold start: {:?}",
+            "request {served} was held for a cold start: {:?}",
             r.headers
         );
         for r in &replicas {
@@ -745,6 +740,12 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
                 r.pid
             );
         }
+        // (checked last: after a scale-down under it, a restarted replica 0 may answer)
+        assert!(
+            r.text().contains(".1 flag="),
+            "replica 1 answers: {}",
+            r.text()
+        );
         served += 1;
     }
     std::fs::write(&until, "").unwrap();
