@@ -213,22 +213,21 @@ pub(crate) async fn keep_converged(
             }
         }
         ready_since.retain(|id, _| view.observed.contains_key(id));
-        // scale to zero: an instance idle past its idle_after is stopped (after the grace); its
-        // upstream is asleep, so the next request wakes it and is held meanwhile
+        // scale to zero: an instance none of whose replicas was used for its idle_after is
+        // stopped (after the grace); its upstreams are asleep, so the next request wakes it and
+        // is held meanwhile
         for (id, d) in &view.desired.instances {
-            let (Some(idle), Some(since), Some(addr)) =
-                (d.idle_after, ready_since.get(id), view.placements.get(id))
-            else {
+            let Some(idle) = d.idle_after.filter(|_| !runtime.is_parked(id)) else {
                 continue;
             };
-            let last = activity
-                .last_request_upstream(addr)
-                .map_or(*since, |t| t.max(*since));
-            if now.saturating_duration_since(last) >= idle && !runtime.is_parked(id) {
+            let Some(last) = last_use(id, &view.placements, &ready_since, &activity) else {
+                continue;
+            };
+            if now.saturating_duration_since(last) >= idle {
                 tracing::info!(instance = %id.short(), service = %d.spec.service, "idle: scaled to zero");
                 runtime.park(id);
                 // every replica's upstream sleeps with it
-                for (r, addr) in view.placements.iter().filter(|(r, _)| r.base() == *id) {
+                for (r, addr) in replicas_of(id, &view.placements) {
                     proxy.set_asleep(addr, true);
                     asleep.insert(r.clone());
                     ready_since.remove(r);
@@ -236,6 +235,37 @@ pub(crate) async fn keep_converged(
             }
         }
     }
+}
+
+/// The placements of instance `id`'s replicas: its own id (replica 0) and `<id>.k`, which sort
+/// right after it (ids are of one length, so no other instance's id falls between).
+fn replicas_of<'p>(
+    id: &'p InstanceId,
+    placements: &'p BTreeMap<InstanceId, Arc<str>>,
+) -> impl Iterator<Item = (&'p InstanceId, &'p Arc<str>)> {
+    placements
+        .range(id.clone()..)
+        .take_while(move |(r, _)| r.replica_of().0 == &*id.0)
+}
+
+/// When instance `id` was last used: the latest request routed to any of its replicas, or the
+/// latest time one of them became ready (a replica that just started is not idle yet). Traffic
+/// to any replica keeps all of them up. `None` while no replica is ready (starting, or crashed
+/// and restarting): then nothing is scaled to zero.
+fn last_use(
+    id: &InstanceId,
+    placements: &BTreeMap<InstanceId, Arc<str>>,
+    ready_since: &BTreeMap<InstanceId, Instant>,
+    activity: &microstax_proxy::Activity,
+) -> Option<Instant> {
+    let mut ready = None;
+    let mut requested = None;
+    for (r, addr) in replicas_of(id, placements) {
+        ready = ready.max(ready_since.get(r).copied());
+        requested = requested.max(activity.last_request_upstream(addr));
+    }
+    let ready = ready?;
+    Some(requested.map_or(ready, |t| t.max(ready)))
 }
 
 /// Metrics of the environments (registered on the proxy's registry): branch expiry, instances

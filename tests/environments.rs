@@ -224,6 +224,22 @@ fn signal(pid: u64, signal: rustix::process::Signal) {
     }
 }
 
+/// A request for a scaled-to-zero instance: held while it starts, then served by it.
+async fn served_after_a_cold_start(
+    c: &TestClient,
+    proxy: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) {
+    let r = get(c, proxy, "/", headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("instance="), "{}", r.text());
+    assert!(
+        r.headers.contains_key("x-microstax-cold-start-ms"),
+        "{:?}",
+        r.headers
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     let setup = Setup::new().await;
@@ -250,14 +266,7 @@ async fn an_idle_instance_scales_to_zero_and_a_request_wakes_it() {
     })
     .await;
     // the next request wakes it and is held until it answers
-    let r = get(&c, proxy, "/", &headers).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().starts_with("instance="), "{}", r.text());
-    assert!(
-        r.headers.contains_key("x-microstax-cold-start-ms"),
-        "{:?}",
-        r.headers
-    );
+    served_after_a_cold_start(&c, proxy, &headers).await;
     let v = get(&c, admin, "/instances", &[]).await.json();
     let pid2 = v["instances"][0]["pid"].as_u64().expect("a pid");
     assert_ne!(pid2, pid);
@@ -526,41 +535,127 @@ async fn a_store_without_settings_keeps_its_users_from_starting_and_says_why() {
     stop_bin(child).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
-    let setup = Setup::new().await;
-    let cfg = setup.cfg.clone();
-    // the reliability floor: a branch-local api runs two replicas
-    let org = std::fs::read_to_string(cfg.join("org.yaml")).unwrap();
-    let org = org.replace("    run:\n", "    min_replicas: 2\n    run:\n");
-    std::fs::write(cfg.join("org.yaml"), org).unwrap();
-    write_branch(&cfg, "feat", "on");
-    let (child, proxy, admin) = setup.run(&[]).await;
-    let c = h1_client();
-    let headers = [("host", "api"), ("x-microstax-branch", "feat")];
-    let pids = wait_for(DEADLINE, "two ready replicas", || async {
-        let v = get(&c, admin, "/instances", &[]).await.json();
-        let list = v["instances"].as_array()?.clone();
-        let ready: Vec<u64> = list
-            .iter()
-            .filter(|i| i["state"] == "ready")
-            .filter_map(|i| i["pid"].as_u64())
-            .collect();
-        (ready.len() == 2).then_some(ready)
+/// One replica as `/instances` shows it.
+#[derive(Debug, Clone)]
+struct Replica {
+    index: u64,
+    pid: u64,
+    log: std::path::PathBuf,
+}
+
+/// The ready replicas `/instances` lists, by replica index.
+async fn ready_replicas(c: &TestClient, admin: std::net::SocketAddr) -> Vec<Replica> {
+    let v = get(c, admin, "/instances", &[]).await.json();
+    let mut out: Vec<Replica> = v["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["state"] == "ready")
+        .filter_map(|i| {
+            Some(Replica {
+                index: i["replica"].as_u64()?,
+                pid: i["pid"].as_u64()?,
+                log: i["log"].as_str()?.into(),
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r.index);
+    out
+}
+
+/// Wait until `n` replicas are ready; they are returned by replica index.
+async fn wait_ready_replicas(
+    c: &TestClient,
+    admin: std::net::SocketAddr,
+    n: usize,
+) -> Vec<Replica> {
+    wait_for(DEADLINE, &format!("{n} ready replicas"), || async {
+        let ready = ready_replicas(c, admin).await;
+        (ready.len() == n).then_some(ready)
     })
-    .await;
-    assert_ne!(pids[0], pids[1]);
-    // both replicas answer through the proxy (bounded: 200 requests)
+    .await
+}
+
+/// The headers of a request for branch `feat`'s `api`.
+const FEAT: [(&str, &str); 2] = [("host", "api"), ("x-microstax-branch", "feat")];
+
+/// A run of the replica tests: `api` runs two replicas (its reliability floor) for branch
+/// `feat`, with `extra` lines in its service block; returned once both are ready.
+struct ReplicaRun {
+    setup: Setup,
+    child: tokio::process::Child,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    c: TestClient,
+    replicas: Vec<Replica>,
+}
+
+impl ReplicaRun {
+    async fn start(extra: &str) -> ReplicaRun {
+        let setup = Setup::new().await;
+        let org = std::fs::read_to_string(setup.cfg.join("org.yaml")).unwrap();
+        let org = org.replace(
+            "    run:\n",
+            &format!("    min_replicas: 2\n{extra}    run:\n"),
+        );
+        std::fs::write(setup.cfg.join("org.yaml"), org).unwrap();
+        write_branch(&setup.cfg, "feat", "on");
+        // one proxy worker (`spawn_run`): the balancer's in-flight counts are per worker
+        let (child, proxy, admin) = setup.run(&[]).await;
+        let c = h1_client();
+        let replicas = wait_ready_replicas(&c, admin, 2).await;
+        ReplicaRun {
+            setup,
+            child,
+            proxy,
+            admin,
+            c,
+            replicas,
+        }
+    }
+}
+
+/// Scale to zero after 1 s idle; a wake may take a while on a loaded machine: hold up to 10 s.
+const SCALED: &str =
+    "    idle_after_s: 1\n    policy: {readiness: {policy: hold, hold_ms: 10000}}\n";
+
+/// Both replicas answer through the proxy (bounded: 200 requests).
+async fn both_answer(c: &TestClient, proxy: std::net::SocketAddr, headers: &[(&str, &str)]) {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..200 {
-        let r = get(&c, proxy, "/", &headers).await;
+        let r = get(c, proxy, "/", headers).await;
         assert_eq!(r.status, 200, "{}", r.text());
         seen.insert(r.text());
         if seen.len() == 2 {
-            break;
+            return;
         }
     }
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    panic!("only one replica answered: {seen:?}");
+}
+
+/// Every replica of `after` runs a process other than its namesake of `before`.
+fn assert_new_processes(after: &[Replica], before: &[Replica]) {
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(before) {
+        assert_ne!(a.pid, b.pid, "replica {} runs a new process", a.index);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
+    let ReplicaRun {
+        setup: _setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start("").await;
+    let headers = FEAT;
+    let pids: Vec<u64> = replicas.iter().map(|r| r.pid).collect();
+    assert_ne!(pids[0], pids[1]);
+    // both replicas answer through the proxy
+    both_answer(&c, proxy, &headers).await;
     // one replica crashes: requests keep succeeding, and it comes back with a new pid
     signal(pids[1], rustix::process::Signal::KILL);
     for i in 0..20 {
@@ -568,15 +663,173 @@ async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
         assert_eq!(r.status, 200, "request {i} after the crash: {}", r.text());
     }
     wait_for(DEADLINE, "the crashed replica restarted", || async {
-        let v = get(&c, admin, "/instances", &[]).await.json();
-        let list = v["instances"].as_array()?.clone();
-        let ready: Vec<u64> = list
+        let ready: Vec<u64> = ready_replicas(&c, admin)
+            .await
             .iter()
-            .filter(|i| i["state"] == "ready")
-            .filter_map(|i| i["pid"].as_u64())
+            .map(|r| r.pid)
             .collect();
         (ready.len() == 2 && ready.contains(&pids[0]) && !ready.contains(&pids[1])).then_some(())
     })
     .await;
+    stop_bin(child).await;
+}
+
+/// Whether `log` has the line the fixture prints when it takes a `/hold` request for `until`.
+fn holds(log: &Path, until: &Path) -> bool {
+    let line = format!("held {}", until.display());
+    std::fs::read_to_string(log).is_ok_and(|s| s.lines().any(|l| l == line))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
+    let ReplicaRun {
+        setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start(SCALED).await;
+    let headers = FEAT;
+    // a request kept in flight on replica 0: power of two choices then sends every other
+    // request to replica 1, so replica 0's upstream sees no new request (bounded: a request
+    // that lands on replica 1 is released and another sent, at most 30)
+    let mut held = None;
+    for n in 0..30 {
+        let until = setup.dir.path().join(format!("release-{n}"));
+        let path = format!("/hold?until={}", until.display());
+        let task = {
+            let (c, headers) = (c.clone(), headers);
+            tokio::spawn(async move { get(&c, proxy, &path, &headers).await })
+        };
+        let on = wait_for(DEADLINE, "the held request taken", || async {
+            replicas
+                .iter()
+                .find(|r| holds(&r.log, &until))
+                .map(|r| r.index)
+        })
+        .await;
+        if on == 0 {
+            held = Some((until, task));
+            break;
+        }
+        std::fs::write(&until, "").unwrap();
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    let (until, task) = held.expect("a request held on replica 0 within 30 tries");
+    // four idle periods of requests that all reach replica 1: the instance is not idle, so
+    // neither replica stops (bounded by time, paced every 50 ms)
+    let end = std::time::Instant::now() + Duration::from_secs(4);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut served = 0;
+    while std::time::Instant::now() < end {
+        pace.tick().await;
+        let r = get(&c, proxy, "/", &headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // a request held for a wake means the instance was put to sleep under it
+        assert!(
+            !r.headers.contains_key("x-microstax-cold-start-ms"),
+            "request {served} was held for a cold start: {:?}",
+            r.headers
+        );
+        for r in &replicas {
+            assert!(
+                pid_alive(r.pid),
+                "replica {} (pid {}) stopped while replica 1 served {served} requests",
+                r.index,
+                r.pid
+            );
+        }
+        // (checked last: after a scale-down under it, a restarted replica 0 may answer)
+        assert!(
+            r.text().contains(".1 flag="),
+            "replica 1 answers: {}",
+            r.text()
+        );
+        served += 1;
+    }
+    std::fs::write(&until, "").unwrap();
+    let r = task.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !r.text().contains(".1 flag="),
+        "replica 0 answers: {}",
+        r.text()
+    );
+    let m = get(&c, admin, "/metrics", &[]).await.text();
+    assert!(
+        m.lines().any(|l| l == "microstax_cold_starts_total 0"),
+        "no wake was needed: {}",
+        m.lines()
+            .filter(|l| l.contains("cold_starts"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    stop_bin(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
+    let ReplicaRun {
+        setup: _setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas: before,
+    } = ReplicaRun::start(SCALED).await;
+    let headers = FEAT;
+    let r = get(&c, proxy, "/", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // no request for an idle period: both replicas stop, and both say so
+    wait_for(DEADLINE, "both idle replicas stopped", || async {
+        before.iter().all(|r| !pid_alive(r.pid)).then_some(())
+    })
+    .await;
+    wait_for(DEADLINE, "both replicas shown scaled to zero", || async {
+        let v = get(&c, admin, "/instances", &[]).await.json();
+        let states: Vec<String> = v["instances"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| Some(i["state"].as_str()?.to_owned()))
+            .collect();
+        (states == ["scaled to zero", "scaled to zero"]).then_some(())
+    })
+    .await;
+    // one request wakes the instance: it is held until a replica answers it
+    served_after_a_cold_start(&c, proxy, &headers).await;
+    // and every replica runs again (new processes), sharing the load as before
+    let after = wait_ready_replicas(&c, admin, 2).await;
+    assert_new_processes(&after, &before);
+    both_answer(&c, proxy, &headers).await;
+    stop_bin(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_reaps_the_replicas_a_killed_one_left_and_starts_them_again() {
+    let ReplicaRun {
+        setup,
+        mut child,
+        c,
+        replicas: before,
+        ..
+    } = ReplicaRun::start("").await;
+    // SIGKILL: no drain, no shutdown of the instances
+    signal(
+        u64::from(child.id().expect("pid")),
+        rustix::process::Signal::KILL,
+    );
+    let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+    // the next run on the same state directory does not adopt them: it reaps both (by their
+    // records) and starts both again, so no replica of the old run is left behind
+    let (child, proxy, admin) = setup.run(&[]).await;
+    wait_for(DEADLINE, "the old replicas gone", || async {
+        before.iter().all(|r| !pid_alive(r.pid)).then_some(())
+    })
+    .await;
+    let after = wait_ready_replicas(&c, admin, 2).await;
+    assert_new_processes(&after, &before);
+    let r = get(&c, proxy, "/", &FEAT).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     stop_bin(child).await;
 }

@@ -396,3 +396,84 @@ async fn a_fallback_to_an_asleep_parent_wakes_the_parent_and_follows_its_policy(
     drop(parent);
     p.shutdown().await;
 }
+
+/// A branch whose `api` runs two replicas (two endpoints), with `readiness`.
+fn replicas_branch(a: SocketAddr, b: SocketAddr, readiness: &str) -> String {
+    format!(
+        "parent: baseline\nservices:\n  api:\n    endpoints: [\"{a}\", \"{b}\"]\n    policy: {{readiness: {readiness}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_request_balanced_to_a_replica_that_cannot_serve_goes_to_one_that_does() {
+    let base = Upstream::start("base").await;
+    let live = Upstream::start("live").await;
+    let dead = dead_addr();
+    let cfg = config(&[
+        ("org.yaml", &org(base.addr, 256)),
+        (
+            "branches/b.yaml",
+            &replicas_branch(dead, live.addr, "{policy: hold, hold_ms: 300}"),
+        ),
+    ]);
+    let p = ProxyUnderTest::start(&cfg).await;
+    let mut wakes = p.proxy.wakes().expect("wakes");
+    // one replica crashed (its executor pushed not ready): the balancer still draws it, but
+    // its requests go to the replica that serves instead of waiting for the restart
+    assert!(p.proxy.set_ready(&dead.to_string(), false));
+    for i in 0..20 {
+        let r = spawn_get(&p, "b").await.expect("join");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.upstream(), "live", "request {i}");
+        assert!(r.headers.get("x-microstax-cold-start-ms").is_none());
+    }
+    assert!(matches!(wakes.try_recv(), Err(TryRecvError::Empty)));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_woken_route_with_replicas_releases_its_held_requests_to_the_first_replica_ready() {
+    let base = Upstream::start("base").await;
+    let (a, b) = (dead_addr(), dead_addr());
+    let cfg = config(&[
+        ("org.yaml", &org(base.addr, 256)),
+        (
+            "branches/b.yaml",
+            &replicas_branch(a, b, "{policy: hold, hold_ms: 8000}"),
+        ),
+    ]);
+    let p = ProxyUnderTest::start(&cfg).await;
+    let mut wakes = p.proxy.wakes().expect("wakes");
+    // scaled to zero: both replicas asleep
+    assert!(p.proxy.set_asleep(&a.to_string(), true));
+    assert!(p.proxy.set_asleep(&b.to_string(), true));
+    let held: Vec<_> = (0..10).map(|_| spawn_get(&p, "b")).collect();
+    let (ka, kb) = (a.to_string(), b.to_string());
+    wait_for(DEADLINE, "10 held requests", || async {
+        let n = p.proxy.held(&ka).unwrap_or(0) + p.proxy.held(&kb).unwrap_or(0);
+        (n == 10).then_some(())
+    })
+    .await;
+    let woke = tokio::time::timeout(DEADLINE, wakes.recv())
+        .await
+        .expect("no wake within the deadline")
+        .expect("wake channel closed");
+    assert!(*woke == *ka || *woke == *kb, "{woke}");
+    // replica b is up first (a is still starting): every held request goes to b, including
+    // those the balancer had drawn a for
+    let up = Upstream::start_on("b", b).await;
+    assert!(p.proxy.set_asleep(&kb, false));
+    assert!(p.proxy.set_ready(&kb, true));
+    for (i, h) in held.into_iter().enumerate() {
+        let r = tokio::time::timeout(DEADLINE, h)
+            .await
+            .expect("held request not released")
+            .expect("join");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.upstream(), "b", "request {i}");
+        assert!(r.headers.get("x-microstax-cold-start-ms").is_some());
+    }
+    assert_eq!(p.proxy.held(&ka), Some(0));
+    drop(up);
+    p.shutdown().await;
+}

@@ -149,6 +149,14 @@ impl KubernetesExecutor {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether `spec`'s file holds `text` already (never, when rendering to stdout: a spec
+    /// ensured again there changed, and its manifests are written out again).
+    fn is_written(&self, spec: &InstanceSpec, text: &str) -> bool {
+        self.file_of(spec)
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .is_some_and(|on_disk| on_disk == text)
+    }
+
     fn write(&self, spec: &InstanceSpec, text: &str) -> Result<(), ExecError> {
         let id = spec.id.to_string();
         match self.file_of(spec) {
@@ -462,10 +470,16 @@ impl Executor for KubernetesExecutor {
 
     fn ensure(&self, spec: &InstanceSpec) -> Result<Arc<str>, ExecError> {
         let authority = self.authority(spec);
+        let text = manifest(&self.render(spec)?);
         if self.table().contains_key(&spec.id) {
+            // rendered before (or adopted from a previous run): rendered again only when the
+            // spec changed what is not in its content address (its replicas)
+            if !self.is_written(spec, &text) {
+                self.write(spec, &text)?;
+                self.bump();
+            }
             return Ok(authority);
         }
-        let text = manifest(&self.render(spec)?);
         self.write(spec, &text)?;
         self.table().insert(
             spec.id.clone(),

@@ -114,6 +114,9 @@ impl Pass {
 struct State {
     /// Instances ensured by this reconciler, with their address.
     placed: BTreeMap<InstanceId, Arc<str>>,
+    /// The spec each placed instance was last ensured with: a spec that changed without
+    /// changing the content address (its replicas) is ensured again.
+    ensured: BTreeMap<InstanceId, InstanceSpec>,
     /// Unneeded since.
     released: BTreeMap<InstanceId, Instant>,
     /// Stores that exist.
@@ -266,12 +269,15 @@ impl Reconciler {
                 match observed.get(id) {
                     // still stopping (given back, then needed again): started once it is gone
                     Some(InstanceState::Stopping) => continue,
-                    Some(_) if st.placed.contains_key(id) => continue,
+                    Some(_) if st.placed.contains_key(id) && st.ensured.get(id) == Some(&spec) => {
+                        continue
+                    }
                     _ => {}
                 }
                 match self.executor.ensure(&spec) {
                     Ok(addr) => {
                         let new = st.placed.insert(id.clone(), addr).is_none();
+                        st.ensured.insert(id.clone(), spec.clone());
                         if new || !observed.contains_key(id) {
                             pass.started.push(id.clone());
                         }
@@ -332,6 +338,7 @@ impl Reconciler {
                 Ok(()) => {
                     st.released.remove(&id);
                     st.placed.remove(&id);
+                    st.ensured.remove(&id);
                     pass.stopped.push(id);
                 }
                 Err(e) => pass.failures.push(Failure::Instance {

@@ -6,14 +6,14 @@
 
 use microstax_exec::kubernetes::{documents, object_name};
 use microstax_exec::{
-    ExecError, Executor, InstanceId, InstanceSpec, InstanceState, KubernetesExecutor,
-    KubernetesOptions, RunSpec,
+    Desired, DesiredInstance, ExecError, Executor, InstanceId, InstanceSpec, InstanceState,
+    KubernetesExecutor, KubernetesOptions, ReconcileOptions, Reconciler, RunSpec,
 };
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn spec(id: &str, service: &str, branch: &str) -> InstanceSpec {
     InstanceSpec {
@@ -235,6 +235,70 @@ fn stop_prunes_the_file_and_a_new_executor_adopts_the_rest() {
     assert_eq!(seen[0].state, InstanceState::Rendered);
     again.stop(&b.id).unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn an_adopted_manifest_is_rendered_again_when_its_replicas_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    let mut a = spec(ID_A, "orders", "main");
+    exec.ensure(&a).unwrap();
+    let replicas =
+        |s: &InstanceSpec| find(&rendered(dir.path(), s), "Deployment")["spec"]["replicas"].clone();
+    assert_eq!(replicas(&a), 1);
+    // the replica count is not part of the content address: the same instance, ensured again
+    // by a new executor that adopted its manifest, with the floor raised to 3
+    drop(exec);
+    let again = KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap();
+    assert_eq!(again.observe().len(), 1, "adopted");
+    let mut changes = again.changes();
+    changes.mark_unchanged();
+    a.replicas = 3;
+    again.ensure(&a).unwrap();
+    assert_eq!(replicas(&a), 3);
+    assert!(changes.has_changed().unwrap());
+    // ensured again unchanged: the file is not rewritten and nothing is announced
+    changes.mark_unchanged();
+    again.ensure(&a).unwrap();
+    assert!(!changes.has_changed().unwrap());
+    assert_eq!(again.observe().len(), 1);
+    validate(&[again.file_of(&a).unwrap()]);
+}
+
+#[tokio::test]
+async fn the_reconciler_renders_a_placed_instance_again_when_its_replicas_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Arc::new(KubernetesExecutor::new(KubernetesOptions::directory(dir.path())).unwrap());
+    let rec = Reconciler::new(exec.clone(), BTreeMap::new(), ReconcileOptions::default());
+    let mut a = spec(ID_A, "orders", "main");
+    let desired = |s: &InstanceSpec| Desired {
+        instances: BTreeMap::from([(
+            s.id.clone(),
+            DesiredInstance {
+                spec: s.clone(),
+                branches: BTreeSet::from([Arc::from("main")]),
+                store_env: vec![],
+                idle_after: None,
+            },
+        )]),
+        stores: BTreeMap::new(),
+    };
+    let replicas =
+        |s: &InstanceSpec| find(&rendered(dir.path(), s), "Deployment")["spec"]["replicas"].clone();
+    let pass = rec.reconcile(&desired(&a), Instant::now()).await;
+    assert_eq!(pass.started, [a.id.clone()]);
+    assert_eq!(replicas(&a), 1);
+    // the plan raises the floor: same content address, three replicas
+    a.replicas = 3;
+    let pass = rec.reconcile(&desired(&a), Instant::now()).await;
+    assert!(pass.failures.is_empty(), "{:?}", pass.failures);
+    assert!(
+        pass.started.is_empty(),
+        "not a new instance: {:?}",
+        pass.started
+    );
+    assert_eq!(replicas(&a), 3);
+    assert_eq!(pass.placements.len(), 1);
 }
 
 #[test]

@@ -479,15 +479,20 @@ impl Runtime {
         (Some(text), problem)
     }
 
-    /// One instance or replica as `explain` shows it: id, state, address and pid.
-    fn replica_text(&self, id: &InstanceId, v: &RuntimeView) -> String {
-        let o = v.observed.get(id);
-        let state = match o.map(|o| &o.state) {
+    /// The state of instance or replica `id` as `/instances` and `explain` show it: what the
+    /// executor reports, else `scaled to zero` (parked) or `not started`.
+    fn state_of(&self, id: &InstanceId, o: Option<&Observed>) -> String {
+        match o.map(|o| &o.state) {
             None if self.is_parked(id) => "scaled to zero".to_string(),
             None => "not started".to_string(),
             Some(s) => state_text(s),
-        };
-        let mut text = format!("{} ({state})", id.short());
+        }
+    }
+
+    /// One instance or replica as `explain` shows it: id, state, address and pid.
+    fn replica_text(&self, id: &InstanceId, v: &RuntimeView) -> String {
+        let o = v.observed.get(id);
+        let mut text = format!("{} ({})", id.short(), self.state_of(id, o));
         if let Some(a) = v.placements.get(id) {
             text.push_str(&format!(" at {a}"));
         }
@@ -584,8 +589,6 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
         });
     };
     let v = rt.view();
-    let state_text =
-        |o: Option<&Observed>| o.map_or_else(|| "not started".into(), |o| state_text(&o.state));
     let mut instances: Vec<serde_json::Value> = v
         .desired
         .instances
@@ -601,7 +604,7 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
                 "replicas": d.spec.replicas,
                 "service": &*d.spec.service,
                 "branches": d.branches.iter().map(|b| &**b).collect::<Vec<_>>(),
-                "state": state_text(o),
+                "state": rt.state_of(id, o),
                 "address": v.placements.get(id).map(|a| &**a),
                 "pid": o.and_then(|o| o.pid),
                 "restarts": o.map_or(0, |o| o.restarts),
@@ -619,7 +622,7 @@ pub fn instances_json(runtime: Option<&Runtime>) -> serde_json::Value {
         if !wanted {
             instances.push(json!({
                 "instance": id.short(), "id": &*id.0, "service": &*o.service,
-                "branches": [], "state": format!("{} (unneeded, given back after the grace)", state_text(Some(o))),
+                "branches": [], "state": format!("{} (unneeded, given back after the grace)", state_text(&o.state)),
                 "address": v.placements.get(id).map(|a| &**a), "pid": o.pid,
                 "restarts": o.restarts, "log": o.log.as_ref().map(|p| p.display().to_string()),
             }));

@@ -39,6 +39,12 @@ impl Proxy {
             if asleep {
                 self.wake(up);
             }
+            // a route with replicas: one that crashed or is still starting leaves its request
+            // to another that serves now
+            if let Some(other) = serving_other(snap, &d) {
+                d.upstream = other;
+                return Ok(d);
+            }
             match d.route.policy.readiness {
                 // boxed: the wait's state would otherwise enlarge every request's future
                 Readiness::Hold { ms } => return Box::pin(self.hold(snap, d, ms)).await,
@@ -77,7 +83,9 @@ impl Proxy {
         }
     }
 
-    /// Hold `d` until its upstream serves, within the hold queue's bound and `ms`.
+    /// Hold `d` until its upstream serves (or, on a route with replicas, any of the route's
+    /// upstreams: after a wake the request goes to the first replica ready, as Knative's
+    /// activator sends it to the first ready pod), within the hold queue's bound and `ms`.
     async fn hold<'s>(
         &self,
         snap: &'s Snapshot,
@@ -98,10 +106,11 @@ impl Proxy {
             return Err((LocalReply::starting(reason), d));
         };
         let since = Instant::now();
-        let waited = tokio::time::timeout(Duration::from_millis(ms), up.wait_ready()).await;
+        let waited = tokio::time::timeout(Duration::from_millis(ms), first_serving(snap, &d)).await;
         drop(held);
         match waited {
-            Ok(()) => {
+            Ok(next) => {
+                d.upstream = next;
                 d.held = Some(since.elapsed());
                 Ok(d)
             }
@@ -112,6 +121,45 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Another upstream of `d`'s route that serves now and is not ejected, looked for from a
+/// random place in the route's list (so the requests a crashed replica leaves are spread over
+/// the others); `None` on a route with one upstream.
+fn serving_other<'s>(snap: &'s Snapshot, d: &Decision<'s>) -> Option<&'s Arc<UpstreamState>> {
+    let ids = &d.route.upstreams;
+    if ids.len() < 2 {
+        return None;
+    }
+    let from = (crate::balance::random() % ids.len() as u64) as usize;
+    ids.iter()
+        .cycle()
+        .skip(from)
+        .take(ids.len())
+        .filter_map(|&id| snap.upstreams.get(id as usize))
+        .find(|u| u.id != d.upstream.id && u.is_serving() && !u.is_ejected())
+}
+
+/// The first of `d`'s route's upstreams to serve, its own upstream first (a route with one
+/// upstream waits for that one alone).
+async fn first_serving<'s>(snap: &'s Snapshot, d: &Decision<'s>) -> &'s Arc<UpstreamState> {
+    let up = d.upstream;
+    if d.route.upstreams.len() < 2 {
+        up.wait_ready().await;
+        return up;
+    }
+    let all: Vec<&'s Arc<UpstreamState>> = std::iter::once(up)
+        .chain(
+            d.route
+                .upstreams
+                .iter()
+                .filter_map(|&id| snap.upstreams.get(id as usize))
+                .filter(|u| u.id != up.id),
+        )
+        .collect();
+    let waits = all.iter().map(|u| Box::pin(u.wait_ready()));
+    let ((), i, _) = futures_util::future::select_all(waits).await;
+    all.get(i).copied().unwrap_or(up)
 }
 
 /// The parent's route of `d`'s route and the upstream it picks, if there is a parent.

@@ -16,7 +16,7 @@ thread_local! {
 }
 
 /// A pseudo-random number (xorshift64*, seeded per thread).
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     RNG.with(|c| {
         let mut x = c.get();
         if x == 0 {
