@@ -78,11 +78,7 @@ impl Builder<'_> {
         }
         let scaled = own.saturating_mul(self.prices.active_fraction.micros) / 1_000_000;
         let mut alt = Alternative::new(labels::SCALED, scaled, replicas);
-        let idle = self
-            .config
-            .effective(self.idx, &e.name)
-            .and_then(|x| x.idle_after_s.map(|i| i.value));
-        if idle.is_none() {
+        if self.config.idle_after_s(self.idx, &e.name).is_none() {
             alt = alt.not_allowed(format!(
                 "{} is not set to scale to zero (no idle_after_s)",
                 e.name
