@@ -276,15 +276,11 @@ impl Builder<'_> {
     fn topology(&self, plan: &Plan) -> Topology {
         let cat = &self.planner.catalog;
         let mut nodes: Vec<Node> = Vec::new();
-        for e in &plan.entries {
+        // the plan lists the services first, in catalog order
+        for (i, e) in plan.entries.iter().enumerate() {
             let (cost, instances, stateful, changed) = match e.subject {
                 Subject::Service => {
-                    let r = self
-                        .config
-                        .service_doc(&e.name)
-                        .and_then(|d| d.min_replicas)
-                        .unwrap_or(1)
-                        .max(1);
+                    let r = self.planner.replicas.get(i).copied().unwrap_or(1);
                     let local = e.decision == Decision::Local;
                     let own = e.decision == Decision::Fork && !e.causes.iter().all(is_derived);
                     let cost = if local {
