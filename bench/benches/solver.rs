@@ -14,7 +14,8 @@
 //! - the same through the planner on a real config (`Planner::plan`: the rules' plan, the
 //!   problem built from it, the solve and the write-back): one branch overriding the image of
 //!   200 of 2,000 services (migrations on every 10th, a team budget), and `Planner::plan_every`
-//!   over 10,000 branches of 5 overrides each in 100 budgeted teams (timed three times).
+//!   over 10,000 branches of 5 overrides each in 100 budgeted teams (timed three times, with
+//!   the minor page faults and kernel time of each run). The config is `common/world.rs`.
 //!
 //! Run: `cargo bench -p microstax-bench --bench solver`
 
