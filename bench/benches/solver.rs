@@ -14,32 +14,27 @@
 //! - the same through the planner on a real config (`Planner::plan`: the rules' plan, the
 //!   problem built from it, the solve and the write-back): one branch overriding the image of
 //!   200 of 2,000 services (migrations on every 10th, a team budget), and `Planner::plan_every`
-//!   over 10,000 branches of 5 overrides each in 100 budgeted teams (timed three times).
+//!   over 10,000 branches of 5 overrides each in 100 budgeted teams (timed three times, with
+//!   the minor page faults and kernel time of each run). The config is `common/world.rs`.
 //!
 //! Run: `cargo bench -p microstax-bench --bench solver`
 
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
+mod common;
+
+use common::world::{world, SERVICES, TEAMS};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use microstax_config::load::ParsedDoc;
-use microstax_config::schema::{
-    BudgetDoc, Document, LayerKind, MigrationDoc, ResourcesDoc, ServiceDoc, StoreDoc,
-};
-use microstax_config::spans::Spans;
-use microstax_config::Config;
 use microstax_planner::solve::{
     baselines, solve, Alternative, Binding, Budget, Choice, Constraint, DecisionVar, Node, Problem,
     Solver, SubjectKind, Topology, Usage,
 };
 use microstax_planner::Planner;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-const SERVICES: usize = 2_000;
 const TOUCHED: usize = 200;
 const BRANCHES: usize = 10_000;
 const FLEET_TOUCHED: usize = 5;
-const TEAMS: usize = 100;
 
 /// Prices: micro-units per cpu-core-hour and per GiB-hour; expected active fraction (%).
 const CORE_HOUR: u64 = 40_000;
@@ -487,98 +482,6 @@ fn bench(c: &mut Criterion) {
     grp.finish();
 }
 
-fn parsed(file: String, doc: Document) -> ParsedDoc {
-    ParsedDoc {
-        file: Arc::from(file),
-        doc,
-        spans: Arc::new(Spans::default()),
-    }
-}
-
-/// A real config: 2,000 services (each calls up to three lower ones, every 4th owns a postgres
-/// store), 100 teams with a budget, and `branches` branches of `per` image overrides each
-/// (a migration on the first override of every 10th service touched).
-fn world(branches: usize, per: usize) -> Config {
-    let services = (0..SERVICES)
-        .map(|i| {
-            let deps = (1..=3)
-                .filter(|k| i >= k * 7)
-                .map(|k| format!("s{}", i - k * 7))
-                .collect();
-            let s = ServiceDoc {
-                hosts: vec![format!("s{i}")],
-                endpoints: Some(vec![format!("10.0.{}.{}:8080", i / 250, i % 250)]),
-                image: Some(format!("registry/s{i}:1")),
-                resources: Some(ResourcesDoc {
-                    cpu_m: 100 + (i % 4) as u32 * 50,
-                    memory_mi: 128,
-                }),
-                depends_on: deps,
-                stores: if i.is_multiple_of(4) {
-                    vec![StoreDoc {
-                        name: format!("db{i}"),
-                        kind: "postgres".into(),
-                    }]
-                } else {
-                    vec![]
-                },
-                ..ServiceDoc::default()
-            };
-            (format!("s{i}"), s)
-        })
-        .collect();
-    let org = Document {
-        kind: Some(LayerKind::Org),
-        services,
-        ..Document::default()
-    };
-    let mut docs = vec![parsed("org.yaml".into(), org)];
-    for t in 0..TEAMS {
-        docs.push(parsed(
-            format!("teams/t{t}.yaml"),
-            Document {
-                kind: Some(LayerKind::Team),
-                name: Some(format!("t{t}")),
-                parent: Some("baseline".into()),
-                budget: Some(BudgetDoc {
-                    max_instances: Some(100_000),
-                    max_cost_per_hour: None,
-                }),
-                ..Document::default()
-            },
-        ));
-    }
-    for j in 0..branches {
-        let mut services = BTreeMap::new();
-        for k in 0..per {
-            let i = (j * 13 + k * 397) % SERVICES;
-            let mut s = ServiceDoc {
-                image: Some(format!("registry/s{i}:b{j}")),
-                ..ServiceDoc::default()
-            };
-            if k.is_multiple_of(10) && i.is_multiple_of(4) {
-                s.migrations = vec![MigrationDoc {
-                    store: format!("db{i}"),
-                    name: format!("m{j}"),
-                    additive: false,
-                }];
-            }
-            services.insert(format!("s{i}"), s);
-        }
-        docs.push(parsed(
-            format!("branches/b{j}.yaml"),
-            Document {
-                kind: Some(LayerKind::Branch),
-                name: Some(format!("b{j}")),
-                parent: Some(format!("t{}", j % TEAMS)),
-                services,
-                ..Document::default()
-            },
-        ));
-    }
-    Config::build(docs).unwrap()
-}
-
 fn real(c: &mut Criterion) {
     let one = world(1, TOUCHED);
     let planner = Planner::new(&one).unwrap();
@@ -605,19 +508,41 @@ fn real(c: &mut Criterion) {
     let fleet = world(BRANCHES, FLEET_TOUCHED);
     let planner = Planner::new(&fleet).unwrap();
     for run in 0..3 {
+        let before = faults_and_system_time();
         let t0 = std::time::Instant::now();
         let plans = planner.plan_every(&fleet);
         let took = t0.elapsed();
+        let after = faults_and_system_time();
         let cost: u64 = plans
             .iter()
             .filter_map(|(_, p)| p.as_ref().ok())
             .map(|p| p.economics.cost)
             .sum();
         eprintln!(
-            "real config, Planner::plan_every over {} layers (10k branches, 100 teams), run {run}: {took:?} ({cost} micro/h in all)",
-            plans.len()
+            "real config, Planner::plan_every over {} layers (10k branches, 100 teams), run {run}: {took:?} ({cost} micro/h in all; {} minor page faults, {:.1} s in the kernel; plans of {} entries of {} bytes)",
+            plans.len(),
+            after.0 - before.0,
+            (after.1 - before.1) as f64 / 100.0,
+            plans.iter().filter_map(|(_, p)| p.as_ref().ok()).map(|p| p.entries.len()).sum::<usize>(),
+            std::mem::size_of::<microstax_planner::plan::Entry>(),
         );
     }
+}
+
+/// This process's minor page faults and system time in clock ticks (`/proc/self/stat` fields
+/// 10 and 15; ticks are 1/100 s on Linux), or zeros where that file is not readable.
+fn faults_and_system_time() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (
+        f.get(7).copied().unwrap_or(0),
+        f.get(12).copied().unwrap_or(0),
+    )
 }
 
 criterion_group! {

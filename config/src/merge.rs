@@ -428,4 +428,15 @@ impl Config {
         }
         Some(e)
     }
+
+    /// `idle_after_s` of [`Config::effective`] without the merge (and without its origin): the
+    /// value of the nearest layer of `layer`'s lineage that sets it for `service`.
+    pub fn idle_after_s(&self, layer: LayerIdx, service: &str) -> Option<u64> {
+        self.service(service)?;
+        self.layer(layer)?;
+        self.lineage(layer)
+            .into_iter()
+            .filter_map(|idx| self.layer(idx)?.service(service)?.idle_after_s)
+            .next()
+    }
 }

@@ -97,3 +97,62 @@ proptest! {
         prop_assert_eq!(parent.fields(), child.fields());
     }
 }
+
+/// `Config::idle_after_s` is the effective merge's value, from every layer of a lineage.
+#[test]
+fn idle_after_s_is_the_merged_value() {
+    let mut docs = parse_text(
+        "org.yaml",
+        "kind: org\nservices:\n  s:\n    endpoints: [\"127.0.0.1:1\"]\n  t:\n    endpoints: [\"127.0.0.1:2\"]\n    idle_after_s: 30\n",
+        Some(LayerKind::Org),
+        None,
+    )
+    .expect("org");
+    for (i, text) in [
+        "parent: baseline\nservices:\n  s:\n    image: a\n",
+        "parent: l0\nservices:\n  s:\n    idle_after_s: 5\n  t:\n    idle_after_s: 7\n",
+        "parent: l1\nservices:\n  t:\n    image: b\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        docs.extend(
+            parse_text(
+                &format!("branches/l{i}.yaml"),
+                text,
+                Some(LayerKind::Branch),
+                Some(&format!("l{i}")),
+            )
+            .expect("layer"),
+        );
+    }
+    let cfg = Config::build(docs).expect("valid");
+    let mut seen = Vec::new();
+    for l in ["baseline", "l0", "l1", "l2"] {
+        let id = cfg.layer_id(l).expect("layer");
+        for s in ["s", "t", "missing"] {
+            let merged = cfg
+                .effective(id, s)
+                .and_then(|e| e.idle_after_s.map(|v| v.value));
+            assert_eq!(cfg.idle_after_s(id, s), merged, "{l} {s}");
+            seen.push(merged);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            None,
+            Some(30),
+            None,
+            None,
+            Some(30),
+            None,
+            Some(5),
+            Some(7),
+            None,
+            Some(5),
+            Some(7),
+            None
+        ]
+    );
+}

@@ -25,6 +25,8 @@ pub struct Planner {
     pub(crate) catalog: Catalog,
     pub(crate) base: Base,
     pub(crate) cost: Arc<dyn CostModel>,
+    /// Per catalog service, the replicas its org entry asks for (`min_replicas`, at least 1).
+    pub(crate) replicas: Vec<u32>,
     org: Arc<Layer>,
 }
 
@@ -41,10 +43,19 @@ impl Planner {
     ) -> Result<Planner, PlanError> {
         let catalog = Catalog::new(config)?;
         let base = base(config, &catalog, cost.as_ref())?;
+        let replicas = catalog
+            .names
+            .iter()
+            .map(|n| {
+                let doc = config.service_doc(n);
+                doc.and_then(|d| d.min_replicas).unwrap_or(1).max(1)
+            })
+            .collect();
         Ok(Planner {
             catalog,
             base,
             cost,
+            replicas,
             org: config.org().clone(),
         })
     }

@@ -78,11 +78,7 @@ impl Builder<'_> {
         }
         let scaled = own.saturating_mul(self.prices.active_fraction.micros) / 1_000_000;
         let mut alt = Alternative::new(labels::SCALED, scaled, replicas);
-        let idle = self
-            .config
-            .effective(self.idx, &e.name)
-            .and_then(|x| x.idle_after_s.map(|i| i.value));
-        if idle.is_none() {
+        if self.config.idle_after_s(self.idx, &e.name).is_none() {
             alt = alt.not_allowed(format!(
                 "{} is not set to scale to zero (no idle_after_s)",
                 e.name
@@ -280,15 +276,11 @@ impl Builder<'_> {
     fn topology(&self, plan: &Plan) -> Topology {
         let cat = &self.planner.catalog;
         let mut nodes: Vec<Node> = Vec::new();
-        for e in &plan.entries {
+        // the plan lists the services first, in catalog order
+        for (i, e) in plan.entries.iter().enumerate() {
             let (cost, instances, stateful, changed) = match e.subject {
                 Subject::Service => {
-                    let r = self
-                        .config
-                        .service_doc(&e.name)
-                        .and_then(|d| d.min_replicas)
-                        .unwrap_or(1)
-                        .max(1);
+                    let r = self.planner.replicas.get(i).copied().unwrap_or(1);
                     let local = e.decision == Decision::Local;
                     let own = e.decision == Decision::Fork && !e.causes.iter().all(is_derived);
                     let cost = if local {

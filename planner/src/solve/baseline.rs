@@ -64,11 +64,11 @@ fn totals(t: &Topology, pick: &[bool]) -> Totals {
 }
 
 /// Everything reachable from the changed nodes along `adj` (the changed nodes included).
-fn reach(t: &Topology, adj: &[Vec<usize>]) -> Vec<bool> {
+fn reach<'a>(t: &Topology, adj: impl Fn(usize) -> &'a [usize]) -> Vec<bool> {
     let mut seen: Vec<bool> = t.nodes.iter().map(|n| n.changed).collect();
     let mut stack: Vec<usize> = (0..t.nodes.len()).filter(|&i| seen[i]).collect();
     while let Some(v) = stack.pop() {
-        for &w in &adj[v] {
+        for &w in adj(v) {
             if w < seen.len() && !seen[w] {
                 seen[w] = true;
                 stack.push(w);
@@ -81,7 +81,6 @@ fn reach(t: &Topology, adj: &[Vec<usize>]) -> Vec<bool> {
 /// Compute the baselines. Indices out of range are ignored.
 pub fn baselines(t: &Topology) -> Baselines {
     let n = t.nodes.len();
-    let down: Vec<Vec<usize>> = t.nodes.iter().map(|x| x.calls.clone()).collect();
     let mut up: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (i, x) in t.nodes.iter().enumerate() {
         for &c in &x.calls {
@@ -90,8 +89,8 @@ pub fn baselines(t: &Topology) -> Baselines {
             }
         }
     }
-    let dependents = reach(t, &up);
-    let downstream = reach(t, &down);
+    let dependents = reach(t, |v| up[v].as_slice());
+    let downstream = reach(t, |v| t.nodes[v].calls.as_slice());
     let kardinal: Vec<bool> = t
         .nodes
         .iter()

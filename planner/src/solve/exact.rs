@@ -559,15 +559,33 @@ impl Solver {
         Ok(Outcome::Feasible { chosen, free })
     }
 
-    /// Solve `p` under `scope` reusing the budget-free optimum `free` outside `focus`'s
-    /// component.
     /// Solve again with the alternatives `gone` of decision `focus` removed, from the
     /// propagated root `ctx.base` (propagation to a fixpoint is unique, so removing them from
-    /// the root's fixpoint and propagating reaches the fixpoint a fresh root would).
-    fn resolve(&self, ctx: &Ctx<'_>, focus: usize, gone: u64) -> Result<Outcome, SolveError> {
+    /// the root's fixpoint and propagating reaches the fixpoint a fresh root would), reusing
+    /// the budget-free optimum `ctx.free` outside `focus`'s component. `learn`: whether an
+    /// empty domain needs its causes (`Outcome::Empty` then traces back to the constraints);
+    /// without it that outcome carries no causes, which spares a fresh root per forced
+    /// decision.
+    fn resolve(
+        &self,
+        ctx: &Ctx<'_>,
+        focus: usize,
+        gone: u64,
+        learn: bool,
+    ) -> Result<Outcome, SolveError> {
         let mut nodes = 0;
+        let empty = |decision: usize| Outcome::Empty {
+            decision,
+            causes: Vec::new(),
+        };
+        if !learn && ctx.base.dom[focus] & !gone == 0 {
+            return Ok(empty(focus));
+        }
         let mut st = ctx.base.clone();
         let r = st.restrict(ctx.m, focus, !gone);
+        if let (Err(d), false) = (r, learn) {
+            return Ok(empty(d as usize));
+        }
         if r.is_err() {
             // rare: redo from scratch to learn why
             let mut s = ctx.scope.clone();
@@ -642,7 +660,7 @@ impl Solver {
         cost: u64,
     ) -> Result<Result<Option<RunnerUp>, ()>, SolveError> {
         let p = ctx.p;
-        let r = self.explanatory().resolve(ctx, d, 1u64 << chosen);
+        let r = self.explanatory().resolve(ctx, d, 1u64 << chosen, false);
         if let Err(SolveError::Limit(_)) = r {
             return Ok(Err(()));
         }
@@ -717,7 +735,7 @@ impl Solver {
             _ if !self.bindings => return Ok(Binding::Unresolved { alternative }),
             _ => {
                 let gone = all_of(alts.len()) & !(1u64 << best);
-                let r = self.explanatory().resolve(ctx, d, gone);
+                let r = self.explanatory().resolve(ctx, d, gone, true);
                 if let Err(SolveError::Limit(_)) = r {
                     return Ok(Binding::Unresolved { alternative });
                 }
