@@ -11,6 +11,7 @@ use microstax_exec::{
     ProcessExecutor, ProcessOptions, ReconcileOptions, Reconciler, StorePlugin,
 };
 use microstax_exec::{InstanceId, InstanceState};
+use microstax_planner::environments::replica_ids;
 use microstax_planner::{Change, ChangeSource, ControlPlane, Runtime};
 use microstax_proxy::Proxy;
 use std::collections::BTreeMap;
@@ -331,8 +332,15 @@ impl EnvironmentMetrics {
     /// Set the gauges from what the runtime knows now.
     fn observe(&self, runtime: &Runtime, view: &microstax_planner::RuntimeView) {
         let mut counts = [0i64; STATES.len()];
-        for id in view.desired.instances.keys() {
-            let state = match view.observed.get(id).map(|o| &o.state) {
+        // one count per process the executor runs: each replica in its own state (parking is
+        // per instance: its replicas sleep and wake together)
+        let replicas = view
+            .desired
+            .instances
+            .iter()
+            .flat_map(|(id, d)| replica_ids(id, d, view).into_iter().map(move |r| (id, r)));
+        for (id, r) in replicas {
+            let state = match view.observed.get(&r).map(|o| &o.state) {
                 None if runtime.is_parked(id) => 6,
                 None => 0,
                 Some(InstanceState::Starting) => 1,

@@ -656,6 +656,21 @@ async fn replicas_run_as_processes_share_the_load_and_survive_a_crash() {
     assert_ne!(pids[0], pids[1]);
     // both replicas answer through the proxy
     both_answer(&c, proxy, &headers).await;
+    // the state gauge counts each replica, as /instances lists them (it counted the instance
+    // once, by replica 0, before)
+    let rows = get(&c, admin, "/instances", &[]).await.json();
+    let ready = rows["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["state"] == "ready")
+        .count();
+    let line = format!("microstax_instances{{state=\"ready\"}} {ready}");
+    wait_for(DEADLINE, &line, || async {
+        let m = get(&c, admin, "/metrics", &[]).await.text();
+        m.lines().any(|l| l == line).then_some(())
+    })
+    .await;
     // one replica crashes: requests keep succeeding, and it comes back with a new pid
     signal(pids[1], rustix::process::Signal::KILL);
     for i in 0..20 {
