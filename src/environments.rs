@@ -214,13 +214,17 @@ pub(crate) async fn keep_converged(
             }
         }
         ready_since.retain(|id, _| view.observed.contains_key(id));
-        // scale to zero: an instance none of whose replicas was used for its idle_after is
-        // stopped (after the grace); its upstreams are asleep, so the next request wakes it and
-        // is held meanwhile
+        // scale to zero: an instance none of whose replicas was used for its idle_after, and
+        // none of which has a request in flight or a tunnel open, is stopped (after the
+        // grace); its upstreams are asleep, so the next request wakes it and is held meanwhile
         for (id, d) in &view.desired.instances {
             let Some(idle) = d.idle_after.filter(|_| !runtime.is_parked(id)) else {
                 continue;
             };
+            // a request in flight (or an open tunnel) on any replica: in use now
+            if replicas_of(id, &view.placements).any(|(_, a)| activity.in_use_upstream(a) > 0) {
+                continue;
+            }
             let Some(last) = last_use(id, &view.placements, &ready_since, &activity) else {
                 continue;
             };

@@ -784,6 +784,56 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_keeps_its_instance_from_scaling_to_zero() {
+    let ReplicaRun {
+        setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start(SCALED).await;
+    let headers = FEAT;
+    // one request the instance answers only when told to, and no other traffic
+    let until = setup.dir.path().join("release");
+    let path = format!("/hold?until={}", until.display());
+    let task = {
+        let (c, headers) = (c.clone(), headers);
+        tokio::spawn(async move { get(&c, proxy, &path, &headers).await })
+    };
+    wait_for(DEADLINE, "the held request taken", || async {
+        replicas.iter().any(|r| holds(&r.log, &until)).then_some(())
+    })
+    .await;
+    // six idle periods with that request in flight (without it, the instance is scaled to
+    // zero about 3.5 s in): both replicas stay ready, not stopping and not scaled to zero
+    // (bounded by time, checked every 50 ms)
+    let end = std::time::Instant::now() + Duration::from_secs(6);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    while std::time::Instant::now() < end {
+        pace.tick().await;
+        let ready = ready_replicas(&c, admin).await;
+        assert_eq!(
+            ready.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            replicas.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            "a replica stopped with a request in flight: {}",
+            get(&c, admin, "/instances", &[]).await.text()
+        );
+    }
+    std::fs::write(&until, "").unwrap();
+    let r = task.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // the request's end counts as its last use: an idle period later both replicas stop
+    wait_for(
+        DEADLINE,
+        "both replicas stopped after the request ended",
+        || async { replicas.iter().all(|r| !pid_alive(r.pid)).then_some(()) },
+    )
+    .await;
+    stop_bin(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
     let ReplicaRun {
         setup: _setup,

@@ -186,6 +186,15 @@ impl Activity {
     pub fn last_request_upstream(&self, authority: &str) -> Option<Instant> {
         self.router.registry().get(authority)?.last_request()
     }
+
+    /// Requests in flight to upstream `authority` now, and tunnels open to it (counted for an
+    /// executor's instances only); 0 if no table names it.
+    pub fn in_use_upstream(&self, authority: &str) -> u32 {
+        self.router
+            .registry()
+            .get(authority)
+            .map_or(0, |u| u.in_use())
+    }
 }
 
 #[cfg(test)]

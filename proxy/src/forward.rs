@@ -22,7 +22,7 @@ use crate::pool::{Lease, PooledBody};
 use crate::reply::{local, LocalReply, ResponseBody, ROUTE_HEADER};
 use crate::router::{Router, Snapshot};
 use crate::trust::{self, TrustPolicy};
-use crate::upstream::{ConnectError, Connector, UpstreamState};
+use crate::upstream::{ConnectError, Connector, InUse, UpstreamState};
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
@@ -285,6 +285,9 @@ impl Proxy {
             let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             let reuse = if upgrade { Reuse::Never } else { Reuse::Pool };
             d.upstream.requests.fetch_add(1, Ordering::Relaxed);
+            // an executor's instance is in use until the response body ends (or the tunnel
+            // closes): its scale to zero waits for that
+            let in_use = InUse::of(d.upstream);
             let connect_timeout = policy.connect_timeout.min(timeout);
             let limits = Limits {
                 max_connections: policy.max_connections,
@@ -333,10 +336,12 @@ impl Proxy {
                 let reason = format!("upstream {} answered with {e}", d.upstream.key);
                 return Err(LocalReply::new(StatusCode::BAD_GATEWAY, reason));
             }
+            resp.body_mut().keep_in_use(in_use);
             if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let lease = resp.body_mut().take_lease();
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
+                let in_use = resp.body_mut().take_in_use();
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease, in_use));
             }
             if d.fallback {
                 resp.headers_mut()
@@ -936,6 +941,7 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     lease: Option<Lease>,
+    _in_use: Option<InUse>,
 ) {
     let (c, u) = tokio::join!(client, upstream);
     drop(lease);

@@ -10,7 +10,7 @@
 use crate::body::{poll_idle, BodyError, IdleGuard, UpstreamBody};
 use crate::h1::{Conn, ResponseBody};
 use crate::h2pool::StreamSlot;
-use crate::upstream::UpstreamState;
+use crate::upstream::{InUse, UpstreamState};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -253,6 +253,8 @@ pub struct PooledBody {
     idle: IdleGuard,
     /// Counted when the body stalls.
     stalls: Option<&'static prometheus::IntCounter>,
+    /// The request's use of an executor's instance, until the body ends or is dropped.
+    in_use: Option<InUse>,
 }
 
 impl PooledBody {
@@ -263,6 +265,7 @@ impl PooledBody {
             _slot: slot,
             idle: IdleGuard::off(),
             stalls: None,
+            in_use: None,
         }
     }
 
@@ -290,6 +293,16 @@ impl PooledBody {
     ) {
         self.idle = IdleGuard::new(timeout);
         self.stalls = stalls;
+    }
+
+    /// Keep `in_use` (the request's use of its upstream) until the body ends or is dropped.
+    pub(crate) fn keep_in_use(&mut self, in_use: Option<InUse>) {
+        self.in_use = in_use;
+    }
+
+    /// Take the request's use of its upstream out (a tunnel keeps it while it is open).
+    pub(crate) fn take_in_use(&mut self) -> Option<InUse> {
+        self.in_use.take()
     }
 
     /// Take the connection out (an upgrade keeps it alive until the tunnel is set up).

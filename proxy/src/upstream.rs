@@ -44,6 +44,9 @@ pub struct UpstreamState {
     became_ready: tokio::sync::Notify,
     /// Stamp (`crate::activity::stamp`) of the last request routed to it; 0: never.
     last_request: AtomicU64,
+    /// Requests to it in flight now, and upgraded connections open to it: counted for
+    /// executor instances only ([`InUse`]), so that scale to zero never stops one in use.
+    in_use: AtomicU32,
     /// The control plane stopped its instance for idleness (scale to zero).
     asleep: AtomicBool,
     /// A wake was sent for this sleep (one per sleep, not one per request).
@@ -102,6 +105,34 @@ struct RetryBudget {
     base: AtomicU64,
     /// Retries spent in the window.
     spent: AtomicU64,
+}
+
+/// A request (from its start to the end of its response body) or a tunnel using an upstream:
+/// counted in [`UpstreamState::in_use`] while it lives, and the upstream's last request is
+/// stamped again when it ends, so the control plane's scale to zero sees a long request or an
+/// open WebSocket as activity (Knative counts in-flight requests the same way). Taken only for
+/// an executor's instances (managed upstreams, the only ones that scale to zero): a baseline
+/// or declared endpoint pays nothing.
+#[derive(Debug)]
+pub(crate) struct InUse(Arc<UpstreamState>);
+
+impl InUse {
+    /// Count a use of `up` when it is an executor's instance.
+    #[inline]
+    pub(crate) fn of(up: &Arc<UpstreamState>) -> Option<InUse> {
+        up.is_managed().then(|| {
+            up.in_use.fetch_add(1, Ordering::Relaxed);
+            InUse(up.clone())
+        })
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0
+            .touch(crate::activity::stamp(std::time::Instant::now()));
+        self.0.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A claim on a connection to an upstream (counted in its open connections) while it is
@@ -188,6 +219,7 @@ impl UpstreamState {
             managed: AtomicBool::new(false),
             became_ready: tokio::sync::Notify::new(),
             last_request: AtomicU64::new(0),
+            in_use: AtomicU32::new(0),
             asleep: AtomicBool::new(false),
             wake_requested: AtomicBool::new(false),
             held: AtomicU32::new(0),
@@ -427,6 +459,12 @@ impl UpstreamState {
         if self.last_request.load(Ordering::Relaxed) != stamp {
             self.last_request.store(stamp, Ordering::Relaxed);
         }
+    }
+
+    /// Requests to it in flight now, and upgraded connections (tunnels) open to it; only
+    /// counted for an executor's instances (see [`InUse`]).
+    pub fn in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// When the last request was routed to it (millisecond resolution); `None`: never.
