@@ -462,7 +462,7 @@ impl UpstreamState {
     }
 
     /// Requests to it in flight now, and upgraded connections (tunnels) open to it; only
-    /// counted for an executor's instances (see [`InUse`]).
+    /// counted for an executor's instances (a request's `InUse` guard).
     pub fn in_use(&self) -> u32 {
         self.in_use.load(Ordering::Relaxed)
     }
