@@ -783,6 +783,29 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
     stop_bin(child).await;
 }
 
+/// For six idle periods of [`SCALED`], every replica of `replicas` stays ready with the same
+/// process (not stopping, not scaled to zero) while `what` keeps the instance in use (bounded
+/// by time: the window is the claim; checked every 50 ms).
+async fn stays_ready(
+    c: &TestClient,
+    admin: std::net::SocketAddr,
+    replicas: &[Replica],
+    what: &str,
+) {
+    let end = std::time::Instant::now() + Duration::from_secs(6);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    while std::time::Instant::now() < end {
+        pace.tick().await;
+        let ready = ready_replicas(c, admin).await;
+        assert_eq!(
+            ready.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            replicas.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            "a replica stopped with {what}: {}",
+            get(c, admin, "/instances", &[]).await.text()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_keeps_its_instance_from_scaling_to_zero() {
     let ReplicaRun {
@@ -805,21 +828,8 @@ async fn a_request_in_flight_keeps_its_instance_from_scaling_to_zero() {
         replicas.iter().any(|r| holds(&r.log, &until)).then_some(())
     })
     .await;
-    // six idle periods with that request in flight (without it, the instance is scaled to
-    // zero about 3.5 s in): both replicas stay ready, not stopping and not scaled to zero
-    // (bounded by time, checked every 50 ms)
-    let end = std::time::Instant::now() + Duration::from_secs(6);
-    let mut pace = tokio::time::interval(Duration::from_millis(50));
-    while std::time::Instant::now() < end {
-        pace.tick().await;
-        let ready = ready_replicas(&c, admin).await;
-        assert_eq!(
-            ready.iter().map(|r| r.pid).collect::<Vec<_>>(),
-            replicas.iter().map(|r| r.pid).collect::<Vec<_>>(),
-            "a replica stopped with a request in flight: {}",
-            get(&c, admin, "/instances", &[]).await.text()
-        );
-    }
+    // without the count of requests in flight, the instance is scaled to zero about 3.5 s in
+    stays_ready(&c, admin, &replicas, "a request in flight").await;
     std::fs::write(&until, "").unwrap();
     let r = task.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -827,6 +837,54 @@ async fn a_request_in_flight_keeps_its_instance_from_scaling_to_zero() {
     wait_for(
         DEADLINE,
         "both replicas stopped after the request ended",
+        || async { replicas.iter().all(|r| !pid_alive(r.pid)).then_some(()) },
+    )
+    .await;
+    stop_bin(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_keeps_its_instance_from_scaling_to_zero() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, Message};
+    let ReplicaRun {
+        setup: _setup,
+        child,
+        proxy,
+        admin,
+        c,
+        replicas,
+    } = ReplicaRun::start(SCALED).await;
+    let mut req = format!("ws://{proxy}/chat").into_client_request().unwrap();
+    for (name, value) in FEAT {
+        req.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (mut sock, resp) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("the WebSocket handshake within the deadline")
+        .expect("the WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    sock.send(Message::text("first")).await.unwrap();
+    let back = tokio::time::timeout(DEADLINE, sock.next()).await.unwrap();
+    assert_eq!(
+        back.unwrap().unwrap().into_text().unwrap().as_str(),
+        "first"
+    );
+    // no traffic on the tunnel or anywhere (without the count, the instance is scaled to zero
+    // a few seconds in and the tunnel cut)
+    stays_ready(&c, admin, &replicas, "a WebSocket open").await;
+    // the tunnel still carries messages, and once it is closed the instance is idle again
+    sock.send(Message::text("second")).await.unwrap();
+    let back = tokio::time::timeout(DEADLINE, sock.next()).await.unwrap();
+    assert_eq!(
+        back.unwrap().unwrap().into_text().unwrap().as_str(),
+        "second"
+    );
+    let _ = sock.close(None).await;
+    drop(sock);
+    wait_for(
+        DEADLINE,
+        "both replicas stopped after the WebSocket closed",
         || async { replicas.iter().all(|r| !pid_alive(r.pid)).then_some(()) },
     )
     .await;
