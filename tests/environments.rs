@@ -698,7 +698,7 @@ fn holds(log: &Path, until: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
     let ReplicaRun {
-        setup,
+        setup: _setup,
         child,
         proxy,
         admin,
@@ -706,35 +706,33 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
         replicas,
     } = ReplicaRun::start(SCALED).await;
     let headers = FEAT;
-    // a request kept in flight on replica 0: power of two choices then sends every other
-    // request to replica 1, so replica 0's upstream sees no new request (bounded: a request
-    // that lands on replica 1 is released and another sent, at most 30)
-    let mut held = None;
-    for n in 0..30 {
-        let until = setup.dir.path().join(format!("release-{n}"));
-        let path = format!("/hold?until={}", until.display());
-        let task = {
-            let (c, headers) = (c.clone(), headers);
-            tokio::spawn(async move { get(&c, proxy, &path, &headers).await })
-        };
-        let on = wait_for(DEADLINE, "the held request taken", || async {
-            replicas
-                .iter()
-                .find(|r| holds(&r.log, &until))
-                .map(|r| r.index)
+    // replica 0 answers `/fail0` with 500 (replica 1 with 200) until outlier detection ejects
+    // it (5 in a row); then every request goes to replica 1 for the ejection's 10 s and replica
+    // 0's upstream sees none, with no request in flight anywhere (bounded: 100 requests)
+    let rows = get(&c, admin, "/instances", &[]).await.json();
+    let first = rows["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["replica"] == 0)
+        .and_then(|i| i["address"].as_str().map(String::from))
+        .expect("replica 0's address");
+    let ejected = || async {
+        let v = get(&c, admin, "/upstreams", &[]).await.json();
+        v["upstreams"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|u| u["upstream"] == first.as_str() && u["ejected"] == true)
         })
-        .await;
-        if on == 0 {
-            held = Some((until, task));
-            break;
-        }
-        std::fs::write(&until, "").unwrap();
-        assert_eq!(task.await.unwrap().status, 200);
+    };
+    let mut sent = 0;
+    while !ejected().await {
+        assert!(sent < 100, "replica 0 not ejected after {sent} requests");
+        let _ = get(&c, proxy, "/fail0", &headers).await;
+        sent += 1;
     }
-    let (until, task) = held.expect("a request held on replica 0 within 30 tries");
-    // four idle periods of requests that all reach replica 1: the instance is not idle, so
-    // neither replica stops (bounded by time, paced every 50 ms)
-    let end = std::time::Instant::now() + Duration::from_secs(4);
+    // seven idle periods of requests that all reach replica 1 (within the ejection's 10 s):
+    // the instance is not idle, so neither replica stops (bounded by time, paced every 50 ms)
+    let end = std::time::Instant::now() + Duration::from_secs(7);
     let mut pace = tokio::time::interval(Duration::from_millis(50));
     let mut served = 0;
     while std::time::Instant::now() < end {
@@ -763,14 +761,6 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
         );
         served += 1;
     }
-    std::fs::write(&until, "").unwrap();
-    let r = task.await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        !r.text().contains(".1 flag="),
-        "replica 0 answers: {}",
-        r.text()
-    );
     let m = get(&c, admin, "/metrics", &[]).await.text();
     assert!(
         m.lines().any(|l| l == "microstax_cold_starts_total 0"),
