@@ -11,8 +11,9 @@
 
 use super::compare::start_upstream;
 use super::h1client::Clients;
+use super::load::parse_h2load;
 use super::procfs;
-use super::procs::run_bounded;
+use super::procs::{pinned, run_bounded, run_bounded_cpu};
 use super::results::Machine;
 use super::systems::{self, Running, StartCtx, System, Upstreams};
 use super::tools::{self, which, Tools};
@@ -36,6 +37,10 @@ pub struct Args {
     /// Keep-alive connections the requests are spread over.
     #[arg(long, default_value_t = 8)]
     pub conns: usize,
+    /// Count h2c requests (HTTP/2 by prior knowledge, from `h2load`: `--conns` connections with
+    /// this many streams in flight on each) instead of HTTP/1.1 ones from the harness's client
+    #[arg(long)]
+    pub h2c_streams: Option<u32>,
     /// Branches in every system's table (`b1`, `b2` and fillers routed like `b2`).
     #[arg(long, default_value_t = 1_000)]
     pub branches: usize,
@@ -64,6 +69,8 @@ pub struct Settings {
     pub warmup: u64,
     pub conns: usize,
     pub branches: usize,
+    /// h2c from h2load with this many streams per connection; `None`: HTTP/1.1.
+    pub h2c_streams: Option<u32>,
     #[serde(skip)]
     pub timeout: Duration,
     #[serde(skip)]
@@ -78,6 +85,7 @@ impl Settings {
             warmup: (requests / 10).max(200),
             conns: 8,
             branches: 1_000,
+            h2c_streams: None,
             timeout: Duration::from_secs(900),
             dumps: None,
         }
@@ -187,7 +195,7 @@ pub fn measure(sys: System, env: &Env, settings: &Settings) -> anyhow::Result<Me
         upstream_h2: false,
     };
     let mut running = systems::start(sys, &start)?;
-    let result = count(&mut running, env.callgrind, settings, &dir);
+    let result = count(&mut running, env.tools, env.callgrind, settings, &dir);
     running.stop();
     result
 }
@@ -195,25 +203,22 @@ pub fn measure(sys: System, env: &Env, settings: &Settings) -> anyhow::Result<Me
 /// Warm `running` up, then count the measured requests and the idle window.
 fn count(
     running: &mut Running,
+    tools: &Tools,
     cg: &Callgrind,
     settings: &Settings,
     dir: &Path,
 ) -> anyhow::Result<Measurement> {
     let sys = running.system;
     let pid = running.proc.as_ref().map_or(0, |p| p.pid());
-    let mut clients = Clients::connect(running.h1, settings.conns, START_TIMEOUT)?;
-    let request = request_bytes();
-    let deadline = Instant::now() + settings.timeout;
+    let mut load = Generator::new(running, tools, settings, dir)?;
     // a proxy may still be busy after it listens (MicroStax's watcher re-reads all 1,000 branch
     // files once at start): that work is not per request
     wait_idle(pid, Instant::now() + START_TIMEOUT).context("after start")?;
-    clients
-        .run(settings.warmup, &request, BRANCH, deadline)
-        .context("warm-up")?;
+    load.run(settings.warmup).context("warm-up")?;
     wait_idle(pid, Instant::now() + START_TIMEOUT).context("after the warm-up")?;
     cg.control("-z", pid, dir)?;
     let t0 = Instant::now();
-    clients.run(settings.requests, &request, BRANCH, deadline)?;
+    load.run(settings.requests)?;
     let wall_s = t0.elapsed().as_secs_f64();
     let (dump, ir) = dump_ir(cg, pid, dir)?;
     cg.control("-z", pid, dir)?;
@@ -240,6 +245,85 @@ fn count(
         wall_s,
         dump,
     })
+}
+
+/// The measured requests' source: the harness's HTTP/1.1 client, or `h2load` for h2c.
+enum Generator<'a> {
+    H1 {
+        clients: Clients,
+        request: Vec<u8>,
+        deadline: Instant,
+    },
+    H2c {
+        addr: std::net::SocketAddr,
+        tools: &'a Tools,
+        settings: &'a Settings,
+        streams: u32,
+        dir: &'a Path,
+    },
+}
+
+impl<'a> Generator<'a> {
+    fn new(
+        running: &Running,
+        tools: &'a Tools,
+        settings: &'a Settings,
+        dir: &'a Path,
+    ) -> anyhow::Result<Generator<'a>> {
+        Ok(match settings.h2c_streams {
+            None => Generator::H1 {
+                clients: Clients::connect(running.h1, settings.conns, START_TIMEOUT)?,
+                request: request_bytes(),
+                deadline: Instant::now() + settings.timeout,
+            },
+            Some(streams) => Generator::H2c {
+                addr: running.h2c,
+                tools,
+                settings,
+                streams,
+                dir,
+            },
+        })
+    }
+
+    /// Send `n` requests, every answer checked (h2c: all of them 2xx, as h2load counts).
+    fn run(&mut self, n: u64) -> anyhow::Result<()> {
+        match self {
+            Generator::H1 {
+                clients,
+                request,
+                deadline,
+            } => clients.run(n, request, BRANCH, *deadline),
+            Generator::H2c {
+                addr,
+                tools,
+                settings,
+                streams,
+                dir,
+            } => {
+                let mut cmd = pinned(&tools.taskset, UPSTREAM_CPUS, &tools.h2load);
+                cmd.arg("-n")
+                    .arg(n.to_string())
+                    .arg("-c")
+                    .arg(settings.conns.to_string())
+                    .arg("-m")
+                    .arg(streams.to_string())
+                    .arg("-H")
+                    .arg(format!("x-microstax-branch: {BRANCH}"))
+                    .arg(format!("http://{addr}/"));
+                let (out, _) = run_bounded_cpu("h2load", cmd, dir, settings.timeout)?;
+                let o = parse_h2load(&out).with_context(|| format!("h2load said:\n{out}"))?;
+                if o.requests != n || o.errors > 0 {
+                    bail!(
+                        "{} of {n} h2c requests succeeded, {} failed:\n{out}",
+                        o.requests,
+                        o.errors
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Busy cores under which a process counts as idle, and the window it is measured over.
@@ -391,10 +475,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.systems.clone()
     };
     systems.retain(|s| *s != System::Direct);
+    let h2load = match (args.h2c_streams, which("h2load")) {
+        (Some(_), None) => bail!("h2load not found: apt-get install -y nghttp2-client"),
+        (_, found) => found.unwrap_or_default(),
+    };
     let tools = Tools {
         nginx: which("nginx"),
         haproxy: which("haproxy"),
         taskset,
+        h2load,
         ..Tools::default()
     };
     let tmp = tempfile::Builder::new()
@@ -431,6 +520,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         warmup: args.warmup,
         conns: args.conns,
         branches: args.branches.max(2),
+        h2c_streams: args.h2c_streams.map(|m| m.max(1)),
         timeout: Duration::from_secs(args.timeout.clamp(1, 3600)),
         dumps: args.dumps.clone(),
     };
@@ -514,8 +604,8 @@ fn markdown(
 ) -> String {
     let mut md = format!(
         "# Instructions per request under callgrind: {}\n\n\
-         {} HTTP/1.1 GET requests (2-byte answers) after {} of warm-up, over {} keep-alive \
-         connections from the harness's own client, each with `x-microstax-branch: {BRANCH}`; \
+         {} {} GET requests (2-byte answers) after {} of warm-up, over {} keep-alive \
+         connections {}, each with `x-microstax-branch: {BRANCH}`; \
          a table of {} branches; one worker in one process, pinned to core {PROXY_CPUS}, under \
          `valgrind --tool=callgrind --dump-instr=no`; counters zeroed after the warm-up \
          (`callgrind_control -z`) and dumped after the last answer (`callgrind_control -d`). \
@@ -523,8 +613,17 @@ fn markdown(
          same process over {} s with no requests. {}\n\nTools: {}\n\n",
         machine.date_utc,
         s.requests,
+        if s.h2c_streams.is_some() {
+            "h2c (HTTP/2 prior knowledge)"
+        } else {
+            "HTTP/1.1"
+        },
         s.warmup,
         s.conns,
+        match s.h2c_streams {
+            Some(m) => format!("from `h2load` with {m} streams in flight on each"),
+            None => "from the harness's own client".to_string(),
+        },
         s.branches,
         IDLE_WINDOW.as_secs(),
         machine.sentence(),
