@@ -56,22 +56,8 @@ async fn writes_over_the_team_budget_are_refused_with_reasons_and_the_table_keep
     )
     .expect("team");
     std::fs::write(root.join("branches/a.yaml"), branch(v1.addr)).expect("a");
-    let cfg = root.to_str().expect("utf8").to_string();
-    let (child, proxy, admin) = spawn_bin(
-        &[
-            "run",
-            "--config",
-            &cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-        &[("MICROSTAX_ADMIN_TOKEN", TOKEN)],
-    )
-    .await;
+    let (child, proxy, admin) =
+        spawn_run_with(root, &[], &[("MICROSTAX_ADMIN_TOKEN", TOKEN)]).await;
     let client = h1_client();
     assert_eq!(upstream_for(&client, proxy, "a").await, "v1");
     let auth = format!("Bearer {TOKEN}");

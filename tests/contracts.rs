@@ -48,22 +48,8 @@ async fn incompatible_writes_are_refused_naming_the_edge_and_the_table_keeps_ser
     std::fs::create_dir_all(root.join("branches")).expect("mkdir");
     std::fs::write(root.join("org.yaml"), org(base.addr)).expect("org");
     std::fs::write(root.join("branches/a.yaml"), branch(v1.addr, "2.4.0")).expect("a");
-    let cfg = root.to_str().expect("utf8").to_string();
-    let (child, proxy, admin) = spawn_bin(
-        &[
-            "run",
-            "--config",
-            &cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-        &[("MICROSTAX_ADMIN_TOKEN", TOKEN)],
-    )
-    .await;
+    let (child, proxy, admin) =
+        spawn_run_with(root, &[], &[("MICROSTAX_ADMIN_TOKEN", TOKEN)]).await;
     let client = h1_client();
     assert_eq!(orders_for(&client, proxy, "a").await, "v1");
     let auth = format!("Bearer {TOKEN}");

@@ -773,6 +773,14 @@ async fn traffic_to_any_replica_keeps_every_replica_from_scaling_to_zero() {
     stop_bin(child).await;
 }
 
+/// Wait until no process of `replicas` is alive.
+async fn all_stopped(replicas: &[Replica], what: &str) {
+    wait_for(DEADLINE, what, || async {
+        replicas.iter().all(|r| !pid_alive(r.pid)).then_some(())
+    })
+    .await;
+}
+
 /// For six idle periods of [`SCALED`], every replica of `replicas` stays ready with the same
 /// process (not stopping, not scaled to zero) while `what` keeps the instance in use (bounded
 /// by time: the window is the claim; checked every 50 ms).
@@ -824,12 +832,7 @@ async fn a_request_in_flight_keeps_its_instance_from_scaling_to_zero() {
     let r = task.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     // the request's end counts as its last use: an idle period later both replicas stop
-    wait_for(
-        DEADLINE,
-        "both replicas stopped after the request ended",
-        || async { replicas.iter().all(|r| !pid_alive(r.pid)).then_some(()) },
-    )
-    .await;
+    all_stopped(&replicas, "both replicas stopped after the request ended").await;
     stop_bin(child).await;
 }
 
@@ -854,28 +857,23 @@ async fn an_open_websocket_keeps_its_instance_from_scaling_to_zero() {
         .expect("the WebSocket handshake within the deadline")
         .expect("the WebSocket handshake");
     assert_eq!(resp.status(), 101);
-    sock.send(Message::text("first")).await.unwrap();
-    let back = tokio::time::timeout(DEADLINE, sock.next()).await.unwrap();
-    assert_eq!(
-        back.unwrap().unwrap().into_text().unwrap().as_str(),
-        "first"
-    );
+    // one message there and back, within the deadline
+    let mut echo = async |text: &str| {
+        sock.send(Message::text(text)).await.unwrap();
+        let back = tokio::time::timeout(DEADLINE, sock.next()).await.unwrap();
+        assert_eq!(back.unwrap().unwrap().into_text().unwrap().as_str(), text);
+    };
+    echo("first").await;
     // no traffic on the tunnel or anywhere (without the count, the instance is scaled to zero
     // a few seconds in and the tunnel cut)
     stays_ready(&c, admin, &replicas, "a WebSocket open").await;
     // the tunnel still carries messages, and once it is closed the instance is idle again
-    sock.send(Message::text("second")).await.unwrap();
-    let back = tokio::time::timeout(DEADLINE, sock.next()).await.unwrap();
-    assert_eq!(
-        back.unwrap().unwrap().into_text().unwrap().as_str(),
-        "second"
-    );
+    echo("second").await;
     let _ = sock.close(None).await;
     drop(sock);
-    wait_for(
-        DEADLINE,
+    all_stopped(
+        &replicas,
         "both replicas stopped after the WebSocket closed",
-        || async { replicas.iter().all(|r| !pid_alive(r.pid)).then_some(()) },
     )
     .await;
     stop_bin(child).await;
@@ -895,10 +893,7 @@ async fn replicas_scale_to_zero_together_and_a_request_starts_them_all_again() {
     let r = get(&c, proxy, "/", &headers).await;
     assert_eq!(r.status, 200, "{}", r.text());
     // no request for an idle period: both replicas stop, and both say so
-    wait_for(DEADLINE, "both idle replicas stopped", || async {
-        before.iter().all(|r| !pid_alive(r.pid)).then_some(())
-    })
-    .await;
+    all_stopped(&before, "both idle replicas stopped").await;
     wait_for(DEADLINE, "both replicas shown scaled to zero", || async {
         let v = get(&c, admin, "/instances", &[]).await.json();
         let states: Vec<String> = v["instances"]

@@ -35,20 +35,10 @@ async fn the_health_listener_serves_probes_and_metrics_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tempdir");
     config(dir.path(), base.addr);
     let health = free_port();
-    let (child, _proxy, admin) = spawn_bin(
-        &[
-            "run",
-            "--config",
-            dir.path().to_str().expect("utf-8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--health",
-            &health.to_string(),
-        ],
+    let health_arg = health.to_string();
+    let (child, _proxy, admin) = spawn_run_with(
+        dir.path(),
+        &["--health", &health_arg],
         &[("MICROSTAX_ADMIN_TOKEN", TOKEN)],
     )
     .await;
@@ -99,20 +89,9 @@ async fn admin_reads_that_reveal_config_values_can_need_the_token() {
     let base = Upstream::start("base").await;
     let dir = tempfile::tempdir().expect("tempdir");
     config(dir.path(), base.addr);
-    let (child, _proxy, admin) = spawn_bin(
-        &[
-            "run",
-            "--config",
-            dir.path().to_str().expect("utf-8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--admin-reads",
-            "token",
-        ],
+    let (child, _proxy, admin) = spawn_run_with(
+        dir.path(),
+        &["--admin-reads", "token"],
         &[("MICROSTAX_ADMIN_TOKEN", TOKEN)],
     )
     .await;

@@ -93,25 +93,8 @@ async fn a_running_proxy_refuses_deep_files_and_bodies_and_keeps_serving() {
     write_org(dir.path(), &base.addr.to_string());
     let token = dir.path().join("token");
     std::fs::write(&token, TOKEN).expect("write token");
-    let cfg = dir.path().to_str().expect("utf8").to_string();
     let token = token.to_str().expect("utf8").to_string();
-    let (child, proxy, admin) = spawn_bin(
-        &[
-            "run",
-            "--config",
-            &cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--admin-token-file",
-            &token,
-        ],
-        &[],
-    )
-    .await;
+    let (child, proxy, admin) = spawn_run(dir.path(), &["--admin-token-file", &token]).await;
     let c = h1_client();
     let upstream_for = |branch: &'static str| {
         let c = c.clone();

@@ -499,6 +499,15 @@ pub async fn spawn_run(
     config: &std::path::Path,
     extra: &[&str],
 ) -> (tokio::process::Child, SocketAddr, SocketAddr) {
+    spawn_run_with(config, extra, &[]).await
+}
+
+/// [`spawn_run`] with `envs` set for the child (an admin token, say).
+pub async fn spawn_run_with(
+    config: &std::path::Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, SocketAddr) {
     let config = config.to_str().expect("utf-8 path");
     let mut args = vec![
         "run",
@@ -512,7 +521,7 @@ pub async fn spawn_run(
         "1",
     ];
     args.extend_from_slice(extra);
-    spawn_bin(&args, &[]).await
+    spawn_bin(&args, envs).await
 }
 
 /// [`spawn_run`] with the process executor keeping its state in `state`.
