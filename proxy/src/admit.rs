@@ -39,12 +39,6 @@ impl Proxy {
             if asleep {
                 self.wake(up);
             }
-            // a route with replicas: one that crashed or is still starting leaves its request
-            // to another that serves now
-            if let Some(other) = serving_other(snap, &d) {
-                d.upstream = other;
-                return Ok(d);
-            }
             match d.route.policy.readiness {
                 // boxed: the wait's state would otherwise enlarge every request's future
                 Readiness::Hold { ms } => return Box::pin(self.hold(snap, d, ms)).await,
@@ -121,23 +115,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// Another upstream of `d`'s route that serves now and is not ejected, looked for from a
-/// random place in the route's list (so the requests a crashed replica leaves are spread over
-/// the others); `None` on a route with one upstream.
-fn serving_other<'s>(snap: &'s Snapshot, d: &Decision<'s>) -> Option<&'s Arc<UpstreamState>> {
-    let ids = &d.route.upstreams;
-    if ids.len() < 2 {
-        return None;
-    }
-    let from = (crate::balance::random() % ids.len() as u64) as usize;
-    ids.iter()
-        .cycle()
-        .skip(from)
-        .take(ids.len())
-        .filter_map(|&id| snap.upstreams.get(id as usize))
-        .find(|u| u.id != d.upstream.id && u.is_serving() && !u.is_ejected())
 }
 
 /// The first of `d`'s route's upstreams to serve, its own upstream first (a route with one

@@ -16,7 +16,7 @@ thread_local! {
 }
 
 /// A pseudo-random number (xorshift64*, seeded per thread).
-pub(crate) fn random() -> u64 {
+fn random() -> u64 {
     RNG.with(|c| {
         let mut x = c.get();
         if x == 0 {
@@ -75,7 +75,8 @@ fn second(a: usize, r: u64, n: usize) -> usize {
 }
 
 /// Pick one of `ids` (indexes into `states`) at `stamp`, avoiding `avoid` (an upstream that
-/// just failed) when another is available. `returned` is called for each upstream whose
+/// just failed), ejected upstreams and upstreams that do not serve (a crashed, starting or
+/// asleep replica) when another is available. `returned` is called for each upstream whose
 /// ejection ended at this look.
 pub(crate) fn pick<'s>(
     ids: &[u32],
@@ -94,7 +95,9 @@ pub(crate) fn pick<'s>(
                 if back {
                     returned();
                 }
-                !ejected && Some(u.id) != avoid
+                // not serving: a replica crashed, starting or asleep; when none of the route's
+                // upstreams serves, the first candidate is taken and admission holds or wakes it
+                !ejected && Some(u.id) != avoid && u.is_serving()
             };
             let n = many.len() as u64;
             let r = random();
