@@ -160,10 +160,59 @@ where
     }
 }
 
+/// A client's request body as the listener read it: hyper's (HTTP/2, TLS, and HTTP/1.1
+/// connections handed to hyper), or none (a bodiless request read by the proxy's own HTTP/1.1
+/// server, `crate::h1server`).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// The request has no body.
+    Empty,
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(b: Incoming) -> ClientBody {
+        ClientBody::Hyper(b)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A client's request body on its way upstream, bounded by the request body idle timeout.
 #[derive(Debug)]
 pub struct RequestBody {
-    body: Incoming,
+    body: ClientBody,
     idle: IdleGuard,
     /// Counted when the body stalls.
     stalls: Option<&'static prometheus::IntCounter>,
@@ -173,7 +222,7 @@ impl RequestBody {
     /// `body` with at most `timeout` between two chunks (zero: no limit); a stall is counted
     /// on `stalls`.
     pub(crate) fn new(
-        body: Incoming,
+        body: ClientBody,
         timeout: Duration,
         stalls: Option<&'static prometheus::IntCounter>,
     ) -> RequestBody {

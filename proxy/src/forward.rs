@@ -8,7 +8,7 @@
 use crate::access_log::{AccessLog, Routed};
 use crate::activity;
 use crate::balance::{self, InFlight};
-use crate::body::{self, RequestBody};
+use crate::body::{self, ClientBody, RequestBody};
 use crate::client::{Limits, Reuse, UpstreamClient, UpstreamError};
 use crate::context::{BranchName, ContextSource, BAGGAGE};
 use crate::deadline;
@@ -28,7 +28,6 @@ use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use microstax_table::table::BASELINE_ID;
 use microstax_table::{LayerId, Readiness, Route, RouteKind, ServiceId, UpstreamProtocol};
@@ -191,7 +190,7 @@ impl Proxy {
     #[allow(clippy::manual_async_fn)]
     pub fn handle<'a>(
         &'a self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: &'a ConnInfo,
     ) -> impl Future<Output = Response<ResponseBody>> + use<'a> {
         async move {
@@ -259,7 +258,7 @@ impl Proxy {
         &'a self,
         snap: &'a Snapshot,
         mut d: Decision<'a>,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         conn: &'a ConnInfo,
         start: Instant,
         is_grpc: bool,
@@ -559,7 +558,7 @@ fn reset_before_response(e: &UpstreamError) -> bool {
 /// Phase 1: resolve the branch context, the service, the route and the upstream.
 fn decide<'s>(
     snap: &'s Snapshot,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     conn: &ConnInfo,
     start: Instant,
 ) -> Result<Decision<'s>, LocalReply> {
@@ -637,7 +636,7 @@ fn decide<'s>(
 /// absolute-form HTTP/1.1 target, whose Host a proxy must ignore (RFC 9112 3.2.2). Two Host
 /// lines, or an HTTP/2 `host` that names another host than `:authority` (RFC 9113 8.3.1), are
 /// refused: a hop behind us could pick the other one.
-fn request_host(req: &Request<Incoming>) -> Result<Option<&str>, LocalReply> {
+fn request_host(req: &Request<ClientBody>) -> Result<Option<&str>, LocalReply> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -688,7 +687,7 @@ pub(crate) fn pick(ids: &[u32]) -> Option<u32> {
 fn prepare(
     snap: &Snapshot,
     d: &Decision<'_>,
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     conn: &ConnInfo,
     upgrade: bool,
     h2: bool,
@@ -792,7 +791,7 @@ fn push(
 
 /// Put an (origin-form, HTTP/1.1) upstream request in HTTP/2 form: the host moves from `Host`
 /// to the target's authority (`:authority`), the scheme is `http` (cleartext, prior knowledge).
-fn to_h2_form(req: &mut Request<Incoming>, upstream: &str) {
+fn to_h2_form(req: &mut Request<ClientBody>, upstream: &str) {
     let host = req.headers_mut().remove(header::HOST);
     let authority = host
         .as_ref()

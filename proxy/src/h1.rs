@@ -280,7 +280,7 @@ impl Outgoing {
 }
 
 /// `len` in hex followed by CRLF.
-fn hex_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+pub(crate) fn hex_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut i = 16;
     let mut v = len;
@@ -303,7 +303,7 @@ fn write_fields(out: &mut Vec<u8>, h: &HeaderMap) {
     }
 }
 
-fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
@@ -444,6 +444,7 @@ pub(crate) fn exchange<'a>(
             chunk: ChunkState::Size,
             out: out.map(Box::new),
             keep,
+            raw: head.raw,
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -524,7 +525,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Whether the comma-separated header value `v` lists `token` (case-insensitive).
-fn has_token(v: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
     v.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
@@ -533,14 +534,86 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The fields as received, when they can go to an HTTP/1.1 client as they are (then
+    /// `headers` is empty).
+    raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
+}
+
+/// An upstream response's header fields as they came, not parsed into a `HeaderMap`: kept
+/// only for a response whose fields the proxy does not change (no hop-by-hop field, no
+/// `x-microstax-` field, framed by its length or bodiless), so the proxy's own HTTP/1.1
+/// server (`crate::h1server`) writes them out as one block. Whatever needs the fields as a
+/// map (hyper's server, the access log) calls [`RawFields::materialize`].
+#[derive(Debug, Clone)]
+pub(crate) struct RawFields {
+    /// The field lines, each with its CRLF, followed by the empty line.
+    block: Bytes,
+    /// The `Content-Length`, if one was sent.
+    pub(crate) length: Option<u64>,
+    /// A `Date` field is among them.
+    pub(crate) date: bool,
+}
+
+impl RawFields {
+    /// The field lines, each ending in CRLF (without the empty line).
+    pub(crate) fn lines(&self) -> &[u8] {
+        &self.block[..self.block.len().saturating_sub(2)]
+    }
+
+    /// Put the fields into `headers`, ahead of those already there (the proxy's own).
+    pub(crate) fn materialize(self, headers: &mut HeaderMap) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&self.block, &mut slots)
+        else {
+            // parsed once already, when the head came: cannot happen
+            tracing::debug!("upstream header block did not parse again");
+            return;
+        };
+        let added = std::mem::replace(headers, HeaderMap::with_capacity(fields.len() + 4));
+        for f in fields.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(f.name.as_bytes()),
+                HeaderValue::from_maybe_shared(self.block.slice_ref(f.value)),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let mut last = None;
+        for (name, value) in added {
+            if let Some(n) = name {
+                last = Some(n);
+            }
+            if let Some(n) = &last {
+                headers.append(n.clone(), value);
+            }
+        }
+    }
 }
 
 enum Parsed {
     /// A 1xx response, consumed.
     Interim,
     Final(Head),
+}
+
+/// Whether the proxy removes or sets a response field of this name (hop-by-hop fields, and
+/// its own `x-microstax-` ones): such a response's fields go through a `HeaderMap`.
+fn changed_by_proxy(name: &[u8]) -> bool {
+    // by length first: most names are compared with nothing
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let hop = match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        _ => false,
+    };
+    hop || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-microstax-"))
 }
 
 /// Parse a response head at the start of `buf`, consuming it when complete.
@@ -595,8 +668,13 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
     let mut chunked = false;
     let mut coded = false;
     let mut keep_alive = version == Version::HTTP_11;
+    // whether the fields can be passed on as they came (see `RawFields`)
+    let mut plain = true;
+    let mut date = false;
     for (i, f) in r.headers.iter().enumerate() {
         let name = f.name.as_bytes();
+        plain &= !changed_by_proxy(name);
+        date |= name.eq_ignore_ascii_case(b"date");
         let ns = f.name.as_ptr() as usize - base;
         let vs = f.value.as_ptr() as usize - base;
         spans[i] = (
@@ -648,6 +726,21 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         keep_alive = false;
     }
     let head = buf.split_to(len).freeze();
+    if plain && n > 0 && matches!(framing, Framing::Empty | Framing::Length(_)) {
+        let raw = RawFields {
+            block: head.slice(spans[0].0 as usize..),
+            length,
+            date,
+        };
+        return Ok(Some(Parsed::Final(Head {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            raw: Some(raw),
+            framing,
+            keep_alive,
+        })));
+    }
     let mut headers = HeaderMap::with_capacity(n);
     for &(ns, ne, vs, ve) in &spans[..n] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
@@ -660,6 +753,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         status,
         version,
         headers,
+        raw: None,
         framing,
         keep_alive,
     })))
@@ -688,9 +782,16 @@ pub(crate) struct ResponseBody {
     out: Option<Box<Outgoing>>,
     /// The connection may be reused once the body ends.
     keep: bool,
+    /// The response's fields, when they were kept as they came (see [`RawFields`]).
+    raw: Option<RawFields>,
 }
 
 impl ResponseBody {
+    /// Take the response's unparsed fields, if it has them.
+    pub(crate) fn take_raw(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     fn finish_if_empty(&mut self) {
         if self.framing == Framing::Empty || self.framing == Framing::Length(0) {
             self.framing = Framing::Empty;
@@ -920,6 +1021,8 @@ pub struct DecodedResponse {
     pub trailers: usize,
     /// Bytes after the response (the next one's, or garbage).
     pub left: usize,
+    /// Header fields in the head.
+    pub fields: usize,
 }
 
 /// Decode `input` as one complete upstream response (head, then body by its framing) the way
@@ -937,6 +1040,10 @@ pub fn decode(input: &[u8], head_only: bool) -> Result<DecodedResponse, Exchange
             None => return Err(ExchangeError::Closed),
         }
     };
+    let mut headers = head.headers;
+    if let Some(raw) = head.raw {
+        raw.materialize(&mut headers);
+    }
     let mut body = Vec::new();
     let mut trailers = 0;
     match head.framing {
@@ -968,6 +1075,7 @@ pub fn decode(input: &[u8], head_only: bool) -> Result<DecodedResponse, Exchange
         body,
         trailers,
         left: buf.len(),
+        fields: headers.len(),
     })
 }
 
@@ -998,6 +1106,48 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn fields_the_proxy_does_not_change_are_kept_as_they_came() {
+        let head = |raw: &[u8]| {
+            let mut b = BytesMut::from(raw);
+            match parse_head(&mut b, false) {
+                Ok(Some(Parsed::Final(h))) => h,
+                _ => panic!("no head"),
+            }
+        };
+        let h =
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nok");
+        let raw = h.raw.expect("kept raw");
+        assert!(h.headers.is_empty());
+        assert_eq!(raw.length, Some(2));
+        assert!(raw.date);
+        assert_eq!(
+            raw.lines(),
+            b"Content-Length: 2\r\nDate: x\r\nX-A: 1\r\nx-a: 2\r\n"
+        );
+        let mut map = HeaderMap::new();
+        map.insert("x-microstax-route", HeaderValue::from_static("r"));
+        raw.materialize(&mut map);
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-length", "date", "x-a", "x-microstax-route"]
+        );
+        assert_eq!(map.get_all("x-a").iter().count(), 2);
+        // a hop-by-hop field, the proxy's own names, or a body not framed by its length:
+        // parsed into the map, as before
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nx-microstax-route: forged\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n",
+        ] {
+            let h = head(raw);
+            assert!(h.raw.is_none(), "{raw:?}");
+            assert!(!h.headers.is_empty());
+        }
     }
 
     #[test]

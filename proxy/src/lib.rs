@@ -17,6 +17,7 @@ pub mod edge_metrics;
 pub mod forward;
 pub mod grpc;
 pub mod h1;
+mod h1server;
 pub mod h2pool;
 pub mod headers;
 pub mod lifecycle;
@@ -38,7 +39,7 @@ pub mod upstream_tls;
 
 pub use access_log::{AccessLog, LogMode, LogSink};
 pub use activity::Activity;
-pub use body::UpstreamBody;
+pub use body::{ClientBody, UpstreamBody};
 pub use context::{BranchName, ContextRules, ContextSource};
 pub use drain::{Drain, DrainReport};
 pub use edge_metrics::EdgeMetrics;

@@ -295,6 +295,14 @@ impl PooledBody {
         self.stalls = stalls;
     }
 
+    /// Take the response's unparsed fields (an HTTP/1.1 upstream's, see `crate::h1::RawFields`).
+    pub(crate) fn take_raw(&mut self) -> Option<crate::h1::RawFields> {
+        match &mut self.body {
+            Inner::Direct(b) => b.take_raw(),
+            Inner::Hyper(_) => None,
+        }
+    }
+
     /// Keep `in_use` (the request's use of its upstream) until the body ends or is dropped.
     pub(crate) fn keep_in_use(&mut self, in_use: Option<InUse>) {
         self.in_use = in_use;

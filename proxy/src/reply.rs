@@ -14,6 +14,22 @@ use http_body_util::{Either, Full};
 /// Body sent to the client: the upstream's streamed body, or a local reply.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
+/// Take the unparsed upstream fields of `resp`'s body, if it has them
+/// (`crate::h1::RawFields`).
+pub(crate) fn take_raw(body: &mut ResponseBody) -> Option<crate::h1::RawFields> {
+    match body {
+        Either::Left(b) => b.take_raw(),
+        Either::Right(_) => None,
+    }
+}
+
+/// Give `resp` all its fields as a map (for hyper's server and the access log).
+pub(crate) fn materialize(resp: &mut http::Response<ResponseBody>) {
+    if let Some(raw) = take_raw(resp.body_mut()) {
+        raw.materialize(resp.headers_mut());
+    }
+}
+
 // built at compile time: a name given as `&str` would be parsed on every insert
 pub(crate) const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-microstax-route");
 

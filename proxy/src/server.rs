@@ -1,20 +1,27 @@
-//! Listeners: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port via hyper-util's auto
-//! builder, with a timer so header-read timeouts work, upgrades enabled, and graceful drain on
-//! shutdown. [`serve`] runs one listener on the caller's runtime; [`Workers`] (and
-//! [`serve_sharded`]) run one thread per listener, each with its own current-thread runtime,
-//! `SO_REUSEPORT` listener and upstream pools, so a request never leaves the core that accepted
-//! it. Both take already bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and
-//! stop them cleanly.
+//! Listeners: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port. A cleartext
+//! connection starts in the proxy's own HTTP/1.1 loop (`crate::h1server`), which serves
+//! bodiless requests itself and hands the connection to hyper's HTTP/1.1 or HTTP/2 server
+//! when it needs one (a body, an upgrade, the HTTP/2 preface); TLS connections go to
+//! hyper-util's auto builder. hyper gets a timer so header-read timeouts work, upgrades
+//! enabled, and graceful drain on shutdown. [`serve`] runs one listener on the caller's
+//! runtime; [`Workers`] (and [`serve_sharded`]) run one thread per listener, each with its own
+//! current-thread runtime, `SO_REUSEPORT` listener and upstream pools, so a request never
+//! leaves the core that accepted it. Both take already bound listeners and a shutdown future,
+//! so tests bind `127.0.0.1:0` and stop them cleanly.
 
 use crate::access_log::{AccessLog, Entry, LocalReason};
+use crate::body::ClientBody;
 use crate::deadline::{self, CoarseTimer};
 use crate::drain::{Drain, DrainReport};
 use crate::forward::{ConnInfo, Proxy};
+use crate::h1server::{self, Prefixed};
 use crate::limits::{ConnActivity, ConnLimits};
 use crate::pool;
 use crate::preface::Guarded;
 use crate::tls::TlsTerminator;
 use crate::trust::TrustPolicy;
+use bytes::BytesMut;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,7 +31,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 /// Listener settings.
@@ -121,12 +128,28 @@ pub async fn serve_reporting(
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
     }
+    let mut h1 = http1::Builder::new();
+    h1.header_read_timeout(options.header_read_timeout)
+        .max_headers(options.max_headers)
+        .keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(options.max_concurrent_streams);
+    if deadline::installed() {
+        h1.timer(CoarseTimer);
+        h2.timer(CoarseTimer);
+    } else {
+        h1.timer(TokioTimer::new());
+        h2.timer(TokioTimer::new());
+    }
     // every connection watches this: true shuts it down gracefully (HTTP/2 GOAWAY)
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         proxy,
         options: options.clone(),
         builder,
+        h1,
+        h2,
     });
     let all_closed = Arc::new(tokio::sync::Notify::new());
     let active = shared.proxy.router().metrics().active_connections.clone();
@@ -196,7 +219,12 @@ pub async fn serve_reporting(
 struct Shared {
     proxy: Arc<Proxy>,
     options: ServerOptions,
+    /// TLS connections (and listeners allowing more fields than `crate::h1server` parses).
     builder: auto::Builder<TokioExecutor>,
+    /// Cleartext connections the own HTTP/1.1 loop hands over (bodies, upgrades, HTTP/1.0).
+    h1: http1::Builder,
+    /// Cleartext connections that open with the HTTP/2 preface.
+    h2: http2::Builder<TokioExecutor>,
 }
 
 /// One accepted connection.
@@ -214,6 +242,10 @@ impl Conn {
         let mut info = ConnInfo::new(peer, o.max_header_bytes, &o.trust);
         info.log = o.access_log.clone();
         let Some(tls) = &o.tls else {
+            if o.max_headers < h1server::MAX_FIELDS {
+                return self.serve_plain(stream, info).await;
+            }
+            // more fields than the own loop parses: hyper's server throughout
             return self.serve(Guarded::new(stream, deadline), info).await;
         };
         // the handshake is bounded like a request head: a silent client is dropped
@@ -235,65 +267,160 @@ impl Conn {
         self.serve(Guarded::new(stream, deadline), info).await;
     }
 
+    /// Serve a TLS connection with hyper's server (HTTP/1.1 or HTTP/2, as the client's first
+    /// bytes say).
     async fn serve<S>(self, io: Guarded<S>, info: ConnInfo)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn {
-            shared,
-            mut drain_rx,
-        } = self;
-        let activity = Arc::new(ConnActivity::new());
-        let (max_headers, idle_timeout) = (shared.options.max_headers, shared.options.idle_timeout);
-        // one refcount per request, on a per-connection value (not on the proxy, whose
-        // count every connection of every worker would share)
-        let ctx = Arc::new((shared.clone(), info, activity.clone()));
+        let Conn { shared, drain_rx } = self;
+        let ctx = ConnCtx::new(shared.clone(), info);
+        let (activity, idle) = (ctx.activity.clone(), shared.options.idle_timeout);
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let ctx = ctx.clone();
-            async move {
-                let (shared, info, activity) = (&ctx.0, &ctx.1, &ctx.2);
-                let version = req.version();
-                activity.begin();
-                let log = &info.log;
-                // what the access log needs of the request, taken before it is moved
-                let head = log.enabled().then(|| {
-                    (
-                        Instant::now(),
-                        req.method().clone(),
-                        req.uri().clone(),
-                        req.headers().get(http::header::HOST).cloned(),
-                        Entry::trace_id(req.headers()),
-                    )
-                });
-                let mut resp = if req.headers().len() > max_headers {
-                    too_many_headers(max_headers)
-                } else {
-                    shared.proxy.handle(req, info).await
-                };
-                activity.end();
-                match head {
-                    Some((start, method, uri, host, trace_id)) => {
-                        let e = Entry {
-                            method: &method,
-                            uri: &uri,
-                            host: host.as_ref(),
-                            trace_id,
-                            duration: start.elapsed(),
-                        };
-                        log.log(&e, &resp, log.sample());
-                    }
-                    None => warn_local_failure(&resp),
-                }
-                shared.options.drain.mark(version, &mut resp);
-                Ok::<_, Infallible>(resp)
-            }
+            async move { Ok::<_, Infallible>(ctx.respond(req.map(ClientBody::Hyper), false).await) }
         });
         let conn = shared
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
-        tokio::pin!(conn);
-        let idle = activity.idle(idle_timeout);
+        drive!(std::pin::pin!(conn), drain_rx, activity, idle);
+    }
+
+    /// Serve a cleartext connection: the proxy's own HTTP/1.1 loop (`crate::h1server`) until
+    /// the connection ends or needs hyper, then hyper's HTTP/1.1 or HTTP/2 server.
+    async fn serve_plain(self, mut stream: TcpStream, info: ConnInfo) {
+        let o = &self.shared.options;
+        let ctx = ConnCtx::new(self.shared.clone(), info);
+        let limits = h1server::Limits {
+            header_read_timeout: o.header_read_timeout,
+            idle_timeout: o.idle_timeout,
+            max_header_bytes: o.max_header_bytes,
+            max_headers: o.max_headers,
+        };
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let next = {
+            let mut rx = self.drain_rx.clone();
+            let mut drained = std::pin::pin!(async move {
+                let _ = rx.wait_for(|d| *d).await;
+            });
+            let respond = |req| ctx.respond(req, true);
+            h1server::serve(&mut stream, &mut buf, limits, respond, &mut drained).await
+        };
+        let Conn { shared, drain_rx } = self;
+        let io = TokioIo::new(Prefixed::new(buf.freeze(), stream));
+        let activity = ctx.activity.clone();
+        let idle = shared.options.idle_timeout;
+        match next {
+            h1server::Next::Close => {}
+            h1server::Next::Http1 => {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let ctx = ctx.clone();
+                    async move {
+                        Ok::<_, Infallible>(ctx.respond(req.map(ClientBody::Hyper), false).await)
+                    }
+                });
+                let conn = shared.h1.serve_connection(io, svc).with_upgrades();
+                drive!(std::pin::pin!(conn), drain_rx, activity, idle);
+            }
+            h1server::Next::Http2 => {
+                // each stream's future is spawned as a task: boxed, the task holds a pointer
+                // instead of a copy of the (large) request future at every stage change
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let ctx = ctx.clone();
+                    Box::pin(async move {
+                        Ok::<_, Infallible>(ctx.respond(req.map(ClientBody::Hyper), false).await)
+                    })
+                });
+                let conn = shared.h2.serve_connection(io, svc);
+                drive!(std::pin::pin!(conn), drain_rx, activity, idle);
+            }
+        }
+    }
+}
+
+/// What every request of one connection needs.
+struct ConnCtx {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    activity: Arc<ConnActivity>,
+}
+
+impl ConnCtx {
+    fn new(shared: Arc<Shared>, info: ConnInfo) -> Arc<ConnCtx> {
+        // one refcount per request, on a per-connection value (not on the proxy, whose
+        // count every connection of every worker would share)
+        Arc::new(ConnCtx {
+            shared,
+            info,
+            activity: Arc::new(ConnActivity::new()),
+        })
+    }
+
+    /// Answer one request: the header-count limit, the proxy, the access log, the drain mark.
+    /// `raw`: the response goes to the own HTTP/1.1 server, which writes an upstream's
+    /// unparsed fields as they came (for hyper's server they are parsed into the map).
+    // not an `async fn`: that would keep a second copy of the request in the future
+    // (rust-lang/rust#62958)
+    #[allow(clippy::manual_async_fn)]
+    fn respond(
+        &self,
+        req: http::Request<ClientBody>,
+        raw: bool,
+    ) -> impl Future<Output = http::Response<crate::ResponseBody>> + '_ {
+        async move {
+            let (shared, info, activity) = (&self.shared, &self.info, &self.activity);
+            let max_headers = shared.options.max_headers;
+            let version = req.version();
+            activity.begin();
+            let log = &info.log;
+            // what the access log needs of the request, taken before it is moved
+            let head = log.enabled().then(|| {
+                (
+                    Instant::now(),
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().get(http::header::HOST).cloned(),
+                    Entry::trace_id(req.headers()),
+                )
+            });
+            let mut resp = if req.headers().len() > max_headers {
+                too_many_headers(max_headers)
+            } else {
+                let fut = std::pin::pin!(shared.proxy.handle(req, info));
+                fut.await
+            };
+            activity.end();
+            if !raw || head.is_some() {
+                crate::reply::materialize(&mut resp);
+            }
+            match head {
+                Some((start, method, uri, host, trace_id)) => {
+                    let e = Entry {
+                        method: &method,
+                        uri: &uri,
+                        host: host.as_ref(),
+                        trace_id,
+                        duration: start.elapsed(),
+                    };
+                    log.log(&e, &resp, log.sample());
+                }
+                None => warn_local_failure(&resp),
+            }
+            shared.options.drain.mark(version, &mut resp);
+            resp
+        }
+    }
+}
+
+/// Run a hyper server connection (`$conn`, pinned) until it ends; the drain and the idle
+/// timeout shut it down gracefully (HTTP/2: GOAWAY). A macro: the three connection types
+/// hyper has share the method, not a trait this crate can name without their bounds.
+macro_rules! drive {
+    ($conn:expr, $drain_rx:expr, $activity:expr, $idle_timeout:expr) => {{
+        let mut conn = $conn;
+        let mut drain_rx = $drain_rx;
+        let idle = $activity.idle($idle_timeout);
         tokio::pin!(idle);
         let mut shutting = false;
         loop {
@@ -314,8 +441,9 @@ impl Conn {
                 }
             }
         }
-    }
+    }};
 }
+use drive;
 
 /// Without an access log, a 502/503/504 the proxy made still goes to the process log with
 /// its reason (an error path: the log's lock is taken only then).
