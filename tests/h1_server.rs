@@ -25,27 +25,62 @@ const MAX_READ: usize = 4 << 20;
 
 /// One service `api` on `up`, also the default service.
 fn cfg(up: &Upstream) -> microstax_config::Config {
+    cfg_at(up.addr)
+}
+
+/// One service `api` at `addr`, also the default service.
+fn cfg_at(addr: std::net::SocketAddr) -> microstax_config::Config {
     config(&[(
         "org.yaml",
         &format!(
             "kind: org\nrouting: {{default_service: api}}\nservices:\n  api:\n    hosts: [api]\n    endpoints: [\"{}\"]\n",
-            up.addr
+            addr
         ),
     )])
 }
 
-/// The echo upstream `base` behind a proxy started with `opts`.
-async fn setup_with(opts: ServerOptions) -> (Upstream, ProxyUnderTest) {
+/// Which server answers the client: the proxy's own HTTP/1.1 loop (cleartext, up to 127
+/// header fields), or hyper's (a listener allowing 128 fields or more is hyper's throughout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Own,
+    Hyper,
+}
+
+/// Every case runs against both servers.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn own_server() {
+                super::$name(super::Server::Own).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper_server() {
+                super::$name(super::Server::Hyper).await
+            }
+        }
+    )*};
+}
+
+/// The echo upstream `base` behind a proxy started with `opts`, served by `server`.
+async fn setup_with(server: Server, mut opts: ServerOptions) -> (Upstream, ProxyUnderTest) {
+    if server == Server::Hyper {
+        opts.max_headers = 128;
+    }
     let up = Upstream::start("base").await;
     let proxy = ProxyUnderTest::start_with(&cfg(&up), opts).await;
     (up, proxy)
 }
 
-async fn setup() -> (Upstream, ProxyUnderTest) {
-    setup_with(ServerOptions {
-        drain_timeout: Duration::from_secs(2),
-        ..ServerOptions::default()
-    })
+async fn setup(server: Server) -> (Upstream, ProxyUnderTest) {
+    setup_with(
+        server,
+        ServerOptions {
+            drain_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        },
+    )
     .await
 }
 
@@ -258,9 +293,8 @@ impl Client {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_answers_three_requests_in_turn_on_one_connection() {
-    let (_up, p) = setup().await;
+async fn keep_alive_answers_three_requests_in_turn_on_one_connection(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     for i in 0..3 {
         c.send(get(&format!("/k{i}"))).await;
@@ -271,9 +305,8 @@ async fn keep_alive_answers_three_requests_in_turn_on_one_connection() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_requests_in_one_write_are_answered_in_order() {
-    let (_up, p) = setup().await;
+async fn pipelined_requests_in_one_write_are_answered_in_order(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send(format!("{}{}{}", get("/p0"), get("/p1"), get("/p2")))
         .await;
@@ -284,9 +317,8 @@ async fn pipelined_requests_in_one_write_are_answered_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_written_one_byte_at_a_time_is_answered() {
-    let (_up, p) = setup().await;
+async fn a_request_written_one_byte_at_a_time_is_answered(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     let req = get("/trickle?a=1");
     for b in req.as_bytes() {
@@ -297,9 +329,8 @@ async fn a_request_written_one_byte_at_a_time_is_answered() {
     assert_eq!(r.path(), "/trickle");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_close_from_the_client_closes_after_the_response() {
-    let (_up, p) = setup().await;
+async fn connection_close_from_the_client_closes_after_the_response(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send("GET /bye HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n")
         .await;
@@ -309,9 +340,8 @@ async fn connection_close_from_the_client_closes_after_the_response() {
     c.assert_closed().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_response_has_no_body_and_the_next_pipelined_request_parses() {
-    let (_up, p) = setup().await;
+async fn a_head_response_has_no_body_and_the_next_pipelined_request_parses(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send(format!(
         "HEAD /h HTTP/1.1\r\nhost: api\r\n\r\n{}",
@@ -326,9 +356,8 @@ async fn a_head_response_has_no_body_and_the_next_pipelined_request_parses() {
     assert_eq!(r.path(), "/after-head");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn length_and_chunked_request_bodies_then_a_get_on_one_connection() {
-    let (_up, p) = setup().await;
+async fn length_and_chunked_request_bodies_then_a_get_on_one_connection(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send("POST /cl HTTP/1.1\r\nhost: api\r\ncontent-length: 5\r\n\r\nhello")
         .await;
@@ -356,9 +385,8 @@ async fn length_and_chunked_request_bodies_then_a_get_on_one_connection() {
     assert_eq!(r.json()["body_bytes"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expect_100_continue_is_answered_before_the_body_is_sent() {
-    let (_up, p) = setup().await;
+async fn expect_100_continue_is_answered_before_the_body_is_sent(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send("POST /x HTTP/1.1\r\nhost: api\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
         .await;
@@ -372,9 +400,8 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     assert_eq!(r.json()["body_bytes"], 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_requests_get_400_or_a_close_and_the_proxy_keeps_serving() {
-    let (up, p) = setup().await;
+async fn malformed_requests_get_400_or_a_close_and_the_proxy_keeps_serving(server: Server) {
+    let (up, p) = setup(server).await;
     // (request, whether RFC 9112 requires a 400 rather than allowing a bare close)
     let malformed: [(&[u8], bool); 5] = [
         (b"GARBAGE\r\n\r\n", false),
@@ -427,9 +454,10 @@ async fn malformed_requests_get_400_or_a_close_and_the_proxy_keeps_serving() {
     assert_eq!(r.path(), "/fresh");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_transfer_encoding_and_content_length_is_refused_or_read_chunked_then_closed() {
-    let (_up, p) = setup().await;
+async fn both_transfer_encoding_and_content_length_is_refused_or_read_chunked_then_closed(
+    server: Server,
+) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     // read by its Content-Length, the body would be "5\r\n" and the rest a second request
     c.send(concat!(
@@ -446,13 +474,15 @@ async fn both_transfer_encoding_and_content_length_is_refused_or_read_chunked_th
     c.assert_closed().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_over_max_header_bytes_gets_431_and_never_reaches_the_upstream() {
-    let (up, p) = setup_with(ServerOptions {
-        max_header_bytes: 4096,
-        drain_timeout: Duration::from_secs(2),
-        ..ServerOptions::default()
-    })
+async fn a_head_over_max_header_bytes_gets_431_and_never_reaches_the_upstream(server: Server) {
+    let (up, p) = setup_with(
+        server,
+        ServerOptions {
+            max_header_bytes: 4096,
+            drain_timeout: Duration::from_secs(2),
+            ..ServerOptions::default()
+        },
+    )
     .await;
     let mut c = Client::connect(p.addr).await;
     c.send(format!(
@@ -479,9 +509,8 @@ async fn a_head_over_max_header_bytes_gets_431_and_never_reaches_the_upstream() 
     assert_eq!(r.path(), "/small-head");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_1_0_without_keep_alive_is_answered_unchunked_and_closed() {
-    let (_up, p) = setup().await;
+async fn http_1_0_without_keep_alive_is_answered_unchunked_and_closed(server: Server) {
+    let (_up, p) = setup(server).await;
     // a length-framed upstream answer, and one the upstream sends chunked
     for (path, len) in [("/old", None), ("/big?bytes=100000", Some(100_000))] {
         let mut c = Client::connect(p.addr).await;
@@ -500,9 +529,8 @@ async fn http_1_0_without_keep_alive_is_answered_unchunked_and_closed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn responses_carry_date_and_relay_length_and_chunked_bodies() {
-    let (_up, p) = setup().await;
+async fn responses_carry_date_and_relay_length_and_chunked_bodies(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     // the echo upstream answers with a Content-Length
     c.send(get("/len")).await;
@@ -533,9 +561,8 @@ async fn responses_carry_date_and_relay_length_and_chunked_bodies() {
     assert_eq!(r.path(), "/after-big");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_that_vanish_mid_head_or_mid_request_do_not_disturb_the_proxy() {
-    let (up, p) = setup().await;
+async fn clients_that_vanish_mid_head_or_mid_request_do_not_disturb_the_proxy(server: Server) {
+    let (up, p) = setup(server).await;
     let active = || p.router.metrics().active_connections.get();
     // a request the upstream never answers, in flight when the client goes
     let mut c = Client::connect(p.addr).await;
@@ -568,9 +595,8 @@ async fn clients_that_vanish_mid_head_or_mid_request_do_not_disturb_the_proxy() 
     assert_eq!(r.path(), "/fresh");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_absolute_form_target_is_routed_like_origin_form() {
-    let (_up, p) = setup().await;
+async fn an_absolute_form_target_is_routed_like_origin_form(server: Server) {
+    let (_up, p) = setup(server).await;
     let mut c = Client::connect(p.addr).await;
     c.send("GET http://api/abs?q=1 HTTP/1.1\r\nhost: api\r\n\r\n")
         .await;
@@ -585,3 +611,126 @@ async fn an_absolute_form_target_is_routed_like_origin_form() {
     assert_eq!(r.status, 200, "{}", r.line);
     assert_eq!(r.path(), "/origin");
 }
+
+async fn a_head_trickled_within_each_read_but_not_in_all_is_cut(server: Server) {
+    let opts = ServerOptions {
+        header_read_timeout: Duration::from_millis(800),
+        ..ServerOptions::default()
+    };
+    let (_up, p) = setup_with(server, opts).await;
+    let mut c = Client::connect(p.addr).await;
+    c.send("GET /slow HTTP/1.1\r\nhost: api\r\nx-slow: ").await;
+    let start = std::time::Instant::now();
+    // a byte every 200 ms: each comes well within the timeout, the head never ends
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut chunk = [0u8; 1024];
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::select! {
+            n = c.s.read(&mut chunk) => {
+                // a close, or an answer (408/431) and then the close
+                if n.unwrap_or(0) == 0 {
+                    closed = true;
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                if c.s.write_all(b"a").await.is_err() {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    let took = start.elapsed();
+    assert!(closed, "the trickled head kept its connection for {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "closed only after {took:?} (header-read timeout 800 ms)"
+    );
+}
+
+async fn a_client_that_leaves_during_a_long_response_releases_its_upstream(server: Server) {
+    // an upstream that sends a head and the first bytes of a long body, then holds it
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\nabc")
+            .await;
+        // the proxy closes this connection once its client is gone
+        while s.read(&mut chunk).await.unwrap_or(0) > 0 {}
+        let _ = closed_tx.send(());
+    });
+    let opts = ServerOptions {
+        max_headers: if server == Server::Hyper { 128 } else { 100 },
+        ..ServerOptions::default()
+    };
+    let p = ProxyUnderTest::start_with(&cfg_at(addr), opts).await;
+    let mut c = Client::connect(p.addr).await;
+    c.send(get("/stream")).await;
+    let head = tokio::time::timeout(DEADLINE, c.until(b"abc"))
+        .await
+        .expect("the first bytes of the body");
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    drop(c);
+    // the response body idle timeout is 60 s: only noticing the client frees it sooner
+    tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the upstream connection was still held 5 s after its client left")
+        .expect("the upstream task ended");
+}
+
+/// The own server only: hyper's (`half_close` off, its default) stops at the half-close and
+/// answers neither request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_then_a_half_close_are_all_answered() {
+    let (_up, p) = setup(Server::Own).await;
+    let mut c = Client::connect(p.addr).await;
+    c.send(format!(
+        "{}GET /last HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n",
+        get("/first")
+    ))
+    .await;
+    // what `nc -N` or a shell pipe does: the client has said everything
+    c.s.shutdown().await.expect("shutdown");
+    let first = c.response("GET").await;
+    assert_eq!(first.status, 200, "{}", first.line);
+    assert_eq!(first.path(), "/first");
+    let last = c.response("GET").await;
+    assert_eq!(last.status, 200, "{}", last.line);
+    assert_eq!(last.path(), "/last");
+    c.assert_closed().await;
+}
+
+both!(
+    keep_alive_answers_three_requests_in_turn_on_one_connection,
+    pipelined_requests_in_one_write_are_answered_in_order,
+    a_request_written_one_byte_at_a_time_is_answered,
+    connection_close_from_the_client_closes_after_the_response,
+    a_head_response_has_no_body_and_the_next_pipelined_request_parses,
+    length_and_chunked_request_bodies_then_a_get_on_one_connection,
+    expect_100_continue_is_answered_before_the_body_is_sent,
+    malformed_requests_get_400_or_a_close_and_the_proxy_keeps_serving,
+    both_transfer_encoding_and_content_length_is_refused_or_read_chunked_then_closed,
+    a_head_over_max_header_bytes_gets_431_and_never_reaches_the_upstream,
+    http_1_0_without_keep_alive_is_answered_unchunked_and_closed,
+    responses_carry_date_and_relay_length_and_chunked_bodies,
+    clients_that_vanish_mid_head_or_mid_request_do_not_disturb_the_proxy,
+    an_absolute_form_target_is_routed_like_origin_form,
+    a_head_trickled_within_each_read_but_not_in_all_is_cut,
+    a_client_that_leaves_during_a_long_response_releases_its_upstream,
+);

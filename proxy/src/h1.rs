@@ -689,6 +689,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
             if length.is_some_and(|l| l != v) {
                 return Err(ExchangeError::Invalid("conflicting content-length"));
             }
+            // the same length twice goes out once, through the map
+            plain &= length.is_none();
             length = Some(v);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
@@ -726,9 +728,15 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         keep_alive = false;
     }
     let head = buf.split_to(len).freeze();
-    if plain && n > 0 && matches!(framing, Framing::Empty | Framing::Length(_)) {
+    let block = head.slice(spans.first().map_or(len, |s| s.0 as usize)..);
+    // lines that end in a bare LF (httparse accepts them) are re-encoded through the map
+    let crlf = || {
+        block.ends_with(b"\r\n\r\n")
+            && memchr::memchr_iter(b'\n', &block).all(|i| i > 0 && block[i - 1] == b'\r')
+    };
+    if plain && n > 0 && matches!(framing, Framing::Empty | Framing::Length(_)) && crlf() {
         let raw = RawFields {
-            block: head.slice(spans[0].0 as usize..),
+            block,
             length,
             date,
         };
@@ -1143,6 +1151,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nx-microstax-route: forged\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\n\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok",
         ] {
             let h = head(raw);
             assert!(h.raw.is_none(), "{raw:?}");

@@ -88,9 +88,15 @@ where
 {
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
+    // the client half-closed its end after sending what is in `buf`
+    let mut eof = false;
     loop {
+        // the header-read timeout runs from the start of the wait for this head, not from
+        // its last read (slowloris)
+        let deadline = Instant::now() + limits.header_read_timeout.min(limits.idle_timeout);
         // a complete head, or why there is none
-        let (req, asks) = loop {
+        let (req, mut asks) = loop {
+            skip_empty_lines(buf);
             if !buf.is_empty() {
                 if first && starts_preface(buf) {
                     if buf.len() >= H2_PREFACE.len() {
@@ -120,26 +126,49 @@ where
                     return Next::Close;
                 }
             }
-            let wait = limits.header_read_timeout.min(limits.idle_timeout);
-            match read_head_bytes(io, buf, Instant::now() + wait, drained).await {
+            if eof {
+                return Next::Close;
+            }
+            match read_head_bytes(io, buf, deadline, drained).await {
                 Ok(0) | Err(_) => return Next::Close,
                 Ok(_) => {}
             }
         };
         first = false;
-        let fut = std::pin::pin!(respond(req));
-        let resp = match answer_or_eof(io, buf, limits.max_header_bytes, fut).await {
+        let mut client = Client {
+            io: &mut *io,
+            buf: &mut *buf,
+            max: limits.max_header_bytes,
+            eof,
+        };
+        let mut fut = std::pin::pin!(respond(req));
+        let resp = match client.until_gone(|cx| fut.as_mut().poll(cx)).await {
             Some(r) => r,
             // the client went away: its request is cancelled
             None => return Next::Close,
         };
-        match write_response(io, &mut out, resp, &asks).await {
+        // shutting down: this response is the connection's last, and says so
+        asks.close |= poll_fn(|cx| Poll::Ready(Pin::new(&mut *drained).poll(cx).is_ready())).await;
+        let written = write_response(&mut client, &mut out, resp, &asks).await;
+        eof = client.eof;
+        match written {
             Ok(true) => {}
             Ok(false) | Err(_) => {
                 let _ = io.shutdown().await;
                 return Next::Close;
             }
         }
+    }
+}
+
+/// Drop the empty lines a client may send before a request line (RFC 9112 2.2).
+fn skip_empty_lines(buf: &mut BytesMut) {
+    let n = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    if n > 0 {
+        buf.advance(n);
     }
 }
 
@@ -233,12 +262,15 @@ fn build(head: &Bytes, max_headers: usize) -> Parsed {
     };
     // room for the fields the proxy adds (forwarding, context) without a rehash
     let mut map = HeaderMap::with_capacity(r.headers.len() + 6);
+    let mut seen_length = false;
     for h in r.headers.iter() {
         let n = h.name.as_bytes();
         if n.eq_ignore_ascii_case(b"content-length") {
-            if h.value.is_empty() || h.value.iter().any(|&b| b != b'0') {
+            // a body, or a length given twice: hyper's (it merges or refuses them)
+            if h.value.is_empty() || h.value.iter().any(|&b| b != b'0') || seen_length {
                 return Parsed::Hyper(head.clone());
             }
+            seen_length = true;
         } else if n.eq_ignore_ascii_case(b"transfer-encoding")
             || n.eq_ignore_ascii_case(b"expect")
             || n.eq_ignore_ascii_case(b"upgrade")
@@ -280,10 +312,7 @@ where
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
-    // the first try costs no timer: a head that is already there is read at once
-    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(poll_read(io, buf, cx))).await {
-        return r;
-    }
+    // the timer is armed only if the read has to wait (`CoarseSleep` arms when first polled)
     let mut sleep = crate::deadline::CoarseSleep::until(deadline);
     let idle = buf.is_empty();
     poll_fn(|cx| {
@@ -311,36 +340,44 @@ fn poll_read<S: AsyncRead + Unpin>(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
-/// The response of `fut`, or `None` if the client closed its connection (or it failed)
-/// first. Bytes the client pipelines meanwhile are kept in `buf` (up to `max` of them).
-async fn answer_or_eof<S, Fut>(
-    io: &mut S,
-    buf: &mut BytesMut,
+/// The client's side of a connection while a request of it is answered.
+struct Client<'a, S> {
+    io: &'a mut S,
+    buf: &'a mut BytesMut,
+    /// Most bytes kept in `buf` meanwhile.
     max: usize,
-    mut fut: Pin<&mut Fut>,
-) -> Option<Response<ResponseBody>>
-where
-    S: AsyncRead + Unpin,
-    Fut: Future<Output = Response<ResponseBody>>,
-{
-    poll_fn(|cx| {
-        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        if buf.len() < max {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+    /// The client half-closed after what is in `buf`.
+    eof: bool,
+}
+
+impl<S: AsyncRead + Unpin> Client<'_, S> {
+    /// What `poll` yields, or `None` if the client closed its connection (or it failed)
+    /// first. Bytes the client pipelines meanwhile are kept in `buf` (up to `max` of them);
+    /// a client that half-closes after pipelined requests still gets their answers.
+    async fn until_gone<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = poll(cx) {
+                return Poll::Ready(Some(r));
             }
-            match poll_read(io, buf, cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                // pipelined: read again at once (the reader is not registered yet)
-                Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
-                Poll::Pending => {}
+            if !self.eof && self.buf.len() < self.max {
+                if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                    self.buf.reserve(READ_CHUNK);
+                }
+                match poll_read(self.io, self.buf, cx) {
+                    Poll::Ready(Ok(0)) if !self.buf.is_empty() => self.eof = true,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    // pipelined: read again at once (the reader is not registered yet)
+                    Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
+                    Poll::Pending => {}
+                }
             }
-        }
-        Poll::Pending
-    })
-    .await
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// How a response body is framed on the wire.
@@ -354,13 +391,13 @@ enum Framing {
 
 /// Write `resp`: `Ok(true)` if the connection can serve another request.
 async fn write_response<S>(
-    io: &mut S,
+    client: &mut Client<'_, S>,
     out: &mut Vec<u8>,
     resp: Response<ResponseBody>,
     asks: &Asks,
 ) -> io::Result<bool>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     let raw = crate::reply::take_raw(&mut body);
@@ -430,10 +467,14 @@ where
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
-                    io.write_all(out).await?;
+                    client.io.write_all(out).await?;
                     out.clear();
                 }
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                // a long response (a stream, a long poll) ends when its client goes away
+                match client.until_gone(|cx| body.as_mut().poll_frame(cx)).await {
+                    Some(f) => f,
+                    None => return Ok(false),
+                }
             }
         };
         let frame = match frame {
@@ -442,7 +483,7 @@ where
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "response body failed: connection closed");
                 if !out.is_empty() {
-                    let _ = io.write_all(out).await;
+                    let _ = client.io.write_all(out).await;
                 }
                 return Ok(false);
             }
@@ -454,11 +495,9 @@ where
                 if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
                     if asks.trailers {
                         out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            crate::h1::write_field(out, name, value);
-                        }
+                        write_trailers(out, &parts.headers, &trailers);
                         out.extend_from_slice(b"\r\n");
-                        io.write_all(out).await?;
+                        client.io.write_all(out).await?;
                         out.clear();
                         return Ok(keep);
                     }
@@ -474,16 +513,19 @@ where
             Framing::Length(_) => {
                 let n = data.len() as u64;
                 if n > left {
-                    // more than announced: the connection's framing is lost
+                    // more than announced: what was announced goes out, then the close
+                    let announced = data.slice(..usize::try_from(left).unwrap_or(0));
+                    put_data(client.io, out, announced, b"").await?;
+                    client.io.write_all(out).await?;
                     return Ok(false);
                 }
                 left -= n;
-                put_data(io, out, data, b"").await?;
+                put_data(client.io, out, data, b"").await?;
             }
             Framing::Chunked => {
                 let mut line = [0u8; 18];
                 out.extend_from_slice(crate::h1::hex_line(data.len(), &mut line));
-                put_data(io, out, data, b"\r\n").await?;
+                put_data(client.io, out, data, b"\r\n").await?;
             }
         }
     }
@@ -494,10 +536,40 @@ where
         _ => {}
     }
     if !out.is_empty() {
-        io.write_all(out).await?;
+        client.io.write_all(out).await?;
         out.clear();
     }
     Ok(keep)
+}
+
+/// The trailer fields the response's `Trailer` field announced, less those that may not be
+/// trailers (RFC 9110 6.5.1; hyper's rule).
+fn write_trailers(out: &mut Vec<u8>, headers: &HeaderMap, trailers: &HeaderMap) {
+    const NOT_TRAILERS: [HeaderName; 12] = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::HOST,
+        header::MAX_FORWARDS,
+        header::SET_COOKIE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::TE,
+    ];
+    let announced = |name: &HeaderName| {
+        headers
+            .get_all(header::TRAILER)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), name.as_str().as_bytes()))
+    };
+    for (name, value) in trailers {
+        if announced(name) && !NOT_TRAILERS.contains(name) {
+            crate::h1::write_field(out, name, value);
+        }
+    }
 }
 
 /// Start `out` afresh with the status line of `status`.
@@ -601,7 +673,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.prefix.is_empty() {
+        if !this.prefix.is_empty() && buf.remaining() > 0 {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
