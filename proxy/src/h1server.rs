@@ -72,13 +72,15 @@ struct Asks {
 /// Serve `io` until it closes or needs hyper; `buf` holds what was read and not yet used
 /// (the caller hands it to hyper with the connection). `respond` answers one request;
 /// `draining` says whether the listener is shutting down (a connection waiting for its next
-/// request is then closed), and `drained` completes when it begins.
+/// request is then closed), and `drained` completes when it begins; `shutting` says whether
+/// it has (a cheap check, made before each response).
 pub(crate) async fn serve<S, F, Fut, D>(
     io: &mut S,
     buf: &mut BytesMut,
     limits: Limits,
     respond: F,
     drained: &mut D,
+    shutting: impl Fn() -> bool,
 ) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -148,7 +150,7 @@ where
             None => return Next::Close,
         };
         // shutting down: this response is the connection's last, and says so
-        asks.close |= poll_fn(|cx| Poll::Ready(Pin::new(&mut *drained).poll(cx).is_ready())).await;
+        asks.close |= shutting();
         let written = write_response(&mut client, &mut out, resp, &asks).await;
         eof = client.eof;
         match written {

@@ -304,8 +304,20 @@ impl Conn {
             let mut drained = std::pin::pin!(async move {
                 let _ = rx.wait_for(|d| *d).await;
             });
+            // the drain is the watch's only change (connections are accepted before it): its
+            // version is read without the watch's lock
+            let seen = &self.drain_rx;
+            let shutting = || seen.has_changed().unwrap_or(true);
             let respond = |req| ctx.respond(req, true);
-            h1server::serve(&mut stream, &mut buf, limits, respond, &mut drained).await
+            h1server::serve(
+                &mut stream,
+                &mut buf,
+                limits,
+                respond,
+                &mut drained,
+                shutting,
+            )
+            .await
         };
         let Conn { shared, drain_rx } = self;
         let io = TokioIo::new(Prefixed::new(buf.freeze(), stream));
