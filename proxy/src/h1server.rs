@@ -163,6 +163,54 @@ where
     }
 }
 
+/// What [`decode_request`] made of a client's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodedRequest {
+    /// A bodiless request this server answers itself: its method, target, fields and the
+    /// bytes its head took (empty lines before it included).
+    Served {
+        /// The method.
+        method: String,
+        /// The request target.
+        target: String,
+        /// Header fields.
+        fields: usize,
+        /// Bytes the head took.
+        len: usize,
+    },
+    /// Not all of the head is there.
+    Partial,
+    /// The connection goes to hyper.
+    Hyper {
+        /// hyper is given exactly the bytes read (after any empty lines before the head).
+        intact: bool,
+    },
+    /// Answered with this status, then closed.
+    Refused(u16),
+}
+
+/// Classify `input` as the start of a connection the way the server loop does, for the fuzz
+/// target and tests: a request it serves, a head still partial, a connection for hyper, or a
+/// refusal.
+pub fn decode_request(input: &[u8], max_headers: usize) -> DecodedRequest {
+    let mut buf = BytesMut::from(input);
+    skip_empty_lines(&mut buf);
+    let skipped = input.len() - buf.len();
+    match parse(&mut buf, max_headers.min(MAX_FIELDS - 1)) {
+        Parsed::Request(req, _) => DecodedRequest::Served {
+            method: req.method().to_string(),
+            target: req.uri().to_string(),
+            fields: req.headers().len(),
+            len: input.len() - buf.len(),
+        },
+        Parsed::Partial => DecodedRequest::Partial,
+        Parsed::Hyper(head) => DecodedRequest::Hyper {
+            intact: [&head[..], &buf[..]].concat() == input[skipped..],
+        },
+        Parsed::Refuse(status) => DecodedRequest::Refused(status.as_u16()),
+    }
+}
+
 /// Drop the empty lines a client may send before a request line (RFC 9112 2.2).
 fn skip_empty_lines(buf: &mut BytesMut) {
     let n = buf

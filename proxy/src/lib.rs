@@ -17,7 +17,7 @@ pub mod edge_metrics;
 pub mod forward;
 pub mod grpc;
 pub mod h1;
-mod h1server;
+pub mod h1server;
 pub mod h2pool;
 pub mod headers;
 pub mod lifecycle;
