@@ -39,8 +39,8 @@ fn cfg_at(addr: std::net::SocketAddr) -> microstax_config::Config {
     )])
 }
 
-/// Which server answers the client: the proxy's own HTTP/1.1 loop (cleartext, up to 127
-/// header fields), or hyper's (a listener allowing 128 fields or more is hyper's throughout).
+/// Which server answers the client: the proxy's own HTTP/1.1 loop (up to 127 header fields),
+/// or hyper's (a listener allowing 128 fields or more is hyper's throughout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Own,

@@ -46,7 +46,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 const READ_CHUNK: usize = 16 * 1024;
 /// Request body chunks up to this size are copied into the write buffer with their framing
 /// (one write); larger ones are written from their own buffer.
-const COPY_LIMIT: usize = 8 * 1024;
+pub(crate) const COPY_LIMIT: usize = 8 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -599,23 +599,6 @@ enum Parsed {
     Final(Head),
 }
 
-/// Whether the proxy removes or sets a response field of this name (hop-by-hop fields, and
-/// its own `x-microstax-` ones): such a response's fields go through a `HeaderMap`.
-fn changed_by_proxy(name: &[u8]) -> bool {
-    // by length first: most names are compared with nothing
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    let hop = match name.len() {
-        2 => is(b"te"),
-        7 => is(b"trailer") || is(b"upgrade"),
-        10 => is(b"connection") || is(b"keep-alive"),
-        16 => is(b"proxy-connection"),
-        17 => is(b"transfer-encoding"),
-        18 => is(b"proxy-authenticate"),
-        _ => false,
-    };
-    hop || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-microstax-"))
-}
-
 /// Parse a response head at the start of `buf`, consuming it when complete.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
     if buf.is_empty() {
@@ -673,7 +656,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
     let mut date = false;
     for (i, f) in r.headers.iter().enumerate() {
         let name = f.name.as_bytes();
-        plain &= !changed_by_proxy(name);
+        plain &= !crate::headers::changed_on_responses(name);
         date |= name.eq_ignore_ascii_case(b"date");
         let ns = f.name.as_ptr() as usize - base;
         let vs = f.value.as_ptr() as usize - base;

@@ -15,8 +15,7 @@
 //! flight cancels the request, as hyper does. Pipelined requests are answered in order.
 
 use crate::body::ClientBody;
-use crate::h1::has_token;
-use crate::preface::H2_PREFACE;
+use crate::h1::{has_token, COPY_LIMIT};
 use crate::reply::ResponseBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -31,14 +30,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Most header fields this loop parses itself; a listener allowing more hands its
 /// connections to hyper.
 pub(crate) const MAX_FIELDS: usize = 128;
 /// Read buffer growth.
 const READ_CHUNK: usize = 8 * 1024;
-/// Data chunks up to this size are copied next to the head (one write); larger ones are
-/// written from their own buffer.
-const COPY_LIMIT: usize = 8 * 1024;
 
 /// The listener's limits, as this loop needs them.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +45,8 @@ pub(crate) struct Limits {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers: usize,
+    /// Requests may be served here; else the loop only tells HTTP/2 from HTTP/1.1.
+    pub(crate) serve: bool,
 }
 
 /// How a connection left this loop.
@@ -104,6 +104,8 @@ where
                     if buf.len() >= H2_PREFACE.len() {
                         return Next::Http2;
                     }
+                } else if !limits.serve {
+                    return Next::Http1;
                 } else {
                     match parse(buf, limits.max_headers) {
                         Parsed::Request(req, asks) => break (req, asks),
@@ -733,7 +735,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-crate::preface::forward_async_write!(Prefixed, io);
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,26 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TE,
     header::TRANSFER_ENCODING,
 ];
+/// Whether the proxy removes or sets a response field of this name, given as it came: the
+/// hop-by-hop fields [`strip_response`] removes (with `Upgrade` and `Trailer`, which it keeps
+/// only for a tunnel or with its trailers) and the proxy's own `x-microstax-` fields. An
+/// upstream response with none of them can go to an HTTP/1.1 client as it came
+/// (`crate::h1::RawFields`).
+pub(crate) fn changed_on_responses(name: &[u8]) -> bool {
+    // by length first: most names are compared with nothing
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let hop = match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        _ => false,
+    };
+    hop || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-microstax-"))
+}
+
 /// Bits of `Connection`, `TE` and `Transfer-Encoding` in the set of hop-by-hop headers seen.
 const CONNECTION_BIT: u8 = 1;
 const TE_BIT: u8 = 1 << 4;
@@ -243,6 +263,22 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_stripped_from_responses_keeps_them_from_going_out_raw() {
+        for name in HOP_BY_HOP
+            .iter()
+            .chain([&header::UPGRADE, &header::TRAILER])
+        {
+            let upper = name.as_str().to_ascii_uppercase();
+            assert!(changed_on_responses(name.as_str().as_bytes()), "{name}");
+            assert!(changed_on_responses(upper.as_bytes()), "{upper}");
+        }
+        assert!(changed_on_responses(b"X-MicroStax-Route"));
+        for name in ["content-length", "date", "x-micro", "tee", "content-type"] {
+            assert!(!changed_on_responses(name.as_bytes()), "{name}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {

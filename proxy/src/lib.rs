@@ -25,7 +25,6 @@ pub mod limits;
 pub mod metrics;
 pub mod options;
 pub mod pool;
-pub mod preface;
 pub mod prewarm;
 pub mod publish;
 pub mod reply;

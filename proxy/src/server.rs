@@ -1,8 +1,8 @@
 //! Listeners: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port. A cleartext
 //! connection starts in the proxy's own HTTP/1.1 loop (`crate::h1server`), which serves
 //! bodiless requests itself and hands the connection to hyper's HTTP/1.1 or HTTP/2 server
-//! when it needs one (a body, an upgrade, the HTTP/2 preface); TLS connections go to
-//! hyper-util's auto builder. hyper gets a timer so header-read timeouts work, upgrades
+//! when it needs one (a body, an upgrade, the HTTP/2 preface); TLS connections likewise,
+//! after their handshake. hyper gets a timer so header-read timeouts work, upgrades
 //! enabled, and graceful drain on shutdown. [`serve`] runs one listener on the caller's
 //! runtime; [`Workers`] (and [`serve_sharded`]) run one thread per listener, each with its own
 //! current-thread runtime, `SO_REUSEPORT` listener and upstream pools, so a request never
@@ -17,21 +17,19 @@ use crate::forward::{ConnInfo, Proxy};
 use crate::h1server::{self, Prefixed};
 use crate::limits::{ConnActivity, ConnLimits};
 use crate::pool;
-use crate::preface::Guarded;
 use crate::tls::TlsTerminator;
 use crate::trust::TrustPolicy;
 use bytes::BytesMut;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// Listener settings.
@@ -110,24 +108,6 @@ pub async fn serve_reporting(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> DrainReport {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .header_read_timeout(options.header_read_timeout)
-        .max_headers(options.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(options.max_concurrent_streams);
-    // every request arms a header-read timer: on a worker, the cheap coarse one
-    if deadline::installed() {
-        builder.http1().timer(CoarseTimer);
-        builder.http2().timer(CoarseTimer);
-    } else {
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
-    }
     let mut h1 = http1::Builder::new();
     h1.header_read_timeout(options.header_read_timeout)
         .max_headers(options.max_headers)
@@ -135,6 +115,7 @@ pub async fn serve_reporting(
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(options.max_concurrent_streams);
+    // every request arms a header-read timer: on a worker, the cheap coarse one
     if deadline::installed() {
         h1.timer(CoarseTimer);
         h2.timer(CoarseTimer);
@@ -147,7 +128,6 @@ pub async fn serve_reporting(
     let shared = Arc::new(Shared {
         proxy,
         options: options.clone(),
-        builder,
         h1,
         h2,
     });
@@ -219,11 +199,10 @@ pub async fn serve_reporting(
 struct Shared {
     proxy: Arc<Proxy>,
     options: ServerOptions,
-    /// TLS connections (and listeners allowing more fields than `crate::h1server` parses).
-    builder: auto::Builder<TokioExecutor>,
-    /// Cleartext connections the own HTTP/1.1 loop hands over (bodies, upgrades, HTTP/1.0).
+    /// Connections the own HTTP/1.1 loop hands over (bodies, upgrades, HTTP/1.0; all of a
+    /// listener allowing more fields than it parses).
     h1: http1::Builder,
-    /// Cleartext connections that open with the HTTP/2 preface.
+    /// Connections that open with the HTTP/2 preface.
     h2: http2::Builder<TokioExecutor>,
 }
 
@@ -242,11 +221,7 @@ impl Conn {
         let mut info = ConnInfo::new(peer, o.max_header_bytes, &o.trust);
         info.log = o.access_log.clone();
         let Some(tls) = &o.tls else {
-            if o.max_headers < h1server::MAX_FIELDS {
-                return self.serve_plain(stream, info).await;
-            }
-            // more fields than the own loop parses: hyper's server throughout
-            return self.serve(Guarded::new(stream, deadline), info).await;
+            return self.serve(stream, info).await;
         };
         // the handshake is bounded like a request head: a silent client is dropped
         let hs = tokio::time::timeout_at(deadline.into(), tls.acceptor().accept(stream)).await;
@@ -264,32 +239,17 @@ impl Conn {
             info.trusted = true;
         }
         info.proto = http::HeaderValue::from_static("https");
-        self.serve(Guarded::new(stream, deadline), info).await;
+        self.serve(stream, info).await;
     }
 
-    /// Serve a TLS connection with hyper's server (HTTP/1.1 or HTTP/2, as the client's first
-    /// bytes say).
-    async fn serve<S>(self, io: Guarded<S>, info: ConnInfo)
+    /// Serve a connection (cleartext, or TLS after its handshake): the proxy's own HTTP/1.1
+    /// loop (`crate::h1server`) until the connection ends or needs hyper, then hyper's
+    /// HTTP/1.1 or HTTP/2 server. The loop also tells HTTP/2 from HTTP/1.1 by the first bytes,
+    /// within the header-read timeout, for a listener whose requests it does not parse itself.
+    async fn serve<S>(self, mut stream: S, info: ConnInfo)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn { shared, drain_rx } = self;
-        let ctx = ConnCtx::new(shared.clone(), info);
-        let (activity, idle) = (ctx.activity.clone(), shared.options.idle_timeout);
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(ctx.respond(req.map(ClientBody::Hyper), false).await) }
-        });
-        let conn = shared
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        drive!(std::pin::pin!(conn), drain_rx, activity, idle);
-    }
-
-    /// Serve a cleartext connection: the proxy's own HTTP/1.1 loop (`crate::h1server`) until
-    /// the connection ends or needs hyper, then hyper's HTTP/1.1 or HTTP/2 server.
-    async fn serve_plain(self, mut stream: TcpStream, info: ConnInfo) {
         let o = &self.shared.options;
         let ctx = ConnCtx::new(self.shared.clone(), info);
         let limits = h1server::Limits {
@@ -297,6 +257,8 @@ impl Conn {
             idle_timeout: o.idle_timeout,
             max_header_bytes: o.max_header_bytes,
             max_headers: o.max_headers,
+            // more fields than the own loop parses: hyper's server throughout
+            serve: o.max_headers < h1server::MAX_FIELDS,
         };
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let next = {
