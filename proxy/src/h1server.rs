@@ -90,8 +90,6 @@ where
 {
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
-    // the client half-closed its end after sending what is in `buf`
-    let mut eof = false;
     loop {
         // the header-read timeout runs from the start of the wait for this head, not from
         // its last read (slowloris)
@@ -130,9 +128,6 @@ where
                     return Next::Close;
                 }
             }
-            if eof {
-                return Next::Close;
-            }
             match read_head_bytes(io, buf, deadline, drained).await {
                 Ok(0) | Err(_) => return Next::Close,
                 Ok(_) => {}
@@ -143,7 +138,6 @@ where
             io: &mut *io,
             buf: &mut *buf,
             max: limits.max_header_bytes,
-            eof,
         };
         let mut fut = std::pin::pin!(respond(req));
         let resp = match client.until_gone(|cx| fut.as_mut().poll(cx)).await {
@@ -153,9 +147,7 @@ where
         };
         // shutting down: this response is the connection's last, and says so
         asks.close |= shutting();
-        let written = write_response(&mut client, &mut out, resp, &asks).await;
-        eof = client.eof;
-        match written {
+        match write_response(&mut client, &mut out, resp, &asks).await {
             Ok(true) => {}
             Ok(false) | Err(_) => {
                 let _ = io.shutdown().await;
@@ -398,14 +390,13 @@ struct Client<'a, S> {
     buf: &'a mut BytesMut,
     /// Most bytes kept in `buf` meanwhile.
     max: usize,
-    /// The client half-closed after what is in `buf`.
-    eof: bool,
 }
 
 impl<S: AsyncRead + Unpin> Client<'_, S> {
     /// What `poll` yields, or `None` if the client closed its connection (or it failed)
-    /// first. Bytes the client pipelines meanwhile are kept in `buf` (up to `max` of them);
-    /// a client that half-closes after pipelined requests still gets their answers.
+    /// first. Bytes the client pipelines meanwhile are kept in `buf` (up to `max` of them).
+    /// The end of the client's stream means it is gone, as for hyper's server and nginx: a
+    /// half-close cannot be told from a client that left, and is taken as one.
     async fn until_gone<T>(
         &mut self,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
@@ -414,12 +405,11 @@ impl<S: AsyncRead + Unpin> Client<'_, S> {
             if let Poll::Ready(r) = poll(cx) {
                 return Poll::Ready(Some(r));
             }
-            if !self.eof && self.buf.len() < self.max {
+            if self.buf.len() < self.max {
                 if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                     self.buf.reserve(READ_CHUNK);
                 }
                 match poll_read(self.io, self.buf, cx) {
-                    Poll::Ready(Ok(0)) if !self.buf.is_empty() => self.eof = true,
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                     // pipelined: read again at once (the reader is not registered yet)
                     Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
