@@ -357,7 +357,7 @@ impl Proxy {
             if let Some(c) = d.set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
-            Ok(resp.map(Either::Left))
+            Ok(resp)
         }
     }
 }

@@ -437,6 +437,8 @@ pub(crate) fn exchange<'a>(
             }
             Err(e) => return Err((e, None)),
         };
+        // the request's fields are no longer needed: their map serves a later request
+        crate::headers::recycle(parts.headers);
         keep &= head.keep_alive && reuse && head.framing != Framing::Eof;
         let mut resp = Response::new(ResponseBody {
             conn: Some(conn),

@@ -305,7 +305,7 @@ fn build(head: &Bytes, max_headers: usize) -> Parsed {
         return Parsed::Refuse(StatusCode::BAD_REQUEST);
     };
     // room for the fields the proxy adds (forwarding, context) without a rehash
-    let mut map = HeaderMap::with_capacity(r.headers.len() + 6);
+    let mut map = crate::headers::map_with_capacity(r.headers.len() + 6);
     let mut seen_length = false;
     for h in r.headers.iter() {
         let n = h.name.as_bytes();
@@ -325,7 +325,7 @@ fn build(head: &Bytes, max_headers: usize) -> Parsed {
         } else if n.eq_ignore_ascii_case(b"te") {
             asks.trailers |= has_token(h.value, b"trailers");
         }
-        let Ok(name) = HeaderName::from_bytes(n) else {
+        let Some(name) = crate::headers::field_name(n) else {
             return Parsed::Refuse(StatusCode::BAD_REQUEST);
         };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(h.value)) else {
@@ -587,7 +587,7 @@ where
 /// The trailer fields the response's `Trailer` field announced, less those that may not be
 /// trailers (RFC 9110 6.5.1; hyper's rule).
 fn write_trailers(out: &mut Vec<u8>, headers: &HeaderMap, trailers: &HeaderMap) {
-    const NOT_TRAILERS: [HeaderName; 12] = [
+    static NOT_TRAILERS: [HeaderName; 12] = [
         header::AUTHORIZATION,
         header::CACHE_CONTROL,
         header::CONTENT_ENCODING,

@@ -9,8 +9,10 @@ use http::Version;
 
 /// Static hop-by-hop headers, removed in both directions. `Trailer` is not one (RFC 9110 6.6.2
 /// and 7.6.1): it announces the trailer fields, and hyper sends an HTTP/1.1 client only the
-/// trailers it announces, so it is forwarded with the trailers it names.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// trailers it announces, so it is forwarded with the trailers it names. (This list and the
+/// others of names are `static`, not `const`: a `const` array is built anew, and dropped, at
+/// each use.)
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -38,6 +40,77 @@ pub(crate) fn changed_on_responses(name: &[u8]) -> bool {
     hop || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-microstax-"))
 }
 
+/// Field names outside the `http` crate's standard set that requests commonly carry and the
+/// proxy reads or sets: parsed into these, a request's field name is a static string, not a
+/// copy made for the request.
+static INTERNED: [HeaderName; 7] = [
+    HeaderName::from_static("x-microstax-branch"),
+    BAGGAGE,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// The field name `name` (as it came, any case), without a copy when it is a standard name or
+/// one of [`INTERNED`]; `None` when it is not a valid name.
+pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
+    // by length first: most names are compared with one candidate at most
+    let i = match name.len() {
+        18 => 0,
+        7 => 1,
+        15 => 2,
+        17 => 3,
+        12 => 4,
+        11 => 5,
+        10 => 6,
+        _ => usize::MAX,
+    };
+    match INTERNED.get(i) {
+        Some(n) if name.eq_ignore_ascii_case(n.as_str().as_bytes()) => Some(n.clone()),
+        _ => HeaderName::from_bytes(name).ok(),
+    }
+}
+
+/// The largest map kept for reuse (in entries it has room for): a request with many fields
+/// does not make every later one hold its memory.
+const SPARE_CAPACITY: usize = 64;
+
+thread_local! {
+    /// One emptied request map per worker thread, for the next request's fields.
+    static SPARE: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+}
+
+/// An empty map with room for `n` fields: the one [`recycle`] kept on this thread, if any, so
+/// that a request's fields reuse the memory of an earlier request's.
+pub(crate) fn map_with_capacity(n: usize) -> HeaderMap {
+    match SPARE.with(|s| s.take()) {
+        Some(mut m) => {
+            m.reserve(n);
+            m
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Keep `map`'s memory for [`map_with_capacity`] (its fields are dropped), unless it is large
+/// or this thread keeps one already.
+pub(crate) fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    SPARE.with(|s| {
+        let kept = s.take();
+        if kept.is_none() {
+            map.clear();
+            s.set(Some(map));
+        } else {
+            s.set(kept);
+        }
+    });
+}
+
 /// Bits of `Connection`, `TE` and `Transfer-Encoding` in the set of hop-by-hop headers seen.
 const CONNECTION_BIT: u8 = 1;
 const TE_BIT: u8 = 1 << 4;
@@ -53,7 +126,7 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 /// Headers a client's `Connection` may not remove: the proxy keeps them (Host, the framing,
 /// the context carriers) or sets or appends to them itself (the forwarding headers). The
 /// configured branch header is kept too.
-const KEPT: [HeaderName; 7] = [
+static KEPT: [HeaderName; 7] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::COOKIE,
@@ -412,5 +485,45 @@ mod tests {
             strip_response(&mut r, false),
             Err(HeaderError::AmbiguousLength)
         );
+    }
+
+    #[test]
+    fn field_names_are_parsed_in_any_case_and_interned_ones_are_static() {
+        for n in &INTERNED {
+            let upper = n.as_str().to_ascii_uppercase();
+            assert_eq!(field_name(upper.as_bytes()).as_ref(), Some(n));
+            assert_eq!(field_name(n.as_str().as_bytes()).as_ref(), Some(n));
+        }
+        // same lengths as interned names, other names
+        assert_eq!(
+            field_name(b"x-microstax-other").unwrap().as_str(),
+            "x-microstax-other"
+        );
+        assert_eq!(
+            field_name(b"Accept-").map(|n| n.to_string()),
+            Some("accept-".into())
+        );
+        assert_eq!(field_name(b"Host"), Some(header::HOST));
+        assert_eq!(field_name(b"bad name"), None);
+        assert_eq!(field_name(b""), None);
+    }
+
+    #[test]
+    fn a_recycled_map_comes_back_empty_with_its_memory_and_large_ones_are_not_kept() {
+        // this test's thread starts with no spare map
+        let mut m = map_with_capacity(8);
+        m.insert(header::HOST, HeaderValue::from_static("a"));
+        let cap = m.capacity();
+        recycle(m);
+        let m = map_with_capacity(2);
+        assert!(m.is_empty());
+        assert_eq!(m.capacity(), cap);
+        // a second map while one is kept: dropped, the kept one stays
+        recycle(m);
+        recycle(HeaderMap::with_capacity(4));
+        assert_eq!(map_with_capacity(0).capacity(), cap);
+        let big = HeaderMap::with_capacity(SPARE_CAPACITY * 2);
+        recycle(big);
+        assert!(map_with_capacity(0).capacity() <= SPARE_CAPACITY);
     }
 }

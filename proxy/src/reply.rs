@@ -9,18 +9,20 @@ use crate::router::Snapshot;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
 
-/// Body sent to the client: the upstream's streamed body, or a local reply.
-pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+/// Body sent to the client: the upstream's streamed body, or a local reply
+/// ([`PooledBody::full`]).
+pub type ResponseBody = PooledBody;
+
+/// A reply body of `bytes`.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    PooledBody::full(bytes.into())
+}
 
 /// Take the unparsed upstream fields of `resp`'s body, if it has them
 /// (`crate::h1::RawFields`).
 pub(crate) fn take_raw(body: &mut ResponseBody) -> Option<crate::h1::RawFields> {
-    match body {
-        Either::Left(b) => b.take_raw(),
-        Either::Right(_) => None,
-    }
+    body.take_raw()
 }
 
 /// Give `resp` all its fields as a map (for hyper's server and the access log).
@@ -99,7 +101,7 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply, is_grpc: bool) -> Respon
 /// The plain-text reply.
 fn http_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
     let body = format!("microstax: {}\n", reply.reason);
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(
@@ -121,7 +123,7 @@ fn http_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
 /// and `grpc-message` in the header block, and no body (hyper ends the stream with it).
 fn grpc_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
     let code = reply.grpc.unwrap_or(Code::for_status(reply.status));
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let mut resp = Response::new(full(Bytes::new()));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -166,6 +168,6 @@ pub(crate) fn redact(resp: &mut Response<ResponseBody>) {
             grpc::message(&format!("microstax: {text}")),
         );
     } else {
-        *resp.body_mut() = Either::Right(Full::new(Bytes::from(format!("microstax: {text}\n"))));
+        *resp.body_mut() = full(format!("microstax: {text}\n"));
     }
 }

@@ -433,9 +433,7 @@ fn warn_local_failure<B>(resp: &http::Response<B>) {
 /// `431` for a request with more than `max` header fields (HTTP/2: hyper counts only bytes).
 fn too_many_headers(max: usize) -> http::Response<crate::ResponseBody> {
     let body = format!("microstax: more than {max} header fields\n");
-    let mut resp = http::Response::new(http_body_util::Either::Right(http_body_util::Full::new(
-        bytes::Bytes::from(body),
-    )));
+    let mut resp = http::Response::new(crate::reply::full(body));
     *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
     resp
 }
