@@ -195,17 +195,19 @@ impl Proxy {
     ) -> impl Future<Output = Response<ResponseBody>> + use<'a> {
         async move {
             let start = Instant::now();
+            // the request's activity stamp, computed once (decide, record and attempts use it)
+            let stamp = activity::stamp(start);
             let snap = self.router.load();
             let is_grpc = grpc::is_grpc(req.headers());
             let mut routed = None;
-            let (resp, service, kind, layer) = match decide(&snap, &req, conn, start) {
+            let (resp, service, kind, layer) = match decide(&snap, &req, conn, stamp) {
                 Err(reply) => (
                     local(&snap, reply, is_grpc),
                     None,
                     KindLabel::None,
                     BASELINE_ID,
                 ),
-                Ok(d) => match self.admit(&snap, self.record(d, start)).await {
+                Ok(d) => match self.admit(&snap, self.record(d, stamp)).await {
                     Err((reply, d)) => {
                         let kind = d.kind();
                         routed = conn.log.enabled().then(|| routed_of(&snap, &d));
@@ -213,12 +215,19 @@ impl Proxy {
                     }
                     Ok(d) => {
                         if d.fallback {
-                            d.upstream.touch(activity::stamp(start));
+                            d.upstream.touch(stamp);
                         }
                         routed = conn.log.enabled().then(|| routed_of(&snap, &d));
                         let (service, kind, layer) = (d.service, d.kind(), d.layer);
                         // pinned where it is built: `.await` on the value would move it again
-                        let fwd = std::pin::pin!(self.forward(&snap, d, req, conn, start, is_grpc));
+                        let fwd = std::pin::pin!(self.forward(
+                            &snap,
+                            d,
+                            req,
+                            conn,
+                            (start, stamp),
+                            is_grpc
+                        ));
                         let resp = match fwd.await {
                             Ok(r) => r,
                             Err(reply) => local(&snap, reply, is_grpc),
@@ -243,8 +252,7 @@ impl Proxy {
 
     /// Record the request's activity: its branch's layer and the upstream its route chose.
     #[inline]
-    fn record<'s>(&self, d: Decision<'s>, start: Instant) -> Decision<'s> {
-        let now = activity::stamp(start);
+    fn record<'s>(&self, d: Decision<'s>, now: u64) -> Decision<'s> {
         self.router.layer_activity().touch(d.layer, now);
         d.upstream.touch(now);
         d
@@ -260,7 +268,7 @@ impl Proxy {
         mut d: Decision<'a>,
         mut req: Request<ClientBody>,
         conn: &'a ConnInfo,
-        start: Instant,
+        (start, stamp): (Instant, u64),
         is_grpc: bool,
     ) -> impl Future<Output = Result<Response<ResponseBody>, LocalReply>> + use<'a> {
         async move {
@@ -305,7 +313,7 @@ impl Proxy {
                     &added,
                     h2,
                     reuse,
-                    start,
+                    (start, stamp),
                     connect_timeout,
                     limits,
                 ));
@@ -393,7 +401,7 @@ impl Proxy {
         added: &'a Added,
         h2: bool,
         reuse: Reuse,
-        start: Instant,
+        (start, stamp): (Instant, u64),
         connect_timeout: Duration,
         limits: Limits,
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + use<'a, 's> {
@@ -433,7 +441,6 @@ impl Proxy {
                         std::pin::pin!(sent).await
                     }
                 };
-                let stamp = activity::stamp(start);
                 let failed = match sent {
                     Ok(resp) => {
                         if resp.status().is_server_error() {
@@ -560,9 +567,8 @@ fn decide<'s>(
     snap: &'s Snapshot,
     req: &Request<ClientBody>,
     conn: &ConnInfo,
-    start: Instant,
+    stamp: u64,
 ) -> Result<Decision<'s>, LocalReply> {
-    let stamp = activity::stamp(start);
     if headers::head_len(req) > conn.max_header_bytes {
         return Err(LocalReply::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

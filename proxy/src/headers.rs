@@ -76,16 +76,19 @@ pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
 /// The largest map kept for reuse (in entries it has room for): a request with many fields
 /// does not make every later one hold its memory.
 const SPARE_CAPACITY: usize = 64;
+/// Most maps kept per worker thread: one per request in flight on it, up to this many (a map
+/// with room for 12 fields takes about 1.4 KiB).
+const SPARE_MAPS: usize = 64;
 
 thread_local! {
-    /// One emptied request map per worker thread, for the next request's fields.
-    static SPARE: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+    /// Emptied request maps, for the next requests' fields on this worker thread.
+    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// An empty map with room for `n` fields: the one [`recycle`] kept on this thread, if any, so
+/// An empty map with room for `n` fields: one that [`recycle`] kept on this thread, if any, so
 /// that a request's fields reuse the memory of an earlier request's.
 pub(crate) fn map_with_capacity(n: usize) -> HeaderMap {
-    match SPARE.with(|s| s.take()) {
+    match SPARE.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop())) {
         Some(mut m) => {
             m.reserve(n);
             m
@@ -95,18 +98,17 @@ pub(crate) fn map_with_capacity(n: usize) -> HeaderMap {
 }
 
 /// Keep `map`'s memory for [`map_with_capacity`] (its fields are dropped), unless it is large
-/// or this thread keeps one already.
+/// or this thread keeps [`SPARE_MAPS`] already.
 pub(crate) fn recycle(mut map: HeaderMap) {
     if map.capacity() > SPARE_CAPACITY {
         return;
     }
     SPARE.with(|s| {
-        let kept = s.take();
-        if kept.is_none() {
-            map.clear();
-            s.set(Some(map));
-        } else {
-            s.set(kept);
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE_MAPS {
+                map.clear();
+                s.push(map);
+            }
         }
     });
 }
@@ -518,9 +520,13 @@ mod tests {
         let m = map_with_capacity(2);
         assert!(m.is_empty());
         assert_eq!(m.capacity(), cap);
-        // a second map while one is kept: dropped, the kept one stays
+        // one kept per request in flight, up to SPARE_MAPS
+        for _ in 0..SPARE_MAPS + 1 {
+            recycle(HeaderMap::with_capacity(4));
+        }
+        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_MAPS);
+        SPARE.with(|s| s.borrow_mut().clear());
         recycle(m);
-        recycle(HeaderMap::with_capacity(4));
         assert_eq!(map_with_capacity(0).capacity(), cap);
         let big = HeaderMap::with_capacity(SPARE_CAPACITY * 2);
         recycle(big);
