@@ -134,11 +134,17 @@ impl Conn {
     }
 
     /// Whether an idle connection can no longer be used: the upstream closed it (or sent
-    /// something unasked). A read with a waker that does nothing: an open, quiet connection
-    /// answers `Pending` (usually from the reactor's readiness, without a system call).
+    /// something unasked). An open, quiet connection answers "would block", from the reactor's
+    /// readiness without a system call: over TCP, `try_read` looks at that readiness and leaves
+    /// the waker of the connection's last read registered; over TLS, a read with a waker that
+    /// does nothing.
     pub(crate) fn is_closed(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return true;
+        }
+        if let crate::upstream_tls::UpstreamIo::Plain(s) = &self.io {
+            let mut byte = [0u8; 1];
+            return !matches!(s.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
@@ -1075,6 +1081,47 @@ pub fn decode(input: &[u8], head_only: bool) -> Result<DecodedResponse, Exchange
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `conn` is seen closed within 5 s (the reactor records the close at its next
+    /// turn: the test yields to it until then).
+    async fn seen_closed(conn: &mut Conn) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if conn.is_closed() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_once_its_upstream_closes_or_talks_unasked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(crate::upstream::UpstreamState::new(addr.to_string().into()));
+        for unasked in [false, true] {
+            let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut conn = Conn::new(
+                crate::upstream_tls::UpstreamIo::Plain(io),
+                up.open_unbounded(),
+            );
+            // open and quiet: usable, however often it is asked
+            for _ in 0..3 {
+                assert!(!conn.is_closed());
+                tokio::task::yield_now().await;
+            }
+            if unasked {
+                tokio::io::AsyncWriteExt::write_all(&mut peer, b"HTTP/1.1 200 OK\r\n")
+                    .await
+                    .unwrap();
+            } else {
+                drop(peer);
+            }
+            assert!(seen_closed(&mut conn).await, "unasked bytes: {unasked}");
+        }
+    }
 
     #[test]
     fn whole_responses_decode() {

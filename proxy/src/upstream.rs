@@ -191,7 +191,7 @@ pub enum Readiness {
 
 impl UpstreamState {
     #[cfg(test)]
-    fn new(key: Arc<str>) -> UpstreamState {
+    pub(crate) fn new(key: Arc<str>) -> UpstreamState {
         UpstreamState::with_tls(key, None)
     }
 
