@@ -136,7 +136,7 @@ impl UpstreamClient {
         &'a self,
         up: &'a Arc<UpstreamState>,
         mut req: Request<UpstreamBody>,
-        added: &'a Added,
+        added: &'a Added<'_>,
         reuse: Reuse,
         now: Instant,
         connect_timeout: Duration,
@@ -220,7 +220,7 @@ impl UpstreamClient {
         &self,
         up: &Arc<UpstreamState>,
         req: Request<UpstreamBody>,
-        added: &Added,
+        added: &Added<'_>,
         reuse: Reuse,
         connect_timeout: Duration,
         mut slot: ConnSlot,
@@ -243,7 +243,7 @@ impl UpstreamClient {
         &'a self,
         conn: Box<Conn>,
         req: Request<UpstreamBody>,
-        added: &'a Added,
+        added: &'a Added<'_>,
         reuse: Reuse,
     ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + use<'a> {
         async move {

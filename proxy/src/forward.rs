@@ -398,7 +398,7 @@ impl Proxy {
         snap: &'s Snapshot,
         d: &'a mut Decision<'s>,
         mut req: Request<crate::body::UpstreamBody>,
-        added: &'a Added,
+        added: &'a Added<'_>,
         h2: bool,
         reuse: Reuse,
         (start, stamp): (Instant, u64),
@@ -690,14 +690,14 @@ pub(crate) fn pick(ids: &[u32]) -> Option<u32> {
 }
 
 /// Phase 2: rewrite the request for the upstream.
-fn prepare(
-    snap: &Snapshot,
+fn prepare<'a>(
+    snap: &'a Snapshot,
     d: &Decision<'_>,
     req: &mut Request<ClientBody>,
-    conn: &ConnInfo,
+    conn: &'a ConnInfo,
     upgrade: bool,
     h2: bool,
-    added: &mut Added,
+    added: &mut Added<'a>,
 ) -> Result<(), HeaderError> {
     let version = req.version();
     if let Some(a) = target_authority(req.uri()) {
@@ -736,7 +736,7 @@ fn prepare(
     add_field(
         h,
         &mut added,
-        headers::X_FORWARDED_FOR,
+        &headers::FORWARDED_FOR_NAME,
         &conn.peer_ip,
         |h| headers::append_forwarded_for(h, &conn.peer_ip),
     );
@@ -747,13 +747,13 @@ fn prepare(
     add_field(
         h,
         &mut added,
-        headers::X_FORWARDED_PROTO,
+        &headers::FORWARDED_PROTO_NAME,
         &conn.proto,
         |_| {},
     );
-    let via = (header::VIA, headers::via(version));
+    let via = (&headers::VIA_NAME, headers::via_ref(version));
     if let Err((name, value)) = push(&mut added, via) {
-        h.append(name, value);
+        h.append(name.clone(), value.clone());
     }
     propagate_context(snap, d, h, added);
     for name in policy.remove_headers.iter() {
@@ -770,25 +770,25 @@ fn prepare(
 
 /// Give the request field `name: value` unless it has one (then `present` decides): in
 /// `added` when there is one, else in the map.
-fn add_field(
+fn add_field<'a>(
     h: &mut http::HeaderMap,
-    added: &mut Option<&mut Added>,
-    name: HeaderName,
-    value: &HeaderValue,
+    added: &mut Option<&mut Added<'a>>,
+    name: &'a HeaderName,
+    value: &'a HeaderValue,
     present: impl FnOnce(&mut http::HeaderMap),
 ) {
-    if h.contains_key(&name) {
+    if h.contains_key(name) {
         present(h);
-    } else if let Err((name, value)) = push(added, (name, value.clone())) {
-        h.insert(name, value);
+    } else if let Err((name, value)) = push(added, (name, value)) {
+        h.insert(name.clone(), value.clone());
     }
 }
 
 /// Put a field in `added`, if there is one with room; else it is given back.
-fn push(
-    added: &mut Option<&mut Added>,
-    (name, value): (HeaderName, HeaderValue),
-) -> Result<(), (HeaderName, HeaderValue)> {
+fn push<'a>(
+    added: &mut Option<&mut Added<'a>>,
+    (name, value): (&'a HeaderName, &'a HeaderValue),
+) -> Result<(), (&'a HeaderName, &'a HeaderValue)> {
     match added {
         Some(a) => a.push(name, value),
         None => Err((name, value)),
@@ -838,11 +838,11 @@ fn origin_form(uri: &Uri) -> Uri {
 /// baggage member with the branch (every other member kept). With no context, a branch header
 /// or baggage member the request carried was malformed: it is removed, so the next hop cannot
 /// read what this one ignored.
-fn propagate_context(
-    snap: &Snapshot,
+fn propagate_context<'a>(
+    snap: &'a Snapshot,
     d: &Decision<'_>,
     h: &mut http::HeaderMap,
-    added: Option<&mut Added>,
+    added: Option<&mut Added<'a>>,
 ) {
     let key = &*snap.rules.baggage_key;
     let Some((name, _)) = &d.branch else {
@@ -872,16 +872,19 @@ fn propagate_context(
     }
     match h.entry(BAGGAGE) {
         Entry::Vacant(e) => {
-            let member = known
-                .and_then(|l| snap.table.layer(l as u32)?.baggage_member.clone())
-                .or_else(|| {
-                    let m = format!("{key}={}", name.as_str());
-                    HeaderValue::from_str(&m).ok()
-                });
-            if let Some(m) = member {
-                let mut added = added;
-                if let Err((_, m)) = push(&mut added, (BAGGAGE, m)) {
-                    e.insert(m);
+            let known_member =
+                known.and_then(|l| snap.table.layer(l as u32)?.baggage_member.as_ref());
+            match known_member {
+                Some(m) => {
+                    let mut added = added;
+                    if let Err((_, m)) = push(&mut added, (&headers::BAGGAGE_NAME, m)) {
+                        e.insert(m.clone());
+                    }
+                }
+                None => {
+                    if let Ok(m) = HeaderValue::from_str(&format!("{key}={}", name.as_str())) {
+                        e.insert(m);
+                    }
                 }
             }
         }

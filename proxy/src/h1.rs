@@ -320,19 +320,21 @@ pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderVa
 /// `X-Forwarded-Proto`, `Via`, the `baggage` member), written after the request's own fields.
 /// Kept out of the request's `HeaderMap`: hyper sizes that map for the fields the client sent,
 /// so inserting four more would grow and rehash it on every request.
+/// The fields are borrowed (static names, the connection's values, the table's): nothing is
+/// cloned into it or dropped with it.
 #[derive(Debug, Default)]
-pub struct Added {
-    fields: [Option<(HeaderName, HeaderValue)>; 4],
+pub struct Added<'a> {
+    fields: [Option<(&'a HeaderName, &'a HeaderValue)>; 4],
     len: usize,
 }
 
-impl Added {
+impl<'a> Added<'a> {
     /// Add a field, if it fits; else it is given back.
     pub(crate) fn push(
         &mut self,
-        name: HeaderName,
-        value: HeaderValue,
-    ) -> Result<(), (HeaderName, HeaderValue)> {
+        name: &'a HeaderName,
+        value: &'a HeaderValue,
+    ) -> Result<(), (&'a HeaderName, &'a HeaderValue)> {
         match self.fields.get_mut(self.len) {
             Some(slot) => {
                 *slot = Some((name, value));
@@ -343,10 +345,8 @@ impl Added {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.fields[..self.len]
-            .iter()
-            .filter_map(|f| f.as_ref().map(|(n, v)| (n, v)))
+    fn iter(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + '_ {
+        self.fields[..self.len].iter().filter_map(|f| *f)
     }
 }
 
@@ -361,7 +361,7 @@ pub(crate) type Failure = (ExchangeError, Option<Request<UpstreamBody>>);
 pub(crate) fn exchange<'a>(
     mut conn: Box<Conn>,
     req: Request<UpstreamBody>,
-    added: &'a Added,
+    added: &'a Added<'_>,
     reuse: bool,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Failure>> + use<'a> {
     async move {
@@ -471,7 +471,11 @@ fn idempotent(m: &Method) -> bool {
 
 /// Write the request head into `out`; returns the body's framing and whether the request lets
 /// the connection be reused.
-fn encode_head(req: &Request<UpstreamBody>, added: &Added, out: &mut Vec<u8>) -> (Framing, bool) {
+fn encode_head(
+    req: &Request<UpstreamBody>,
+    added: &Added<'_>,
+    out: &mut Vec<u8>,
+) -> (Framing, bool) {
     let h = req.headers();
     let mut keep = true;
     for v in h.get_all(header::CONNECTION) {

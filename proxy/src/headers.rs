@@ -124,6 +124,12 @@ pub const MAX_CONNECTION_OPTIONS: usize = 64;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The names above (and others) as statics, for the fields a request borrows
+/// (`crate::h1::Added`).
+pub(crate) static FORWARDED_FOR_NAME: HeaderName = X_FORWARDED_FOR;
+pub(crate) static FORWARDED_PROTO_NAME: HeaderName = X_FORWARDED_PROTO;
+pub(crate) static VIA_NAME: HeaderName = header::VIA;
+pub(crate) static BAGGAGE_NAME: HeaderName = BAGGAGE;
 
 /// Headers a client's `Connection` may not remove: the proxy keeps them (Host, the framing,
 /// the context carriers) or sets or appends to them itself (the forwarding headers). The
@@ -301,11 +307,19 @@ pub fn wants_upgrade(h: &HeaderMap, version: Version) -> bool {
 
 /// `Via` value for a request of `version`.
 pub fn via(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_2 => "2 microstax",
-        Version::HTTP_10 => "1.0 microstax",
-        _ => "1.1 microstax",
-    })
+    via_ref(version).clone()
+}
+
+/// [`via`], borrowed.
+pub(crate) fn via_ref(version: Version) -> &'static HeaderValue {
+    static VIA_2: HeaderValue = HeaderValue::from_static("2 microstax");
+    static VIA_1_0: HeaderValue = HeaderValue::from_static("1.0 microstax");
+    static VIA_1_1: HeaderValue = HeaderValue::from_static("1.1 microstax");
+    match version {
+        Version::HTTP_2 => &VIA_2,
+        Version::HTTP_10 => &VIA_1_0,
+        _ => &VIA_1_1,
+    }
 }
 
 /// Append the client address to `X-Forwarded-For`, keeping every line the client sent: they
