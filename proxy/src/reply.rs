@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 /// Body sent to the client: the upstream's streamed body, or a local reply
-/// ([`PooledBody::full`]).
+/// (made by `reply::full`).
 pub type ResponseBody = PooledBody;
 
 /// A reply body of `bytes`.
