@@ -751,7 +751,7 @@ fn prepare<'a>(
         &conn.proto,
         |_| {},
     );
-    let via = (&headers::VIA_NAME, headers::via_ref(version));
+    let via = (&headers::VIA_NAME, headers::via(version));
     if let Err((name, value)) = push(&mut added, via) {
         h.append(name.clone(), value.clone());
     }

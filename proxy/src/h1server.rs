@@ -442,7 +442,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
-    let raw = crate::reply::take_raw(&mut body);
+    let raw = body.take_raw();
     let mut body = std::pin::pin!(body);
     let status = parts.status;
     status_line(out, status);

@@ -56,7 +56,15 @@ static INTERNED: [HeaderName; 7] = [
 /// The field name `name` (as it came, any case), without a copy when it is a standard name or
 /// one of [`INTERNED`]; `None` when it is not a valid name.
 pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
-    // by length first: most names are compared with one candidate at most
+    match interned(name) {
+        Some(n) => Some(n.clone()),
+        None => HeaderName::from_bytes(name).ok(),
+    }
+}
+
+/// The one of [`INTERNED`] that `name` is (any case), found by its length first: the lengths
+/// differ, so a name is compared with one candidate at most.
+fn interned(name: &[u8]) -> Option<&'static HeaderName> {
     let i = match name.len() {
         18 => 0,
         7 => 1,
@@ -65,12 +73,11 @@ pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
         12 => 4,
         11 => 5,
         10 => 6,
-        _ => usize::MAX,
+        _ => return None,
     };
-    match INTERNED.get(i) {
-        Some(n) if name.eq_ignore_ascii_case(n.as_str().as_bytes()) => Some(n.clone()),
-        _ => HeaderName::from_bytes(name).ok(),
-    }
+    INTERNED
+        .get(i)
+        .filter(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
 }
 
 /// The largest map kept for reuse (in entries it has room for): a request with many fields
@@ -306,12 +313,7 @@ pub fn wants_upgrade(h: &HeaderMap, version: Version) -> bool {
 }
 
 /// `Via` value for a request of `version`.
-pub fn via(version: Version) -> HeaderValue {
-    via_ref(version).clone()
-}
-
-/// [`via`], borrowed.
-pub(crate) fn via_ref(version: Version) -> &'static HeaderValue {
+pub fn via(version: Version) -> &'static HeaderValue {
     static VIA_2: HeaderValue = HeaderValue::from_static("2 microstax");
     static VIA_1_0: HeaderValue = HeaderValue::from_static("1.0 microstax");
     static VIA_1_1: HeaderValue = HeaderValue::from_static("1.1 microstax");
@@ -505,6 +507,15 @@ mod tests {
 
     #[test]
     fn field_names_are_parsed_in_any_case_and_interned_ones_are_static() {
+        // `field_name` looks an interned name up by its length alone
+        let mut lengths: Vec<usize> = INTERNED.iter().map(|n| n.as_str().len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        assert_eq!(
+            lengths.len(),
+            INTERNED.len(),
+            "interned names of one length"
+        );
         for n in &INTERNED {
             let upper = n.as_str().to_ascii_uppercase();
             assert_eq!(field_name(upper.as_bytes()).as_ref(), Some(n));

@@ -296,8 +296,8 @@ impl PooledBody {
     }
 
     /// A body of `bytes`, all there.
-    pub(crate) fn full(bytes: Bytes) -> PooledBody {
-        PooledBody::with(Inner::Full(Full::new(bytes)), None, None)
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> PooledBody {
+        PooledBody::with(Inner::Full(Full::new(bytes.into())), None, None)
     }
 
     /// Allow at most `timeout` between two chunks (zero: no limit); past it the body fails

@@ -11,23 +11,12 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 /// Body sent to the client: the upstream's streamed body, or a local reply
-/// (made by `reply::full`).
+/// (`PooledBody::full`).
 pub type ResponseBody = PooledBody;
-
-/// A reply body of `bytes`.
-pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    PooledBody::full(bytes.into())
-}
-
-/// Take the unparsed upstream fields of `resp`'s body, if it has them
-/// (`crate::h1::RawFields`).
-pub(crate) fn take_raw(body: &mut ResponseBody) -> Option<crate::h1::RawFields> {
-    body.take_raw()
-}
 
 /// Give `resp` all its fields as a map (for hyper's server and the access log).
 pub(crate) fn materialize(resp: &mut http::Response<ResponseBody>) {
-    if let Some(raw) = take_raw(resp.body_mut()) {
+    if let Some(raw) = resp.body_mut().take_raw() {
         raw.materialize(resp.headers_mut());
     }
 }
@@ -101,7 +90,7 @@ pub(crate) fn local(snap: &Snapshot, reply: LocalReply, is_grpc: bool) -> Respon
 /// The plain-text reply.
 fn http_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
     let body = format!("microstax: {}\n", reply.reason);
-    let mut resp = Response::new(full(body));
+    let mut resp = Response::new(PooledBody::full(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(
@@ -123,7 +112,7 @@ fn http_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
 /// and `grpc-message` in the header block, and no body (hyper ends the stream with it).
 fn grpc_reply(snap: &Snapshot, reply: &LocalReply) -> Response<ResponseBody> {
     let code = reply.grpc.unwrap_or(Code::for_status(reply.status));
-    let mut resp = Response::new(full(Bytes::new()));
+    let mut resp = Response::new(PooledBody::full(Bytes::new()));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -168,6 +157,6 @@ pub(crate) fn redact(resp: &mut Response<ResponseBody>) {
             grpc::message(&format!("microstax: {text}")),
         );
     } else {
-        *resp.body_mut() = full(format!("microstax: {text}\n"));
+        *resp.body_mut() = PooledBody::full(format!("microstax: {text}\n"));
     }
 }

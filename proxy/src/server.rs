@@ -433,7 +433,7 @@ fn warn_local_failure<B>(resp: &http::Response<B>) {
 /// `431` for a request with more than `max` header fields (HTTP/2: hyper counts only bytes).
 fn too_many_headers(max: usize) -> http::Response<crate::ResponseBody> {
     let body = format!("microstax: more than {max} header fields\n");
-    let mut resp = http::Response::new(crate::reply::full(body));
+    let mut resp = http::Response::new(crate::ResponseBody::full(body));
     *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
     resp
 }
