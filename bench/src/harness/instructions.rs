@@ -44,6 +44,11 @@ pub struct Args {
     /// Branches in every system's table (`b1`, `b2` and fillers routed like `b2`).
     #[arg(long, default_value_t = 1_000)]
     pub branches: usize,
+    /// Also simulate the caches (`--cache-sim=yes`) and report first-level instruction and
+    /// data misses per request: two proxies with equal instruction counts can differ in CPU
+    /// time by how much code and data each request touches. Slower under valgrind.
+    #[arg(long)]
+    pub cache_sim: bool,
     /// Systems to measure (default microstax, nginx, haproxy; `direct` has no proxy to count).
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<System>,
@@ -71,6 +76,8 @@ pub struct Settings {
     pub branches: usize,
     /// h2c from h2load with this many streams per connection; `None`: HTTP/1.1.
     pub h2c_streams: Option<u32>,
+    /// Simulated caches: misses per request are reported too.
+    pub cache_sim: bool,
     #[serde(skip)]
     pub timeout: Duration,
     #[serde(skip)]
@@ -86,6 +93,7 @@ impl Settings {
             conns: 8,
             branches: 1_000,
             h2c_streams: None,
+            cache_sim: false,
             timeout: Duration::from_secs(900),
             dumps: None,
         }
@@ -120,8 +128,9 @@ impl Callgrind {
         }
     }
 
-    /// The wrapper that runs a program under callgrind, dumping into `dir`.
-    fn wrapper(&self, dir: &Path) -> Vec<OsString> {
+    /// The wrapper that runs a program under callgrind, dumping into `dir`; `cache_sim`
+    /// simulates the caches as well.
+    fn wrapper(&self, dir: &Path, cache_sim: bool) -> Vec<OsString> {
         let mut out = OsString::from("--callgrind-out-file=");
         out.push(dir.join("callgrind.out.%p"));
         vec![
@@ -129,6 +138,7 @@ impl Callgrind {
             "--tool=callgrind".into(),
             "--dump-instr=no".into(),
             "--vgdb=yes".into(),
+            format!("--cache-sim={}", if cache_sim { "yes" } else { "no" }).into(),
             out,
         ]
     }
@@ -159,6 +169,32 @@ pub struct Measurement {
     pub wall_s: f64,
     /// The dump of the measured requests.
     pub dump: PathBuf,
+    /// Simulated cache misses per request, with `--cache-sim`.
+    pub misses: Option<Misses>,
+}
+
+/// First-level cache misses per request under callgrind's cache simulation (its model of
+/// this machine's caches): instruction fetches (`I1mr`), data reads (`D1mr`) and writes
+/// (`D1mw`), and last-level misses of all three (`ILmr + DLmr + DLmw`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Misses {
+    pub i1: f64,
+    pub d1_read: f64,
+    pub d1_write: f64,
+    pub last_level: f64,
+}
+
+impl Misses {
+    /// From a dump's totals, per request; `None` when it has no cache events.
+    pub fn of(t: &CallgrindTotals, requests: u64) -> Option<Misses> {
+        let per = |e: &str| t.event(e).map(|v| v as f64 / requests.max(1) as f64);
+        Some(Misses {
+            i1: per("I1mr")?,
+            d1_read: per("D1mr")?,
+            d1_write: per("D1mw")?,
+            last_level: per("ILmr")? + per("DLmr")? + per("DLmw")?,
+        })
+    }
 }
 
 /// What measuring needs besides the system.
@@ -181,7 +217,7 @@ pub fn measure(sys: System, env: &Env, settings: &Settings) -> anyhow::Result<Me
         None => env.tmp.join(format!("callgrind-{}", sys.label())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let wrapper = env.callgrind.wrapper(&dir);
+    let wrapper = env.callgrind.wrapper(&dir, settings.cache_sim);
     let start = StartCtx {
         tools: env.tools,
         microstax: env.microstax,
@@ -220,12 +256,14 @@ fn count(
     let t0 = Instant::now();
     load.run(settings.requests)?;
     let wall_s = t0.elapsed().as_secs_f64();
-    let (dump, ir) = dump_ir(cg, pid, dir)?;
+    let (dump, totals) = dump_totals(cg, pid, dir)?;
+    let ir = totals.event("Ir").unwrap_or(0);
     cg.control("-z", pid, dir)?;
     let t1 = Instant::now();
     // a measurement window, not a synchronisation wait
     std::thread::sleep(IDLE_WINDOW);
-    let (_, idle) = dump_ir(cg, pid, dir)?;
+    let (_, idle) = dump_totals(cg, pid, dir)?;
+    let idle = idle.event("Ir").unwrap_or(0);
     let idle_ir_per_s = idle as f64 / t1.elapsed().as_secs_f64();
     if let Some(p) = running.proc.as_mut() {
         if let Some(st) = p.exited()? {
@@ -244,6 +282,7 @@ fn count(
         idle_ir_per_s,
         wall_s,
         dump,
+        misses: Misses::of(&totals, settings.requests),
     })
 }
 
@@ -352,7 +391,7 @@ fn request_bytes() -> Vec<u8> {
 }
 
 /// Dump the counters of `pid` and read the total Ir of the new dump file.
-fn dump_ir(cg: &Callgrind, pid: u32, dir: &Path) -> anyhow::Result<(PathBuf, u64)> {
+fn dump_totals(cg: &Callgrind, pid: u32, dir: &Path) -> anyhow::Result<(PathBuf, CallgrindTotals)> {
     let before = last_dump(dir, pid);
     cg.control("-d", pid, dir)?;
     let deadline = Instant::now() + CONTROL_TIMEOUT;
@@ -363,8 +402,8 @@ fn dump_ir(cg: &Callgrind, pid: u32, dir: &Path) -> anyhow::Result<(PathBuf, u64
         {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if let Ok(t) = parse_callgrind(&text) {
-                if let Some(ir) = t.event("Ir") {
-                    return Ok((path, ir));
+                if t.event("Ir").is_some() {
+                    return Ok((path, t));
                 }
             }
             if Instant::now() >= deadline {
@@ -521,6 +560,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         conns: args.conns,
         branches: args.branches.max(2),
         h2c_streams: args.h2c_streams.map(|m| m.max(1)),
+        cache_sim: args.cache_sim,
         timeout: Duration::from_secs(args.timeout.clamp(1, 3600)),
         dumps: args.dumps.clone(),
     };
@@ -633,14 +673,27 @@ fn markdown(
             .collect::<Vec<_>>()
             .join("; ")
     );
-    md.push_str("| system | requests | Ir | Ir / request | idle Ir/s | wall s (under valgrind) | MicroStax / system |\n|---|---|---|---|---|---|---|\n");
+    let cache = measured.iter().any(|m| m.misses.is_some());
+    if cache {
+        md.push_str(
+            "Caches simulated (`--cache-sim=yes`, callgrind's model of this machine's caches): \
+             misses per request of the first-level instruction cache (I1), of first-level data \
+             reads and writes (D1r, D1w), and of the last level (LL, all three kinds).\n\n",
+        );
+    }
+    md.push_str("| system | requests | Ir | Ir / request | idle Ir/s | wall s (under valgrind) | MicroStax / system |");
+    md.push_str(if cache {
+        " I1 miss / req | D1r miss / req | D1w miss / req | LL miss / req |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|---|---|\n"
+    });
     let ratios = ratios(measured);
     for m in measured {
         let ratio = ratios
             .iter()
             .find(|r| r.0 == m.system)
             .map_or("-".to_string(), |r| format!("{:.2}", r.1));
-        let _ = writeln!(
+        let _ = write!(
             md,
             "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {ratio} |",
             m.system.label(),
@@ -650,6 +703,19 @@ fn markdown(
             m.idle_ir_per_s,
             m.wall_s
         );
+        if cache {
+            match m.misses {
+                Some(c) => {
+                    let _ = write!(
+                        md,
+                        " {:.0} | {:.0} | {:.0} | {:.1} |",
+                        c.i1, c.d1_read, c.d1_write, c.last_level
+                    );
+                }
+                None => md.push_str(" - | - | - | - |"),
+            }
+        }
+        md.push('\n');
     }
     for n in notes {
         let _ = write!(md, "\nNote: {n}\n");
@@ -684,6 +750,23 @@ mod tests {
     }
 
     #[test]
+    fn cache_misses_per_request_come_from_the_cache_events() -> anyhow::Result<()> {
+        // the totals of a real dump with `--cache-sim=yes` (20,000 requests)
+        let t = parse_callgrind(
+            "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+             totals: 353404128 99059678 77151676 22078622 3328382 3258979 22 17834 50\n",
+        )?;
+        let m = Misses::of(&t, 20_000).context("cache events")?;
+        assert_eq!(m.i1, 22078622.0 / 20_000.0);
+        assert_eq!(m.d1_read, 3328382.0 / 20_000.0);
+        assert_eq!(m.d1_write, 3258979.0 / 20_000.0);
+        assert_eq!(m.last_level, (22 + 17834 + 50) as f64 / 20_000.0);
+        // a dump without cache simulation has no misses to report
+        assert_eq!(Misses::of(&parse_callgrind(DUMP)?, 20_000), None);
+        Ok(())
+    }
+
+    #[test]
     fn callgrind_totals_of_several_parts_add_up() -> anyhow::Result<()> {
         let t = parse_callgrind("events: Ir\npart: 1\ntotals: 7\npart: 2\ntotals: 5\n")?;
         assert_eq!(t.event("Ir"), Some(12));
@@ -714,6 +797,7 @@ mod tests {
             idle_ir_per_s: 0.0,
             wall_s: 0.0,
             dump: PathBuf::new(),
+            misses: None,
         };
         let r = ratios(&[m(System::Microstax, 30.0), m(System::Nginx, 20.0)]);
         assert_eq!(r, vec![(System::Nginx, 1.5)]);
