@@ -700,6 +700,9 @@ fn prepare<'a>(
     added: &mut Added<'a>,
 ) -> Result<(), HeaderError> {
     let version = req.version();
+    // only the own HTTP/1.1 server (whose requests have no body) writes an upstream's fields
+    // as they came; the access log reads them from the map
+    added.keep_raw = matches!(req.body(), ClientBody::Empty) && !conn.log.enabled();
     if let Some(a) = target_authority(req.uri()) {
         // HTTP/2 (or an absolute-form HTTP/1.1 target): the target's host goes to Host (an
         // HTTP/2 `host` that agrees is kept as is) and the upstream gets the origin form

@@ -326,6 +326,11 @@ pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderVa
 pub struct Added<'a> {
     fields: [Option<(&'a HeaderName, &'a HeaderValue)>; 4],
     len: usize,
+    /// The response's fields may be kept as they came (see [`RawFields`]): its client is the
+    /// proxy's own HTTP/1.1 server, which writes them out as a block. Otherwise (HTTP/2 and
+    /// hyper's server need a map) they go into the map as the head is parsed, not parsed a
+    /// second time later.
+    pub(crate) keep_raw: bool,
 }
 
 impl<'a> Added<'a> {
@@ -407,7 +412,7 @@ pub(crate) fn exchange<'a>(
                 }
             }
             loop {
-                match parse_head(&mut conn.rbuf, head_only) {
+                match parse_head(&mut conn.rbuf, head_only, added.keep_raw) {
                     Err(e) => return Poll::Ready(Err(e)),
                     Ok(Some(Parsed::Interim)) => continue,
                     Ok(Some(Parsed::Final(h))) => return Poll::Ready(Ok(h)),
@@ -611,8 +616,13 @@ enum Parsed {
     Final(Head),
 }
 
-/// Parse a response head at the start of `buf`, consuming it when complete.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, ExchangeError> {
+/// Parse a response head at the start of `buf`, consuming it when complete. `keep_raw`: the
+/// fields may stay as they came (see [`RawFields`]); otherwise they go into the head's map.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    keep_raw: bool,
+) -> Result<Option<Parsed>, ExchangeError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -729,7 +739,12 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Exc
         block.ends_with(b"\r\n\r\n")
             && memchr::memchr_iter(b'\n', &block).all(|i| i > 0 && block[i - 1] == b'\r')
     };
-    if plain && n > 0 && matches!(framing, Framing::Empty | Framing::Length(_)) && crlf() {
+    if keep_raw
+        && plain
+        && n > 0
+        && matches!(framing, Framing::Empty | Framing::Length(_))
+        && crlf()
+    {
         let raw = RawFields {
             block,
             length,
@@ -1034,7 +1049,7 @@ pub struct DecodedResponse {
 pub fn decode(input: &[u8], head_only: bool) -> Result<DecodedResponse, ExchangeError> {
     let mut buf = BytesMut::from(input);
     let head = loop {
-        match parse_head(&mut buf, head_only)? {
+        match parse_head(&mut buf, head_only, true)? {
             Some(Parsed::Interim) => continue,
             Some(Parsed::Final(h)) => break h,
             None if buf.len() >= MAX_HEAD => {
@@ -1156,7 +1171,7 @@ mod tests {
     fn fields_the_proxy_does_not_change_are_kept_as_they_came() {
         let head = |raw: &[u8]| {
             let mut b = BytesMut::from(raw);
-            match parse_head(&mut b, false) {
+            match parse_head(&mut b, false, true) {
                 Ok(Some(Parsed::Final(h))) => h,
                 _ => panic!("no head"),
             }
@@ -1198,6 +1213,32 @@ mod tests {
     }
 
     #[test]
+    fn fields_go_straight_into_the_map_when_the_client_needs_one() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nok";
+        let mut b = BytesMut::from(&raw[..]);
+        let Ok(Some(Parsed::Final(h))) = parse_head(&mut b, false, false) else {
+            panic!("no head");
+        };
+        // the same fields, in the same order, as the raw block would give once materialized
+        assert!(h.raw.is_none());
+        let fields: Vec<_> = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("content-length", &b"2"[..]),
+                ("date", b"x"),
+                ("x-a", b"1"),
+                ("x-a", b"2")
+            ]
+        );
+        assert_eq!((h.framing, &b[..]), (Framing::Length(2), &b"ok"[..]));
+    }
+
+    #[test]
     fn hex_lines() {
         let mut b = [0u8; 18];
         assert_eq!(hex_line(0, &mut b), b"0\r\n");
@@ -1219,7 +1260,7 @@ mod tests {
     fn heads_frame_their_bodies() {
         let framing = |raw: &[u8], head_only: bool| {
             let mut b = BytesMut::from(raw);
-            match parse_head(&mut b, head_only) {
+            match parse_head(&mut b, head_only, true) {
                 Ok(Some(Parsed::Final(h))) => Ok((h.framing, h.keep_alive)),
                 Ok(_) => Err("incomplete"),
                 Err(_) => Err("error"),
@@ -1265,7 +1306,7 @@ mod tests {
         assert_eq!(framing(b"HTTX/1.1 200 OK\r\n\r\n", false), Err("error"));
         let mut b = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"[..]);
         assert!(matches!(
-            parse_head(&mut b, false),
+            parse_head(&mut b, false, true),
             Ok(Some(Parsed::Interim))
         ));
         assert_eq!(&b[..], b"HTTP/1.1 200 OK\r\n");
