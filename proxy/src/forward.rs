@@ -700,8 +700,9 @@ fn prepare<'a>(
     added: &mut Added<'a>,
 ) -> Result<(), HeaderError> {
     let version = req.version();
-    // only the own HTTP/1.1 server (whose requests have no body) writes an upstream's fields
-    // as they came; the access log reads them from the map
+    // only the own HTTP/1.1 server writes an upstream's fields as they came: its requests are
+    // the ones without a body (`ClientBody::Empty`), those `ConnCtx::respond` gets with
+    // `raw`; the access log reads the fields from the map, as `respond` does
     added.keep_raw = matches!(req.body(), ClientBody::Empty) && !conn.log.enabled();
     if let Some(a) = target_authority(req.uri()) {
         // HTTP/2 (or an absolute-form HTTP/1.1 target): the target's host goes to Host (an

@@ -321,7 +321,8 @@ pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderVa
 /// Kept out of the request's `HeaderMap`: hyper sizes that map for the fields the client sent,
 /// so inserting four more would grow and rehash it on every request.
 /// The fields are borrowed (static names, the connection's values, the table's): nothing is
-/// cloned into it or dropped with it.
+/// cloned into it or dropped with it. It also says how the exchange should hand back the
+/// response's fields (`keep_raw`), since it goes with the request down to the exchange.
 #[derive(Debug, Default)]
 pub struct Added<'a> {
     fields: [Option<(&'a HeaderName, &'a HeaderValue)>; 4],

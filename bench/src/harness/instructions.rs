@@ -390,7 +390,8 @@ fn request_bytes() -> Vec<u8> {
     format!("GET / HTTP/1.1\r\nHost: app\r\nx-microstax-branch: {BRANCH}\r\n\r\n").into_bytes()
 }
 
-/// Dump the counters of `pid` and read the total Ir of the new dump file.
+/// Dump the counters of `pid` and read the totals of the new dump file (once it has an Ir
+/// total).
 fn dump_totals(cg: &Callgrind, pid: u32, dir: &Path) -> anyhow::Result<(PathBuf, CallgrindTotals)> {
     let before = last_dump(dir, pid);
     cg.control("-d", pid, dir)?;
