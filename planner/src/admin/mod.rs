@@ -178,7 +178,12 @@ fn health<B>(state: &AdminState, req: &Request<B>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(state),
-        (&Method::GET, "/metrics") => metrics(&state.registry),
+        (&Method::GET, "/metrics") => {
+            if let Some(s) = &state.source {
+                s.refresh_staleness();
+            }
+            metrics(&state.registry)
+        }
         (_, p) => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint on the health listener: {p}"),

@@ -139,6 +139,13 @@ impl SyncStatus {
         })
     }
 
+    /// Bring the staleness gauge up to the moment: called before every metrics scrape, so the
+    /// gauge agrees with `/readyz` even while a heartbeat read hangs on a frozen store (it was
+    /// set only when such a read failed, and read 0 until then).
+    pub fn refresh_staleness(&self) {
+        self.staleness_gauge.set(self.staleness().as_secs_f64());
+    }
+
     fn mark_current(&self) {
         let now = self.start.elapsed().as_millis() as u64;
         self.last_sync_ms.store(now, Ordering::Release);
@@ -247,7 +254,7 @@ async fn heartbeat(
         if ok && status.watching.load(Ordering::Acquire) && status.is_synced() {
             status.mark_current();
         } else {
-            status.staleness_gauge.set(status.staleness().as_secs_f64());
+            status.refresh_staleness();
         }
     }
 }
@@ -575,5 +582,36 @@ mod tests {
     fn the_placeholder_is_a_valid_config_with_no_service() {
         let c = placeholder_config().expect("valid");
         assert!(c.services().is_empty());
+    }
+
+    /// The scraped staleness gauge, as `/metrics` shows it.
+    fn scraped(registry: &Registry) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "microstax_source_staleness_seconds")
+            .and_then(|f| f.get_metric().first().map(|m| m.get_gauge().get_value()))
+            .expect("the gauge")
+    }
+
+    #[test]
+    fn a_scrape_shows_the_staleness_readyz_shows_while_no_heartbeat_returns() {
+        let registry = Registry::new();
+        let status = SyncStatus::new("http://127.0.0.1:1".into(), &registry).expect("status");
+        status.synced.store(true, Ordering::Release);
+        status.mark_current();
+        // the store then hangs: no heartbeat read returns, so nothing sets the gauge on a tick
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status.staleness().is_zero() {
+            assert!(Instant::now() < deadline, "staleness never grew");
+            std::thread::yield_now();
+        }
+        assert_eq!(scraped(&registry), 0.0);
+        status.refresh_staleness();
+        let shown = scraped(&registry);
+        assert!(
+            shown > 0.0 && shown <= status.staleness().as_secs_f64(),
+            "{shown}"
+        );
     }
 }
