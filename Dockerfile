@@ -4,16 +4,31 @@
 #   docker build -t microstax:0.1.0 .
 #
 # The build step is the one CI checks: `cargo build --locked` against the committed Cargo.lock,
-# here in release mode for the binary only. BuildKit cache mounts keep the registry and the
-# target directory between builds, so a source change rebuilds only the workspace crates.
+# here in release mode for the binary only. By default the binary is profile-guided
+# (bench/scripts/pgo-build.sh: an instrumented build serves the side-by-side compare's loads on
+# loopback, then the release build uses the counts; it needs 2 CPUs and wrk, h2load and
+# llvm-profdata, installed here). `--build-arg PGO=0` builds without a profile. BuildKit cache
+# mounts keep the registry and the target directory between builds, so a source change rebuilds
+# only the workspace crates.
 FROM rust:1.95-bookworm AS build
+ARG PGO=1
+RUN if [ "$PGO" = 1 ]; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk nghttp2-client \
+        && rm -rf /var/lib/apt/lists/* \
+        && rustup component add llvm-tools; \
+    fi
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin microstax \
-    && install -D target/release/microstax /out/microstax
+    if [ "$PGO" = 1 ]; then \
+        bench/scripts/pgo-build.sh /out/microstax; \
+    else \
+        cargo build --release --locked --bin microstax \
+        && install -D target/release/microstax /out/microstax; \
+    fi
 
 # Minimal runtime: glibc and libgcc only, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -357,4 +357,38 @@ fn the_dockerfile_agrees_with_the_binary() {
     );
     let stages = text.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(stages >= 2, "multi-stage: build and runtime");
+    // the profile-guided build: the script exists, parses, and finds what it runs installed
+    let script = "bench/scripts/pgo-build.sh";
+    assert!(
+        text.contains(&format!("{script} /out/microstax")),
+        "PGO build step"
+    );
+    let body = std::fs::read_to_string(root().join(script)).expect("pgo script");
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(root().join(script))
+        .output()
+        .expect("bash");
+    assert!(
+        syntax.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(root().join(script))
+        .expect("pgo script")
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "{script} is executable");
+    assert!(
+        body.contains("cargo build --release --locked --bin microstax"),
+        "{script} builds as CI does"
+    );
+    for (needs, install) in [
+        ("microstax-bench\" compare", "wrk nghttp2-client"),
+        ("llvm-profdata", "rustup component add llvm-tools"),
+    ] {
+        assert!(body.contains(needs), "{script} runs {needs}");
+        assert!(text.contains(install), "the build stage installs {install}");
+    }
 }

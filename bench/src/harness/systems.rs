@@ -238,6 +238,11 @@ fn start_microstax(ctx: &StartCtx, dir: tempfile::TempDir) -> anyhow::Result<Run
         .arg(admin.to_string())
         .arg("--workers")
         .arg(ctx.workers.to_string())
+        // the harness measures serving, not draining: without a grace the proxy exits as soon
+        // as its connections close, inside `Running::stop`'s grace, instead of being killed
+        // (a profile-instrumented build writes its profile only on a clean exit)
+        .arg("--drain-grace-ms")
+        .arg("0")
         .env("RUST_LOG", "warn");
     let proc = Proc::spawn("microstax", cmd, dir.path())?;
     Ok(Running {
