@@ -6,7 +6,7 @@
 # The build step is the one CI checks: `cargo build --locked` against the committed Cargo.lock,
 # here in release mode for the binary only. By default the binary is profile-guided
 # (bench/scripts/pgo-build.sh: an instrumented build serves the side-by-side compare's loads on
-# loopback, then the release build uses the counts; it needs 2 CPUs and wrk, h2load and
+# loopback, then the release build uses the counts; it needs CPUs 0 and 1 and wrk, h2load and
 # llvm-profdata, installed here). `--build-arg PGO=0` builds without a profile. BuildKit cache
 # mounts keep the registry and the target directory between builds, so a source change rebuilds
 # only the workspace crates.

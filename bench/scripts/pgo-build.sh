@@ -3,6 +3,8 @@
 #
 #   bench/scripts/pgo-build.sh [OUT]      # OUT: where the binary goes (target/pgo/microstax)
 #
+# The training pins processes to CPUs 0 and 1 (the compare's placements), so both must exist.
+#
 # 1. Builds microstax instrumented (-Cprofile-generate), and the bench harness plainly.
 # 2. Trains: `microstax-bench compare --quick --systems microstax` drives the instrumented proxy
 #    through every arrangement and load of the side-by-side compare: HTTP/1.1 and h2c clients,
@@ -18,9 +20,10 @@
 # one on PATH; the first that merges the profiles is used. Existing RUSTFLAGS are kept.
 set -euo pipefail
 
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-out=${1:-target/pgo/microstax}
+# OUT is taken relative to the caller's directory; the rest runs from the workspace root
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(realpath -m "${1:-$root/target/pgo/microstax}")
+cd "$root"
 work=$root/target/pgo
 raw=$work/raw
 merged=$work/microstax.profdata
