@@ -3,8 +3,8 @@
 #
 #   docker build -t microstax:0.1.0 .
 #
-# The build step is the one CI checks: `cargo build --locked` against the committed Cargo.lock,
-# here in release mode for the binary only. By default the binary is profile-guided
+# The build uses the committed Cargo.lock (`cargo build --release --locked`, the binary only), as
+# CI does. By default the binary is profile-guided
 # (bench/scripts/pgo-build.sh: an instrumented build serves the side-by-side compare's loads on
 # loopback, then the release build uses the counts; it needs CPUs 0 and 1 and wrk, h2load and
 # llvm-profdata, installed here). `--build-arg PGO=0` builds without a profile. BuildKit cache

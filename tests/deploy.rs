@@ -357,16 +357,31 @@ fn the_dockerfile_agrees_with_the_binary() {
     );
     let stages = text.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(stages >= 2, "multi-stage: build and runtime");
-    // the profile-guided build: the script exists, parses, and finds what it runs installed
+    // the profile-guided build: the build stage turns it on, installs what the script runs,
+    // and runs the script, which exists, parses, and builds as CI does with the profile flags
+    let build_stage: Vec<&str> = text
+        .split("\nFROM ")
+        .nth(1)
+        .expect("a build stage")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let at = |needle: &str| build_stage.iter().position(|l| l.contains(needle));
     let script = "bench/scripts/pgo-build.sh";
-    assert!(
-        text.contains(&format!("{script} /out/microstax")),
-        "PGO build step"
-    );
-    let body = std::fs::read_to_string(root().join(script)).expect("pgo script");
+    let (Some(arg), Some(run)) = (at("ARG PGO=1"), at(&format!("{script} /out/microstax"))) else {
+        panic!("the build stage declares ARG PGO=1 and runs {script}")
+    };
+    assert!(arg < run, "ARG PGO comes before the step that reads it");
+    for install in ["wrk nghttp2-client", "rustup component add llvm-tools"] {
+        assert!(
+            at(install).is_some_and(|i| i < run),
+            "the build stage installs {install} before the PGO build"
+        );
+    }
+    let path = root().join(script);
     let syntax = std::process::Command::new("bash")
         .arg("-n")
-        .arg(root().join(script))
+        .arg(&path)
         .output()
         .expect("bash");
     assert!(
@@ -375,20 +390,26 @@ fn the_dockerfile_agrees_with_the_binary() {
         String::from_utf8_lossy(&syntax.stderr)
     );
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(root().join(script))
+    let mode = std::fs::metadata(&path)
         .expect("pgo script")
         .permissions()
         .mode();
     assert!(mode & 0o111 != 0, "{script} is executable");
-    assert!(
-        body.contains("cargo build --release --locked --bin microstax"),
-        "{script} builds as CI does"
-    );
-    for (needs, install) in [
-        ("microstax-bench\" compare", "wrk nghttp2-client"),
-        ("llvm-profdata", "rustup component add llvm-tools"),
+    let body = std::fs::read_to_string(&path).expect("pgo script");
+    let code: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    for needed in [
+        "-Cprofile-generate=",
+        "microstax-bench\" compare",
+        "\" merge -o",
+        "-Cprofile-use=",
+        "cargo build --release --locked --bin microstax",
     ] {
-        assert!(body.contains(needs), "{script} runs {needs}");
-        assert!(text.contains(install), "the build stage installs {install}");
+        assert!(
+            code.iter().any(|l| l.contains(needed)),
+            "{script} runs {needed}"
+        );
     }
 }

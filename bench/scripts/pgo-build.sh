@@ -17,11 +17,16 @@
 # The training runs on loopback only. Needs wrk, h2load (nghttp2-client), taskset (util-linux)
 # and an llvm-profdata that reads rustc's raw profiles: $LLVM_PROFDATA, else rustup's
 # llvm-tools component, else Debian's newest /usr/lib/llvm-N (19 reads rustc 1.95's), else the
-# one on PATH; the first that merges the profiles is used. Existing RUSTFLAGS are kept.
+# one on PATH; the first that merges the profiles is used.
+#
+# Flags: RUSTFLAGS (split on whitespace) are kept and the profile flag is added; both go to
+# cargo as CARGO_ENCODED_RUSTFLAGS, so paths with spaces work. As with any RUSTFLAGS, cargo then
+# ignores `build.rustflags` from its config files: put such flags in RUSTFLAGS. The builds name
+# the host as `--target`, so build scripts and proc macros are not instrumented.
 set -euo pipefail
 
 # OUT is taken relative to the caller's directory; the rest runs from the workspace root
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(CDPATH='' cd -- "$(dirname -- "$0")/../.." > /dev/null && pwd)
 out=$(realpath -m "${1:-$root/target/pgo/microstax}")
 cd "$root"
 work=$root/target/pgo
@@ -29,22 +34,44 @@ raw=$work/raw
 merged=$work/microstax.profdata
 rm -rf "$raw" "$work/train" "$merged"
 mkdir -p "$raw"
-flags=${RUSTFLAGS:-}
+if [[ -n ${CARGO_ENCODED_RUSTFLAGS:-} ]]; then
+    echo "pgo: CARGO_ENCODED_RUSTFLAGS is set; give extra flags in RUSTFLAGS instead" >&2
+    exit 1
+fi
+read -r -a user_flags <<< "${RUSTFLAGS:-}"
+unset RUSTFLAGS
+host=$(rustc -vV | sed -n 's/^host: //p')
+# cargo's encoded form: the flags joined by the unit separator
+encoded() {
+    local IFS=$'\x1f'
+    printf '%s' "$*"
+}
 
 echo "pgo: 1/4 instrumented build" >&2
-RUSTFLAGS="$flags -Cprofile-generate=$raw" CARGO_TARGET_DIR=$work/gen \
-    cargo build --release --locked --bin microstax
+CARGO_ENCODED_RUSTFLAGS=$(encoded "${user_flags[@]}" "-Cprofile-generate=$raw") \
+    CARGO_TARGET_DIR=$work/gen \
+    cargo build --release --locked --bin microstax --target "$host"
 CARGO_TARGET_DIR=$work/tools cargo build --locked --profile bench -p microstax-bench --bin microstax-bench
 
 echo "pgo: 2/4 training (microstax-bench compare --quick --systems microstax)" >&2
 "$work/tools/release/microstax-bench" compare --quick --systems microstax --branches 1000 \
-    --instructions 0 --microstax "$work/gen/release/microstax" --out "$work/train" >&2
+    --instructions 0 --microstax "$work/gen/$host/release/microstax" --out "$work/train" >&2
+# a round that failed is a note in the results (compare itself still succeeds): the profile
+# would miss that load
+if ! grep -q '"notes": \[\]' "$work/train/compare.json"; then
+    echo "pgo: a training round failed; see $work/train/compare.md" >&2
+    exit 1
+fi
 
-echo "pgo: 3/4 merging $(find "$raw" -name '*.profraw' | wc -l) raw profiles" >&2
+profiles=$(find "$raw" -name '*.profraw' | wc -l)
+if [[ $profiles -eq 0 ]]; then
+    echo "pgo: the training wrote no profile (was the proxy killed instead of exiting?)" >&2
+    exit 1
+fi
+echo "pgo: 3/4 merging $profiles raw profiles" >&2
 candidates=()
 [[ -n ${LLVM_PROFDATA:-} ]] && candidates+=("$LLVM_PROFDATA")
 sysroot=$(rustc --print sysroot)
-host=$(rustc -vV | sed -n 's/^host: //p')
 candidates+=("$sysroot/lib/rustlib/$host/bin/llvm-profdata")
 while read -r d; do
     candidates+=("$d/bin/llvm-profdata")
@@ -74,7 +101,8 @@ if ! "$profdata" show --counts --function='microstax_proxy7forward7prepare' "$me
 fi
 
 echo "pgo: 4/4 release build with the profile ($profdata)" >&2
-RUSTFLAGS="$flags -Cprofile-use=$merged" CARGO_TARGET_DIR=$work/use \
-    cargo build --release --locked --bin microstax
-install -D "$work/use/release/microstax" "$out"
+CARGO_ENCODED_RUSTFLAGS=$(encoded "${user_flags[@]}" "-Cprofile-use=$merged") \
+    CARGO_TARGET_DIR=$work/use \
+    cargo build --release --locked --bin microstax --target "$host"
+install -D "$work/use/$host/release/microstax" "$out"
 echo "pgo: wrote $out" >&2
