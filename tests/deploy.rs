@@ -300,6 +300,13 @@ fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
     serde_json::from_str(json).expect("exec form is a JSON array")
 }
 
+/// The lines of a Dockerfile or shell script that are not comments.
+fn code_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect()
+}
+
 #[test]
 fn the_dockerfile_agrees_with_the_binary() {
     let path: &Path = &root().join("Dockerfile");
@@ -359,13 +366,7 @@ fn the_dockerfile_agrees_with_the_binary() {
     assert!(stages >= 2, "multi-stage: build and runtime");
     // the profile-guided build: the build stage turns it on, installs what the script runs,
     // and runs the script, which exists, parses, and builds as CI does with the profile flags
-    let build_stage: Vec<&str> = text
-        .split("\nFROM ")
-        .nth(1)
-        .expect("a build stage")
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect();
+    let build_stage = code_lines(text.split("\nFROM ").nth(1).expect("a build stage"));
     let at = |needle: &str| build_stage.iter().position(|l| l.contains(needle));
     let script = "bench/scripts/pgo-build.sh";
     let (Some(arg), Some(run)) = (at("ARG PGO=1"), at(&format!("{script} /out/microstax"))) else {
@@ -396,10 +397,7 @@ fn the_dockerfile_agrees_with_the_binary() {
         .mode();
     assert!(mode & 0o111 != 0, "{script} is executable");
     let body = std::fs::read_to_string(&path).expect("pgo script");
-    let code: Vec<&str> = body
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect();
+    let code = code_lines(&body);
     for needed in [
         "-Cprofile-generate=",
         "microstax-bench\" compare",

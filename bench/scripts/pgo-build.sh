@@ -25,6 +25,10 @@
 # the host as `--target`, so build scripts and proc macros are not instrumented.
 set -euo pipefail
 
+if [[ -n ${CARGO_ENCODED_RUSTFLAGS:-} ]]; then
+    echo "pgo: CARGO_ENCODED_RUSTFLAGS is set; give extra flags in RUSTFLAGS instead" >&2
+    exit 1
+fi
 # OUT is taken relative to the caller's directory; the rest runs from the workspace root
 root=$(CDPATH='' cd -- "$(dirname -- "$0")/../.." > /dev/null && pwd)
 out=$(realpath -m "${1:-$root/target/pgo/microstax}")
@@ -34,10 +38,6 @@ raw=$work/raw
 merged=$work/microstax.profdata
 rm -rf "$raw" "$work/train" "$merged"
 mkdir -p "$raw"
-if [[ -n ${CARGO_ENCODED_RUSTFLAGS:-} ]]; then
-    echo "pgo: CARGO_ENCODED_RUSTFLAGS is set; give extra flags in RUSTFLAGS instead" >&2
-    exit 1
-fi
 read -r -a user_flags <<< "${RUSTFLAGS:-}"
 unset RUSTFLAGS
 host=$(rustc -vV | sed -n 's/^host: //p')
