@@ -98,9 +98,11 @@ pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Box<Conn>> {
 }
 
 /// Return a connection to this thread's pool for upstream `up`: to a request of this thread
-/// waiting for one, or idle. While requests of another worker wait for a connection to `up`
-/// (its limit reached) and none of this one's do, the connection is closed instead, which
-/// makes room for them to open one.
+/// waiting for one, or idle. While requests of another worker wait for a connection to `up`,
+/// none of this one's do, and `up` is at its connection limit, the connection is closed
+/// instead, which makes room for them to open one. (Below the limit they are waiting for
+/// connects in progress, and will open their own: closing this one would only make a worker
+/// open it again.)
 pub(crate) fn put(up: &UpstreamState, conn: Box<Conn>) {
     let id = up.id;
     let now = Instant::now();
@@ -113,7 +115,7 @@ pub(crate) fn put(up: &UpstreamState, conn: Box<Conn>) {
             p.reap(now);
         }
         let stack = p.by_upstream.entry(id).or_default();
-        if stack.waiters == 0 && up.connections().1 > 0 {
+        if stack.waiters == 0 && up.connections().1 > 0 && conn.slot().at_limit() {
             return; // dropping it closes the connection
         }
         if stack.idle.len() < MAX_IDLE {
@@ -362,5 +364,59 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.0.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream_tls::UpstreamIo;
+
+    /// A connection to `up` (listening at `listener`) counted against `limit`.
+    async fn conn_to(
+        up: &Arc<UpstreamState>,
+        listener: &tokio::net::TcpListener,
+        limit: u32,
+    ) -> (Box<Conn>, tokio::net::TcpStream) {
+        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let mut slot = up.try_open(limit).unwrap();
+        slot.opened();
+        (Conn::new(UpstreamIo::Plain(io), slot), peer)
+    }
+
+    // current-thread: "this worker" is the test's thread, whose pool `put` uses
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_return_closes_a_connection_for_another_workers_waiter_only_at_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(UpstreamState::new(addr.to_string().into()));
+        // a request of another worker waits: counted pending, with no waiter on this thread
+        let other = up.try_queue(16).unwrap();
+
+        // two connections open under a limit of four: the other worker's request waits for
+        // a connect of its own, not for this one, which goes back to the pool
+        let (a, _pa) = conn_to(&up, &listener, 4).await;
+        let (b, _pb) = conn_to(&up, &listener, 4).await;
+        put(&up, a);
+        assert_eq!(idle_local(up.id), 1, "a return below the limit was closed");
+        assert_eq!(up.connections(), (2, 1));
+
+        // at the limit (two of two), a return makes room for the other worker instead
+        let mut b = b;
+        b.set_limit(2);
+        put(&up, b);
+        assert_eq!(idle_local(up.id), 1, "a return at the limit was pooled");
+        assert_eq!(up.connections(), (1, 1));
+
+        // with nobody waiting, a return is pooled whatever the limit
+        drop(other);
+        let mut c = take(&up, Instant::now()).unwrap();
+        c.set_limit(1);
+        put(&up, c);
+        assert_eq!(idle_local(up.id), 1);
+        assert_eq!(up.connections(), (1, 0));
     }
 }

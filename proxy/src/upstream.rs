@@ -141,12 +141,27 @@ impl Drop for InUse {
 pub(crate) struct ConnSlot {
     up: Arc<UpstreamState>,
     opening: bool,
+    /// The connection limit of the route it last served (`max_connections`; `u32::MAX` for
+    /// one opened unbounded and not used by a request yet): a return closes the connection for
+    /// another worker's waiting request only when the upstream is at this limit.
+    limit: u32,
 }
 
 impl ConnSlot {
     /// The upstream it counts against.
     pub(crate) fn upstream(&self) -> &Arc<UpstreamState> {
         &self.up
+    }
+
+    /// The connection limit of the route it serves now (see [`ConnSlot::at_limit`]).
+    pub(crate) fn set_limit(&mut self, limit: u32) {
+        self.limit = limit;
+    }
+
+    /// Whether its upstream has as many connections open as the route it last served allows,
+    /// so that a request waiting for one can only get one when another closes.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.up.conns.load(Ordering::Acquire) >= self.limit
     }
 
     /// The connection is open: it no longer counts against the connect concurrency.
@@ -267,6 +282,7 @@ impl UpstreamState {
         Some(ConnSlot {
             up: self.clone(),
             opening: true,
+            limit: max,
         })
     }
 
@@ -283,6 +299,7 @@ impl UpstreamState {
         ConnSlot {
             up: self.clone(),
             opening: true,
+            limit: u32::MAX,
         }
     }
 
