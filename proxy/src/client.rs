@@ -145,13 +145,12 @@ impl UpstreamClient {
         async move {
             let mut queued = None;
             loop {
-                while let Some(mut conn) = pool::take(up, now) {
+                while let Some(conn) = pool::take(up, now) {
                     // no longer waiting: a request still counted in the pending queue while
                     // its exchange runs would make other requests' returns close their
                     // connections for a waiter that is not there (`pool::put`), and every one
                     // closed is opened again
                     queued = None;
-                    conn.set_limit(limits.max_connections);
                     match std::pin::pin!(self.send_on(conn, req, added, reuse)).await {
                         Ok(resp) => return Ok(resp),
                         // the pooled connection had been closed: nothing was sent
@@ -170,7 +169,7 @@ impl UpstreamClient {
                     return Box::pin(new).await;
                 }
                 if queued.is_none() {
-                    match up.try_queue(limits.max_pending) {
+                    match up.try_queue(limits.max_pending, limits.max_connections) {
                         Some(q) => queued = Some(q),
                         None => {
                             let e = UpstreamError::Overloaded {

@@ -128,16 +128,6 @@ impl Conn {
         self.slot.upstream()
     }
 
-    /// What counts it against its upstream's connections.
-    pub(crate) fn slot(&self) -> &ConnSlot {
-        &self.slot
-    }
-
-    /// The connection limit of the route it serves now.
-    pub(crate) fn set_limit(&mut self, limit: u32) {
-        self.slot.set_limit(limit);
-    }
-
     /// The socket and its slot, for hyper's client (an upgrade), if nothing is buffered.
     pub(crate) fn into_io(self) -> Option<(UpstreamIo, ConnSlot)> {
         self.rbuf.is_empty().then_some((self.io, self.slot))

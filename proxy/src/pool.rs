@@ -98,11 +98,11 @@ pub(crate) fn take(up: &UpstreamState, now: Instant) -> Option<Box<Conn>> {
 }
 
 /// Return a connection to this thread's pool for upstream `up`: to a request of this thread
-/// waiting for one, or idle. While requests of another worker wait for a connection to `up`,
-/// none of this one's do, and `up` is at its connection limit, the connection is closed
-/// instead, which makes room for them to open one. (Below the limit they are waiting for
-/// connects in progress, and will open their own: closing this one would only make a worker
-/// open it again.)
+/// waiting for one, or idle. While requests of another worker wait for a connection to `up`
+/// that they cannot open (as many are open as the lowest limit among them allows) and none of
+/// this one's wait, the connection is closed instead, which makes room for them to open one.
+/// (Below their limit they are waiting for connects in progress and then open their own:
+/// closing this one would only make a worker open it again.)
 pub(crate) fn put(up: &UpstreamState, conn: Box<Conn>) {
     let id = up.id;
     let now = Instant::now();
@@ -115,7 +115,7 @@ pub(crate) fn put(up: &UpstreamState, conn: Box<Conn>) {
             p.reap(now);
         }
         let stack = p.by_upstream.entry(id).or_default();
-        if stack.waiters == 0 && up.connections().1 > 0 && conn.slot().at_limit() {
+        if stack.waiters == 0 && up.waiters_at_limit() {
             return; // dropping it closes the connection
         }
         if stack.idle.len() < MAX_IDLE {
@@ -389,34 +389,48 @@ mod tests {
 
     // current-thread: "this worker" is the test's thread, whose pool `put` uses
     #[tokio::test(flavor = "current_thread")]
-    async fn a_return_closes_a_connection_for_another_workers_waiter_only_at_the_limit() {
+    async fn a_return_closes_a_connection_for_another_workers_waiter_only_at_its_limit() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(UpstreamState::new(addr.to_string().into()));
-        // a request of another worker waits: counted pending, with no waiter on this thread
-        let other = up.try_queue(16).unwrap();
+        // a request of another worker waits (counted pending, no waiter on this thread); its
+        // route allows 4 connections
+        let other = up.try_queue(16, 4).unwrap();
 
-        // two connections open under a limit of four: the other worker's request waits for
-        // a connect of its own, not for this one, which goes back to the pool
+        // two open of its four: it waits for a connect of its own, not for this one, which
+        // goes back to the pool
         let (a, _pa) = conn_to(&up, &listener, 4).await;
         let (b, _pb) = conn_to(&up, &listener, 4).await;
         put(&up, a);
         assert_eq!(idle_local(up.id), 1, "a return below the limit was closed");
         assert_eq!(up.connections(), (2, 1));
 
-        // at the limit (two of two), a return makes room for the other worker instead
-        let mut b = b;
-        b.set_limit(2);
+        // a request of a route allowing 2 waits as well: two of its two are open, so a return
+        // (of a connection opened under the other route's 4) makes room for it instead
+        let strict = up.try_queue(16, 2).unwrap();
         put(&up, b);
-        assert_eq!(idle_local(up.id), 1, "a return at the limit was pooled");
-        assert_eq!(up.connections(), (1, 1));
+        assert_eq!(
+            idle_local(up.id),
+            1,
+            "a return at the waiter's limit was pooled"
+        );
+        assert_eq!(up.connections(), (1, 2));
 
-        // with nobody waiting, a return is pooled whatever the limit
-        drop(other);
-        let mut c = take(&up, Instant::now()).unwrap();
-        c.set_limit(1);
+        // so does a prewarmed connection's (opened unbounded)
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_pc, _) = listener.accept().await.unwrap();
+        let mut slot = up.open_unbounded();
+        slot.opened();
+        put(&up, Conn::new(UpstreamIo::Plain(io), slot));
+        assert_eq!(up.connections(), (1, 2));
+
+        // once nobody waits, the lowest limit is forgotten: a new waiter allowed 8 with one
+        // open is not at its limit
+        drop((other, strict));
+        let _roomy = up.try_queue(16, 8).unwrap();
+        let c = take(&up, Instant::now()).unwrap();
         put(&up, c);
         assert_eq!(idle_local(up.id), 1);
-        assert_eq!(up.connections(), (1, 0));
+        assert_eq!(up.connections(), (1, 1));
     }
 }

@@ -58,8 +58,11 @@ pub struct UpstreamState {
     conns: AtomicU32,
     /// Of those, the ones being opened (bounded by [`MAX_CONNECTING`]).
     connecting: AtomicU32,
-    /// Requests waiting for a connection (bounded by the route's `max_pending`).
-    pending: AtomicU32,
+    /// Requests waiting for a connection (bounded by the route's `max_pending`; the low 32
+    /// bits), and the lowest connection limit (`max_connections`) any of them has had since
+    /// none waited (the high 32 bits; `u32::MAX` while none waits). One word, so that the
+    /// queue emptying and a request joining it cannot lose each other's update.
+    pending: AtomicU64,
     /// Woken when a connection to it closes or has finished opening.
     freed: tokio::sync::Notify,
     /// Retries allowed in the current window (see [`UpstreamState::try_retry`]).
@@ -141,27 +144,12 @@ impl Drop for InUse {
 pub(crate) struct ConnSlot {
     up: Arc<UpstreamState>,
     opening: bool,
-    /// The connection limit of the route it last served (`max_connections`; `u32::MAX` for
-    /// one opened unbounded and not used by a request yet): a return closes the connection for
-    /// another worker's waiting request only when the upstream is at this limit.
-    limit: u32,
 }
 
 impl ConnSlot {
     /// The upstream it counts against.
     pub(crate) fn upstream(&self) -> &Arc<UpstreamState> {
         &self.up
-    }
-
-    /// The connection limit of the route it serves now (see [`ConnSlot::at_limit`]).
-    pub(crate) fn set_limit(&mut self, limit: u32) {
-        self.limit = limit;
-    }
-
-    /// Whether its upstream has as many connections open as the route it last served allows,
-    /// so that a request waiting for one can only get one when another closes.
-    pub(crate) fn at_limit(&self) -> bool {
-        self.up.conns.load(Ordering::Acquire) >= self.limit
     }
 
     /// The connection is open: it no longer counts against the connect concurrency.
@@ -189,8 +177,26 @@ pub(crate) struct PendingSlot<'a>(&'a UpstreamState);
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        // the last one out forgets the waiters' lowest limit
+        let _ = self
+            .0
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (n, limit) = unpack_pending(v);
+                let n = n.saturating_sub(1);
+                Some(pack_pending(n, if n == 0 { u32::MAX } else { limit }))
+            });
     }
+}
+
+/// The pending word: requests waiting and their lowest connection limit.
+const fn pack_pending(waiting: u32, limit: u32) -> u64 {
+    (limit as u64) << 32 | waiting as u64
+}
+
+/// Requests waiting and their lowest connection limit, from the pending word.
+const fn unpack_pending(v: u64) -> (u32, u32) {
+    (v as u32, (v >> 32) as u32)
 }
 
 /// Readiness of an upstream as far as the proxy knows.
@@ -240,7 +246,7 @@ impl UpstreamState {
             held: AtomicU32::new(0),
             conns: AtomicU32::new(0),
             connecting: AtomicU32::new(0),
-            pending: AtomicU32::new(0),
+            pending: AtomicU64::new(pack_pending(0, u32::MAX)),
             freed: tokio::sync::Notify::new(),
             budget: RetryBudget::default(),
             consecutive_failures: AtomicU32::new(0),
@@ -260,8 +266,16 @@ impl UpstreamState {
     pub fn connections(&self) -> (u32, u32) {
         (
             self.conns.load(Ordering::Relaxed),
-            self.pending.load(Ordering::Relaxed),
+            unpack_pending(self.pending.load(Ordering::Relaxed)).0,
         )
+    }
+
+    /// Whether requests wait for a connection to it that they cannot open: as many are open as
+    /// the lowest limit among them allows, so only a connection closing makes room. (Below
+    /// it, they wait for connects in progress and then open their own.)
+    pub(crate) fn waiters_at_limit(&self) -> bool {
+        let (waiting, limit) = unpack_pending(self.pending.load(Ordering::Acquire));
+        waiting > 0 && self.conns.load(Ordering::Acquire) >= limit
     }
 
     /// Claim a new connection, unless `max` are open or [`MAX_CONNECTING`] are being opened.
@@ -282,7 +296,6 @@ impl UpstreamState {
         Some(ConnSlot {
             up: self.clone(),
             opening: true,
-            limit: max,
         })
     }
 
@@ -299,15 +312,16 @@ impl UpstreamState {
         ConnSlot {
             up: self.clone(),
             opening: true,
-            limit: u32::MAX,
         }
     }
 
-    /// Count a request in the pending queue, unless `max` wait already.
-    pub(crate) fn try_queue(&self, max: u32) -> Option<PendingSlot<'_>> {
+    /// Count a request whose route allows `max_connections` in the pending queue, unless
+    /// `max` wait already.
+    pub(crate) fn try_queue(&self, max: u32, max_connections: u32) -> Option<PendingSlot<'_>> {
         self.pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                (v < max).then_some(v + 1)
+                let (n, limit) = unpack_pending(v);
+                (n < max).then(|| pack_pending(n + 1, limit.min(max_connections)))
             })
             .ok()
             .map(|_| PendingSlot(self))
@@ -823,8 +837,8 @@ mod tests {
         b.opened();
         drop(a);
         assert_eq!(u.connections(), (1, 0));
-        let q = u.try_queue(1).expect("queued");
-        assert!(u.try_queue(1).is_none());
+        let q = u.try_queue(1, 2).expect("queued");
+        assert!(u.try_queue(1, 2).is_none());
         assert_eq!(u.connections(), (1, 1));
         drop((q, b));
         assert_eq!(u.connections(), (0, 0));
