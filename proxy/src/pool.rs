@@ -372,17 +372,15 @@ mod tests {
     use super::*;
     use crate::upstream_tls::UpstreamIo;
 
-    /// A connection to `up` (listening at `listener`) counted against `limit`.
+    /// An open connection to `listener`, counted by `slot`, and its peer.
     async fn conn_to(
-        up: &Arc<UpstreamState>,
         listener: &tokio::net::TcpListener,
-        limit: u32,
+        mut slot: crate::upstream::ConnSlot,
     ) -> (Box<Conn>, tokio::net::TcpStream) {
         let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (peer, _) = listener.accept().await.unwrap();
-        let mut slot = up.try_open(limit).unwrap();
         slot.opened();
         (Conn::new(UpstreamIo::Plain(io), slot), peer)
     }
@@ -399,8 +397,8 @@ mod tests {
 
         // two open of its four: it waits for a connect of its own, not for this one, which
         // goes back to the pool
-        let (a, _pa) = conn_to(&up, &listener, 4).await;
-        let (b, _pb) = conn_to(&up, &listener, 4).await;
+        let (a, _pa) = conn_to(&listener, up.try_open(4).unwrap()).await;
+        let (b, _pb) = conn_to(&listener, up.try_open(4).unwrap()).await;
         put(&up, a);
         assert_eq!(idle_local(up.id), 1, "a return below the limit was closed");
         assert_eq!(up.connections(), (2, 1));
@@ -417,11 +415,8 @@ mod tests {
         assert_eq!(up.connections(), (1, 2));
 
         // so does a prewarmed connection's (opened unbounded)
-        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (_pc, _) = listener.accept().await.unwrap();
-        let mut slot = up.open_unbounded();
-        slot.opened();
-        put(&up, Conn::new(UpstreamIo::Plain(io), slot));
+        let (prewarmed, _pc) = conn_to(&listener, up.open_unbounded()).await;
+        put(&up, prewarmed);
         assert_eq!(up.connections(), (1, 2));
 
         // once nobody waits, the lowest limit is forgotten: a new waiter allowed 8 with one
